@@ -1,0 +1,33 @@
+# ckpt-tool developer commands. Everything runs inside .venv (made by `make install`).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PYTHONHASHSEED := 0
+
+.PHONY: install test lint format fixtures bench fuzz clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[tf,dev]'
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+fixtures:
+	$(PY) fixtures/generate.py
+
+bench:
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build *.egg-info .pytest_cache

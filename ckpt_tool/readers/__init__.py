@@ -1,0 +1,44 @@
+"""Format detection: open_reader(path) picks the reader that recognises the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckpt_tool.errors import NotFoundError, UnsupportedFormatError, UsageError
+from ckpt_tool.readers.base import Reader, VariableInfo
+
+__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
+
+
+def _reader_classes() -> dict[str, type[Reader]]:
+    from ckpt_tool.readers.checkpoint import CheckpointReader
+    from ckpt_tool.readers.keras_h5 import KerasArchiveReader, LegacyH5Reader, WeightsH5Reader
+    from ckpt_tool.readers.npz import NpzReader
+
+    classes = [CheckpointReader, KerasArchiveReader, WeightsH5Reader, LegacyH5Reader, NpzReader]
+    return {cls.format_name: cls for cls in classes}
+
+
+FORMATS = ("checkpoint", "keras", "weights-h5", "h5", "npz")
+
+
+def open_reader(path: str | Path, format: str | None = None) -> Reader:
+    """Open a weight file of any supported format; `format` forces one."""
+    path = Path(path)
+    classes = _reader_classes()
+    if format is not None:
+        if format not in classes:
+            raise UsageError(f"unknown format {format!r}; choose from {', '.join(classes)}")
+        return classes[format](path)
+    if not path.exists() and not _is_checkpoint_prefix(path):
+        raise NotFoundError("no such file or directory", path)
+    for cls in classes.values():
+        if cls.sniff(path):
+            return cls(path)
+    raise UnsupportedFormatError(
+        "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
+    )
+
+
+def _is_checkpoint_prefix(path: Path) -> bool:
+    return Path(str(path) + ".index").exists()

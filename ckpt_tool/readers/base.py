@@ -1,0 +1,72 @@
+"""What every reader returns: an ordered list of VariableInfo and arrays on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+# What a variable is for; list hides everything but WEIGHT unless --all.
+WEIGHT = "weight"
+OPTIMIZER = "optimizer"  # optimizer slots, iterations, learning rate, ...
+BOOKKEEPING = "bookkeeping"  # object graph, save_counter, metrics, ...
+
+
+@dataclass
+class VariableInfo:
+    """One tensor in a weight file, described without reading its bytes."""
+
+    key: str  # the raw key in the file, unique within a reader
+    name: str  # the resolved human path, e.g. "multi_head_attention/query/kernel"
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name ("float32", "bfloat16", ...) or "string"
+    kind: str = WEIGHT
+    aliases: tuple[str, ...] = ()  # other names/keys for the same tensor
+    order: int = 0  # position in the model's own order (creation order)
+    nbytes: int = 0  # bytes of the tensor's data as stored
+    extra: dict[str, Any] = field(default_factory=dict)  # format-specific facts
+
+    @property
+    def num_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Reader:
+    """A weight file opened for reading. Subclasses implement one format.
+
+    sniff() decides cheaply whether a path is this format; variables() lists
+    tensors without reading their bytes; read(key) returns one tensor.
+    """
+
+    format_name: ClassVar[str] = ""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def sniff(cls, path: Path) -> bool:
+        raise NotImplementedError
+
+    def variables(self) -> list[VariableInfo]:
+        raise NotImplementedError
+
+    def read(self, key: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def model_config(self) -> dict | None:
+        """The Keras model config (class_name, config, ...) when the file has one."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
