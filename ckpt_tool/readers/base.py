@@ -44,6 +44,7 @@ class Reader:
     """
 
     format_name: ClassVar[str] = ""
+    verify_crc: bool = True  # readers of formats with checksums honour this
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

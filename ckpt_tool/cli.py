@@ -1,0 +1,51 @@
+"""Thin click commands: parse options, call the library, render. Nothing else."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ckpt_tool import __version__, console
+from ckpt_tool.commands import list_cmd
+from ckpt_tool.errors import EXIT_USAGE, CkptToolError
+
+
+class _Group(click.Group):
+    """Turns a user's error into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CkptToolError as exc:
+            console.print_error(str(exc))
+            sys.exit(exc.exit_code)
+        except OSError as exc:  # permission denied, disk full, ... outside a reader's checks
+            where = f"{exc.filename}: " if exc.filename else ""
+            console.print_error(f"{where}{exc.strerror or exc}")
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            console.print_error("interrupted")
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ckpt-tool")
+def cli() -> None:
+    """Open TensorFlow and Keras weight files, name every variable, prove ports numerically.
+
+    Reads TF checkpoints (TF1 and TF2), SavedModels, .keras, .weights.h5, legacy .h5 and
+    .npz without running any model code. Exit codes: 0 ok, 1 numbers disagree
+    (verify, diff), 2 bad usage or an unreadable, missing or corrupt file.
+    """
+
+
+cli.add_command(list_cmd.command)
+
+
+def main() -> None:
+    cli(prog_name="ckpt-tool")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`ckpt-tool list`: the variables of a weight file, names resolved."""
+
+from __future__ import annotations
+
+import click
+
+from ckpt_tool import console
+from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.listing import SORT_KEYS, build_listing, tensor_stats
+from ckpt_tool.readers import open_reader
+
+
+@click.command("list")
+@click.argument("path", type=click.Path(path_type=str))
+@format_option
+@click.option("--all", "show_all", is_flag=True, help="Also show optimizer slots and bookkeeping.")
+@click.option("--filter", "pattern", metavar="GLOB", help="Only names (or keys) matching GLOB.")
+@click.option(
+    "--sort",
+    type=click.Choice(SORT_KEYS),
+    default="order",
+    show_default=True,
+    help="order: the model's own variable order.",
+)
+@click.option("--tree", is_flag=True, help="Group tensors by layer path.")
+@click.option(
+    "--stats", is_flag=True, help="min, max, mean, std, NaN and Inf per tensor (reads data)."
+)
+@click.option(
+    "--roles", "show_roles", is_flag=True, help="Show each variable's layer, role and evidence."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema ckpt-tool.list/1).")
+@no_crc_option
+def command(
+    path: str,
+    format_: str | None,
+    show_all: bool,
+    pattern: str | None,
+    sort: str,
+    tree: bool,
+    stats: bool,
+    show_roles: bool,
+    as_json: bool,
+    no_crc: bool,
+) -> None:
+    """List the variables in PATH with resolved names, shapes, dtypes and sizes.
+
+    PATH is a checkpoint prefix, a .index or .data file, a directory with a `checkpoint`
+    file, a SavedModel directory, a .keras, .weights.h5 or .h5 file, or an .npz.
+    """
+    with open_reader(path, format_) as reader:
+        reader.verify_crc = not no_crc
+        listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)
+        if show_roles:
+            from ckpt_tool.roles import attach_roles
+
+            attach_roles(reader, listing)
+        if stats:
+            for t in console.track(listing.tensors, "statistics", len(listing.tensors)):
+                t.stats = tensor_stats(reader.read(t.info.key))
+    if as_json:
+        console.print_json(listing.to_json())
+    elif tree:
+        console.render_tree(listing)
+    else:
+        console.render_listing(listing, show_roles=show_roles, show_stats=stats)

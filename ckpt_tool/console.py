@@ -1,0 +1,164 @@
+"""The one place that knows rich: tables, trees, progress and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from ckpt_tool.listing import ListedTensor, Listing
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: the file and what is wrong with it."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def print_note(message: str) -> None:
+    err.print(f"[dim]{message}[/]")
+
+
+def print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+@contextmanager
+def progress(description: str, total: int) -> Iterator[callable]:
+    """A progress bar on stderr when it is a terminal; silent otherwise.
+    Yields advance(n=1)."""
+    if not err.is_terminal or total <= 1:
+        yield lambda n=1: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def track(items: Iterable[T], description: str, total: int) -> Iterator[T]:
+    with progress(description, total) as advance:
+        for item in items:
+            yield item
+            advance()
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _name_cell(t: ListedTensor) -> str:
+    info = t.info
+    lines = [info.name]
+    if info.key != info.name:
+        lines.append(f"[dim]{info.key}[/]")
+    lines.extend(f"[dim]= {k}[/]" for k in t.duplicate_keys)
+    return "\n".join(lines)
+
+
+def _stat(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bool = False) -> None:
+    table = Table(title=f"{listing.path} ({listing.format})", title_justify="left", box=None)
+    table.add_column("name", overflow="fold")
+    if show_roles:
+        table.add_column("layer")
+        table.add_column("role")
+        table.add_column("evidence", style="dim")
+    table.add_column("shape")
+    table.add_column("dtype")
+    table.add_column("params", justify="right")
+    table.add_column("bytes", justify="right")
+    if show_stats:
+        for col in ("min", "max", "mean", "std", "nan", "inf"):
+            table.add_column(col, justify="right")
+    for t in listing.tensors:
+        row = [_name_cell(t)]
+        if show_roles:
+            role = t.role or {}
+            row += [role.get("layer") or "-", role.get("role") or "?", role.get("evidence") or ""]
+        row += [
+            _shape(t.info.shape),
+            t.info.dtype,
+            f"{t.info.num_elements:,}",
+            human_bytes(t.info.nbytes),
+        ]
+        if show_stats:
+            s = t.stats or {}
+            row += [_stat(s.get(k)) for k in ("min", "max", "mean", "std")]
+            row += [str(s.get("nan", "-")), str(s.get("inf", "-"))]
+        table.add_row(*row)
+    out.print(table)
+    _print_totals(listing)
+
+
+def render_tree(listing: Listing) -> None:
+    root = Tree(f"{listing.path} ({listing.format})")
+    nodes: dict[str, Tree] = {}
+    for t in listing.tensors:
+        parts = t.info.name.split("/")
+        parent, path = root, ""
+        for part in parts[:-1]:
+            path = f"{path}/{part}"
+            if path not in nodes:
+                nodes[path] = parent.add(part)
+            parent = nodes[path]
+        parent.add(
+            f"{parts[-1]}  {_shape(t.info.shape)} {t.info.dtype}  [dim]{human_bytes(t.info.nbytes)}[/]"
+        )
+    out.print(root)
+    _print_totals(listing)
+
+
+def _print_totals(listing: Listing) -> None:
+    totals = listing.totals
+    out.print(
+        f"[bold]{totals['tensors']}[/] tensors, [bold]{totals['parameters']:,}[/] parameters, "
+        f"[bold]{human_bytes(totals['bytes'])}[/]"
+    )
+    folded = sum(len(t.duplicate_keys) for t in listing.tensors)
+    if folded:
+        out.print(f"[dim]{folded} byte-identical copies shown as aliases and counted once[/]")
+    if listing.hidden:
+        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(listing.hidden.items()))
+        out.print(
+            f"[dim]hidden: {parts} tensors ({human_bytes(listing.hidden_bytes)}); "
+            "--all shows them[/]"
+        )

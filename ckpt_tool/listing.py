@@ -1,0 +1,191 @@
+"""The data behind `ckpt-tool list`: which tensors to show, in what order, with totals."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
+
+SORT_KEYS = ("order", "name", "size")
+_CHUNK = 1 << 20  # elements per chunk when streaming statistics
+
+
+@dataclass
+class ListedTensor:
+    info: VariableInfo
+    duplicate_keys: list[str] = field(default_factory=list)  # byte-identical copies folded in
+    stats: dict | None = None
+    role: dict | None = None  # {"layer", "role", "evidence"} when roles were asked for
+
+    def to_json(self) -> dict:
+        info = self.info
+        data = {
+            "name": info.name,
+            "key": info.key,
+            "aliases": list(info.aliases),
+            "duplicates": self.duplicate_keys,
+            "shape": list(info.shape),
+            "dtype": info.dtype,
+            "parameters": info.num_elements,
+            "bytes": info.nbytes,
+            "kind": info.kind,
+            "order": info.order,
+        }
+        if self.role is not None:
+            data["role"] = self.role
+        if self.stats is not None:
+            data["stats"] = self.stats
+        return data
+
+
+@dataclass
+class Listing:
+    path: str
+    format: str
+    tensors: list[ListedTensor]
+    hidden: Counter  # kind -> number of tensors not shown
+    hidden_bytes: int
+
+    @property
+    def totals(self) -> dict:
+        return {
+            "tensors": len(self.tensors),
+            "parameters": sum(t.info.num_elements for t in self.tensors),
+            "bytes": sum(t.info.nbytes for t in self.tensors),
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "schema": "ckpt-tool.list/1",
+            "path": self.path,
+            "format": self.format,
+            "tensors": [t.to_json() for t in self.tensors],
+            "hidden": dict(self.hidden),
+            "hidden_bytes": self.hidden_bytes,
+            "totals": self.totals,
+        }
+
+
+def build_listing(
+    reader: Reader,
+    *,
+    show_all: bool = False,
+    pattern: str | None = None,
+    sort: str = "order",
+    fold_duplicates: bool = True,
+) -> Listing:
+    """Select, fold and sort a reader's variables. Reads no tensor bytes except
+    to confirm that candidate duplicates really are byte-identical."""
+    infos = reader.variables()
+    hidden: Counter = Counter()
+    hidden_bytes = 0
+    shown: list[VariableInfo] = []
+    for info in infos:
+        if not show_all and info.kind != WEIGHT:
+            hidden[info.kind] += 1
+            hidden_bytes += info.nbytes
+            continue
+        if pattern and not _matches(info, pattern):
+            continue
+        shown.append(info)
+    tensors = (
+        _fold_duplicates(reader, shown) if fold_duplicates else [ListedTensor(i) for i in shown]
+    )
+    tensors.sort(key=_sort_key(sort))
+    return Listing(str(reader.path), reader.format_name, tensors, hidden, hidden_bytes)
+
+
+def _matches(info: VariableInfo, pattern: str) -> bool:
+    names = (info.name, info.key, *info.aliases)
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
+def _sort_key(sort: str) -> Callable[[ListedTensor], tuple]:
+    if sort == "name":
+        return lambda t: (t.info.name,)
+    if sort == "size":
+        return lambda t: (-t.info.nbytes, t.info.order, t.info.name)
+    return lambda t: (t.info.order, t.info.name)
+
+
+def _fold_duplicates(reader: Reader, infos: list[VariableInfo]) -> list[ListedTensor]:
+    """Fold keys that are copies of the same variable (Keras 3 `model.export()` stores
+    every weight as `variables/N` and again as `_all_variables/M`).
+
+    Only keys that the reader marks as copies (extra["copy_of_list"]) are folded, and
+    only into a byte-identical tensor of the same shape and dtype: distinct variables
+    that happen to hold equal values (fresh zero biases) are never merged.
+    """
+    listed = [ListedTensor(i) for i in infos]
+    primaries = [t for t in listed if not t.info.extra.get("copy_of_list")]
+    copies = [t for t in listed if t.info.extra.get("copy_of_list")]
+    if not copies:
+        return listed
+    unmatched = {id(t) for t in primaries}
+    result = list(primaries)
+    for copy in copies:
+        match = _find_identical(reader, copy.info, (t for t in primaries if id(t) in unmatched))
+        if match is None:
+            result.append(copy)
+        else:
+            unmatched.discard(id(match))
+            match.duplicate_keys.append(copy.info.key)
+    return result
+
+
+def _find_identical(
+    reader: Reader, info: VariableInfo, candidates: Iterable[ListedTensor]
+) -> ListedTensor | None:
+    crc = info.extra.get("crc32c")
+    for cand in candidates:
+        other = cand.info
+        if other.shape != info.shape or other.dtype != info.dtype:
+            continue
+        if crc is not None and other.extra.get("crc32c") not in (None, crc):
+            continue
+        if _same_bytes(reader.read(info.key), reader.read(other.key)):
+            return cand
+    return None
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype == object or b.dtype == object:
+        return a.shape == b.shape and all(x == y for x, y in zip(a.flat, b.flat, strict=True))
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def tensor_stats(array: np.ndarray) -> dict | None:
+    """min, max, mean, std and NaN/Inf counts over finite values, streamed in chunks
+    (Chan et al.'s pairwise update of mean and M2); None for non-numeric tensors."""
+    flat = array.reshape(-1)
+    if flat.dtype == object or flat.dtype.kind in "SUVb":
+        return None
+    lo, hi = np.inf, -np.inf
+    count, mean, m2 = 0, 0.0, 0.0
+    nan = inf = 0
+    for start in range(0, flat.size, _CHUNK):
+        chunk = np.asarray(flat[start : start + _CHUNK])
+        if chunk.dtype.kind == "c":
+            chunk = np.abs(chunk)
+        chunk = chunk.astype(np.float64)
+        is_nan, is_inf = np.isnan(chunk), np.isinf(chunk)
+        nan += int(is_nan.sum())
+        inf += int(is_inf.sum())
+        good = chunk[~(is_nan | is_inf)]
+        if not good.size:
+            continue
+        lo, hi = min(lo, float(good.min())), max(hi, float(good.max()))
+        n_b, mean_b = good.size, float(good.mean())
+        m2_b = float(np.square(good - mean_b).sum())
+        delta, total = mean_b - mean, count + n_b
+        mean += delta * n_b / total
+        m2 += m2_b + delta * delta * count * n_b / total
+        count = total
+    if count == 0:
+        return {"min": None, "max": None, "mean": None, "std": None, "nan": nan, "inf": inf}
+    return {"min": lo, "max": hi, "mean": mean, "std": (m2 / count) ** 0.5, "nan": nan, "inf": inf}
