@@ -1,0 +1,359 @@
+"""MultiHeadAttention, as `keras.layers.MultiHeadAttention` (Keras 3.15) computes it.
+
+Letters in shape comments: B batch, T query length, S key/value length,
+Dq/Dk/Dv input widths, N heads, H key_dim, Hv value_dim, O output width.
+
+    q = einsum("abc,cde->abde", query, Wq) + bq      # (B, T, N, H)
+    k = einsum("abc,cde->abde", key, Wk) + bk        # (B, S, N, H)
+    v = einsum("abc,cde->abde", value, Wv) + bv      # (B, S, N, Hv)
+    scores = einsum("aecd,abcd->acbe", k, q / sqrt(H))  # (B, N, T, S)
+    probs = softmax over S (masked)                  # (B, N, T, S)
+    ctx = einsum("acbe,aecd->abcd", probs, v)        # (B, T, N, Hv)
+    ctx *= sigmoid(einsum("abc,cde->abde", query, Wg) + bg)   # use_gate only
+    out = einsum("abcd,cde->abe", ctx, Wo) + bo      # (B, T, O)
+
+The equations are built as Keras builds them (`_build_proj_equation`,
+`_build_attention_equation`), so `attention_axes` and higher-rank inputs
+follow the same generalisation.
+
+Keras 3.15 takes one of two routes for the attention itself, and they differ:
+
+- fast route (`ops.dot_product_attention`), taken when `dropout == 0`, the
+  scores are not returned and the projected query has rank 4 (the default
+  axes on (B, T, D) inputs): logits = einsum(q, k) * (1/sqrt(H)) (scaled
+  *after* the product), masked logits replaced by -0.7 * 3.38953e38,
+  softmax, no zeroing: a query row with every key masked attends uniformly.
+- scores route (everything else): q scaled first, the `Softmax` layer with a
+  mask: -1e9, softmax, masked probabilities set to 0: a fully masked row gives
+  a zero context (the output is then the output bias, times the gate).
+
+Masks (`_compute_attention_mask`) are ANDed: query mask (B, T, 1), value and
+key masks (B, 1, S), causal (1, T, S) lower-triangular, sliding window
+|i - j| < w, and an explicit `attention_mask` (B, T, S). In Keras the query
+mask is only ever the Keras mask attached to the query tensor (an explicit
+`query_mask=` argument is overwritten in `call`); here `query_mask` stands
+for that attached mask.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ckpt_tool.layers.activations import sigmoid
+from ckpt_tool.layers.base import (
+    LayerConfigError,
+    LayerKind,
+    Shape,
+    as_mask,
+    const,
+    get_bool,
+    get_int,
+    get_int_tuple,
+    require_int,
+)
+from ckpt_tool.layers.contract import contract
+from ckpt_tool.layers.nn import dot_product_attention_softmax, keras_masked_softmax
+
+# -- equations, built as Keras builds them --------------------------------------
+
+
+def build_proj_equation(free_dims: int, bound_dims: int, output_dims: int) -> tuple[str, str, int]:
+    """(equation, bias axes, output rank) of a projection, e.g. (2, 1, 2) -> "abc,cde->abde"."""
+    letters = string.ascii_lowercase
+    free = letters[:free_dims]
+    bound = letters[free_dims : free_dims + bound_dims]
+    outs = letters[free_dims + bound_dims : free_dims + bound_dims + output_dims]
+    return f"{free}{bound},{bound}{outs}->{free}{outs}", outs, free_dims + output_dims
+
+
+def build_attention_equation(rank: int, attn_axes: tuple[int, ...]) -> tuple[str, str, int]:
+    """(dot-product equation, combine equation, scores rank) for projected tensors.
+
+    Projected q/k/v are (batch dims..., attention dims..., N, channels); the
+    head axis counts as a batch dim. For rank 4 and axes (1,):
+    "aecd,abcd->acbe" and "acbe,aecd->abcd".
+    """
+    letters = string.ascii_lowercase
+    target = letters[:rank]
+    batch_dims = tuple(i for i in range(rank) if i not in attn_axes and i != rank - 1)
+    source = ""
+    offset = rank
+    for i in range(rank):
+        if i in batch_dims or i == rank - 1:
+            source += target[i]
+        else:
+            source += letters[offset]
+            offset += 1
+    product = (
+        "".join(target[i] for i in batch_dims)
+        + "".join(target[i] for i in attn_axes)
+        + "".join(source[i] for i in attn_axes)
+    )
+    return f"{source},{target}->{product}", f"{product},{source}->{target}", len(product)
+
+
+def normalize_attention_axes(axes: tuple[int, ...] | None, proj_rank: int) -> tuple[int, ...]:
+    """Keras `_build_attention`: default all axes but batch, heads, channels;
+    a negative axis counts from `proj_rank - 1` (the projected rank less one)."""
+    if axes is None:
+        return tuple(range(1, proj_rank - 2))
+    return tuple(a if a >= 0 else (proj_rank - 1) + a for a in axes)
+
+
+# -- config ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MHAConfig:
+    num_heads: int
+    key_dim: int
+    value_dim: int
+    use_bias: bool = True
+    use_gate: bool = False
+    output_shape: tuple[int, ...] | None = None
+    attention_axes: tuple[int, ...] | None = None
+    sliding_window: int | None = None
+    dropout: float = 0.0
+
+    @classmethod
+    def from_keras(cls, config: Mapping[str, Any]) -> MHAConfig:
+        """From a Keras MultiHeadAttention config dict (defaults as Keras's)."""
+        name = "MultiHeadAttention"
+        key_dim = require_int(config, "key_dim", name)
+        value_dim = get_int(config, "value_dim") or key_dim
+        dropout = config.get("dropout", 0.0) or 0.0
+        if not isinstance(dropout, (int, float)):
+            raise LayerConfigError(f"{name} config dropout={dropout!r} is not a number")
+        window = get_int(config, "sliding_window")
+        if window is not None and window <= 0:
+            raise LayerConfigError(f"{name} config sliding_window={window} must be positive")
+        return cls(
+            num_heads=require_int(config, "num_heads", name),
+            key_dim=key_dim,
+            value_dim=value_dim,
+            use_bias=get_bool(config, "use_bias", True),
+            use_gate=get_bool(config, "use_gate", False),
+            output_shape=get_int_tuple(config, "output_shape"),
+            attention_axes=get_int_tuple(config, "attention_axes"),
+            sliding_window=window,
+            dropout=float(dropout),
+        )
+
+
+def mha_weight_names(cfg: MHAConfig) -> list[str]:
+    """Keras creation order: query, key, [gate], value, output; kernel before bias."""
+    denses = ["query", "key", *(["gate"] if cfg.use_gate else []), "value", "output"]
+    parts = ["kernel", "bias"] if cfg.use_bias else ["kernel"]
+    return [f"{d}.{p}" for d in denses for p in parts]
+
+
+def mha_weight_shapes(
+    cfg: MHAConfig, query_shape: Shape, value_shape: Shape, key_shape: Shape | None = None
+) -> dict[str, Shape]:
+    key_shape = value_shape if key_shape is None else key_shape
+    n, h, hv = cfg.num_heads, cfg.key_dim, cfg.value_dim
+    out = cfg.output_shape or (query_shape[-1],)
+    shapes: dict[str, Shape] = {
+        "query.kernel": (query_shape[-1], n, h),
+        "query.bias": (n, h),
+        "key.kernel": (key_shape[-1], n, h),
+        "key.bias": (n, h),
+        "gate.kernel": (query_shape[-1], n, hv),
+        "gate.bias": (n, hv),
+        "value.kernel": (value_shape[-1], n, hv),
+        "value.bias": (n, hv),
+        "output.kernel": (n, hv, *out),
+        "output.bias": tuple(out),
+    }
+    return {k: shapes[k] for k in mha_weight_names(cfg)}
+
+
+# -- masks ----------------------------------------------------------------------
+
+
+def causal_mask(t: int, s: int) -> np.ndarray:
+    """(1, T, S) lower-triangular: query i sees keys j <= i."""
+    return (np.arange(t)[:, None] >= np.arange(s)[None, :])[None]
+
+
+def sliding_window_mask(t: int, s: int, window: int) -> np.ndarray:
+    """(1, T, S) band |i - j| < window."""
+    return (np.abs(np.arange(t)[:, None] - np.arange(s)[None, :]) < window)[None]
+
+
+def compute_attention_mask(
+    t: int,
+    s: int,
+    *,
+    query_mask: np.ndarray | None = None,
+    value_mask: np.ndarray | None = None,
+    key_mask: np.ndarray | None = None,
+    attention_mask: np.ndarray | None = None,
+    use_causal_mask: bool = False,
+    sliding_window: int | None = None,
+) -> np.ndarray | None:
+    """Keras `_compute_attention_mask`: every mask given, ANDed; None if none.
+
+    `t`, `s` are the sizes of axis 1 of query and value (Keras uses shape[1]).
+    """
+    auto = None
+
+    def both(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
+        return b if a is None else a & b
+
+    if query_mask is not None:
+        auto = np.expand_dims(query_mask, -1)  # (B, T, 1)
+    if value_mask is not None:
+        auto = both(auto, np.expand_dims(value_mask, -2))  # (B, 1, S)
+    if key_mask is not None:
+        auto = both(auto, np.expand_dims(key_mask, -2))  # (B, 1, S)
+    if use_causal_mask:
+        auto = both(auto, causal_mask(t, s))  # (1, T, S)
+    if sliding_window is not None:
+        auto = both(auto, sliding_window_mask(t, s, sliding_window))  # (1, T, S)
+    if auto is None:
+        return attention_mask
+    return auto if attention_mask is None else attention_mask & auto
+
+
+def _expand_mask(mask: np.ndarray, scores_rank: int, n_attn_axes: int) -> np.ndarray:
+    """Insert the head axis (and other missing batch axes) as Keras's `_masked_softmax`."""
+    axis = -n_attn_axes * 2 - 1
+    while mask.ndim < scores_rank:
+        mask = np.expand_dims(mask, axis)
+    return mask
+
+
+# -- the kernel -----------------------------------------------------------------
+
+
+def multi_head_attention(
+    query: np.ndarray,
+    value: np.ndarray,
+    key: np.ndarray | None,
+    weights: Mapping[str, np.ndarray],
+    cfg: MHAConfig,
+    *,
+    attention_mask: np.ndarray | None = None,
+    query_mask: np.ndarray | None = None,
+    value_mask: np.ndarray | None = None,
+    key_mask: np.ndarray | None = None,
+    use_causal_mask: bool = False,
+    return_attention_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The MultiHeadAttention forward pass; see the module docstring."""
+    key = value if key is None else key
+    dt = query.dtype
+    if value.shape[1:-1] != key.shape[1:-1]:
+        raise LayerConfigError(
+            f"MultiHeadAttention: value {value.shape} and key {key.shape} must agree "
+            "on every dimension but the last"
+        )
+    w = weights
+    bias = cfg.use_bias
+
+    def project(x: np.ndarray, role: str) -> np.ndarray:
+        eq, _, _ = build_proj_equation(x.ndim - 1, bound_dims=1, output_dims=2)
+        y = contract(eq, x, w[f"{role}.kernel"])
+        return y + w[f"{role}.bias"] if bias else y
+
+    masks = dict(
+        query_mask=as_mask(query_mask, what="query_mask"),
+        value_mask=as_mask(value_mask, what="value_mask"),
+        key_mask=as_mask(key_mask, what="key_mask"),
+        attention_mask=as_mask(attention_mask, what="attention_mask"),
+    )
+    # (Keras hands a causal-only mask to its fused kernel as is_causal=True:
+    # the same lower triangle, applied the same way.)
+    mask = compute_attention_mask(
+        query.shape[1],
+        value.shape[1],
+        **masks,
+        use_causal_mask=use_causal_mask,
+        sliding_window=cfg.sliding_window,
+    )
+
+    # gate = (B, T, N, Hv), sigmoid of a projection of the *input* query
+    gate = sigmoid(project(query, "gate")) if cfg.use_gate else None
+    # q = (B, T, N, H); k = (B, S, N, H); v = (B, S, N, Hv)
+    q = project(query, "query")
+    k = project(key, "key")
+    v = project(value, "value")
+
+    proj_rank = q.ndim
+    axes = normalize_attention_axes(cfg.attention_axes, proj_rank)
+    if any(a < 1 or a >= proj_rank - 1 for a in axes):
+        raise LayerConfigError(
+            f"MultiHeadAttention attention_axes {cfg.attention_axes} do not fit inputs "
+            f"of rank {query.ndim}"
+        )
+    dot_eq, combine_eq, scores_rank = build_attention_equation(proj_rank, axes)
+    inv_sqrt = const(1.0 / math.sqrt(float(cfg.key_dim)), dt)
+    if mask is not None:
+        mask = _expand_mask(mask, scores_rank, len(axes))
+
+    fast = cfg.dropout == 0.0 and not return_attention_scores and proj_rank == 4
+    if fast:
+        # ops.dot_product_attention: logits = (B, N, T, S), scaled after the product
+        logits = contract("BTNH,BSNH->BNTS", q, k) * inv_sqrt
+        probs = dot_product_attention_softmax(logits, mask)
+        # ctx = (B, T, N, Hv)
+        ctx = contract("BNTS,BSNH->BTNH", probs, v)
+        scores = None
+    else:
+        # scores = (B, N, T, S) = einsum("aecd,abcd->acbe", k, q * 1/sqrt(H))
+        scores = contract(dot_eq, k, q * inv_sqrt)
+        norm_axes = tuple(range(scores_rank - len(axes), scores_rank))
+        scores = keras_masked_softmax(scores, mask, norm_axes)
+        # ctx = (B, T, N, Hv) = einsum("acbe,aecd->abcd", probs, v)
+        ctx = contract(combine_eq, scores, v)
+
+    if gate is not None:
+        ctx = ctx * gate
+    # out = (B, T, *output_shape)
+    n_out = len(w["output.kernel"].shape) - 2
+    eq, _, _ = build_proj_equation(query.ndim - 1, bound_dims=2, output_dims=n_out)
+    out = contract(eq, ctx, w["output.kernel"])
+    if bias:
+        out = out + w["output.bias"]
+    if return_attention_scores:
+        return out, scores
+    return out
+
+
+class MultiHeadAttentionKind(LayerKind):
+    name = "MultiHeadAttention"
+    summary = "multi-head dot-product attention (inputs: query, value[, key])"
+    min_inputs = 2
+    max_inputs = 3
+    call_kwargs = frozenset(
+        {
+            "attention_mask",
+            "query_mask",
+            "value_mask",
+            "key_mask",
+            "use_causal_mask",
+            "return_attention_scores",
+        }
+    )
+
+    def weight_names(self, config: Mapping[str, Any]) -> list[str]:
+        return mha_weight_names(MHAConfig.from_keras(config))
+
+    def weight_shapes(
+        self, config: Mapping[str, Any], input_shapes: Sequence[Shape]
+    ) -> dict[str, Shape]:
+        return mha_weight_shapes(MHAConfig.from_keras(config), *input_shapes[:3])
+
+    def compute(self, config, weights, inputs, **call_kwargs):
+        query, value, *rest = inputs
+        key = rest[0] if rest else None
+        return multi_head_attention(
+            query, value, key, weights, MHAConfig.from_keras(config), **call_kwargs
+        )
