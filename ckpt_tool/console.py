@@ -162,3 +162,85 @@ def _print_totals(listing: Listing) -> None:
             f"[dim]hidden: {parts} tensors ({human_bytes(listing.hidden_bytes)}); "
             "--all shows them[/]"
         )
+
+
+def render_roles(role_map, infos_by_key: dict | None = None) -> None:
+    """The layers found in a weight file and which variable plays which role."""
+    table = Table(title="layers and roles", title_justify="left", box=None)
+    for col in ("layer", "class", "role", "variable", "shape", "evidence"):
+        table.add_column(col, overflow="fold")
+    for layer in role_map.layers:
+        first = True
+        for role, key in layer.weights.items():
+            info = (infos_by_key or {}).get(key)
+            shape = _shape(info.shape) if info is not None else ""
+            name = info.name if info is not None else key
+            table.add_row(
+                layer.name if first else "",
+                layer.class_name if first else "",
+                role,
+                name,
+                shape,
+                layer.evidence if first else "",
+            )
+            first = False
+        for note in layer.notes:
+            table.add_row("", "", "", f"[dim]{note}[/]", "", "")
+    for info in role_map.unassigned:
+        table.add_row("-", "-", "?", info.name, _shape(info.shape), "no pattern fits")
+    out.print(table)
+
+
+def _verdict(passed: bool) -> str:
+    return "[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"
+
+
+def _agreement_table(title: str, agreements) -> Table:
+    table = Table(title=title, title_justify="left", box=None)
+    for col in (
+        "",
+        "shape",
+        "max abs",
+        "mean abs",
+        "median abs",
+        "max rel",
+        "cosine",
+        "req atol",
+        "req rtol",
+        "",
+    ):
+        table.add_column(col, justify="right" if col not in ("", "shape") else "left")
+    for a in agreements:
+        table.add_row(
+            a.name,
+            _shape(a.shape),
+            f"{a.max_abs:.3g}",
+            f"{a.mean_abs:.3g}",
+            f"{a.median_abs:.3g}",
+            f"{a.max_rel:.3g}",
+            f"{a.cosine:.9f}",
+            f"{a.required_atol:.3g}",
+            f"{a.required_rtol:.3g}",
+            _verdict(a.passed),
+        )
+    return table
+
+
+def render_verify(report) -> None:
+    out.print(f"[bold]{report.path}[/] ({report.format})")
+    out.print(f"original: {report.original}")
+    out.print(f"weights:  {report.weights_source}")
+    out.print(f"graph:    {report.graph_source}; NumPy in {report.precision}")
+    render_roles(report.roles)
+    for line in report.settled:
+        out.print(f"[cyan]settled[/] {line}")
+    for run in report.runs:
+        out.print(_agreement_table(f"outputs, inputs: {run.label}", run.outputs))
+        if run.layers is not None:
+            out.print(_agreement_table("per layer", run.layers))
+            if run.first_divergent:
+                out.print(f"first layer that diverges: [bold red]{run.first_divergent}[/]")
+    if report.runs:
+        a = report.runs[0].outputs[0] if report.runs[0].outputs else None
+        tol = f" (atol {a.atol:g}, rtol {a.rtol:g})" if a else ""
+        out.print(f"{_verdict(report.passed)}{tol}")

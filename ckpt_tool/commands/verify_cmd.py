@@ -1,0 +1,106 @@
+"""`ckpt-tool verify`: prove that the weights, run in NumPy, compute what the model computes."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ckpt_tool import console
+from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
+from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
+from ckpt_tool.verify import PRECISIONS, VerifyOptions, verify
+
+
+def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[float]:
+    if not value:
+        return []
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.1,1,10") from None
+
+
+@click.command("verify")
+@click.argument("path", type=click.Path(path_type=str))
+@format_option
+@click.option(
+    "--weights",
+    "weights",
+    metavar="OTHER",
+    help="Run NumPy on the weights from OTHER (an export, a ported or edited npz, a .weights.h5) against PATH's model.",
+)
+@click.option(
+    "--roles",
+    "roles_file",
+    metavar="FILE",
+    help="JSON/YAML mapping of variable to role (or layer:role) overriding the detected roles.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random normal inputs.")
+@click.option(
+    "--batch",
+    default=2,
+    show_default=True,
+    help="Batch size where the model's batch dimension is unknown.",
+)
+@click.option(
+    "--seq-len", default=8, show_default=True, help="Size of other unknown input dimensions."
+)
+@click.option(
+    "--scales",
+    callback=_scales,
+    metavar="LIST",
+    help="Also run constant inputs at these magnitudes, e.g. 0.1,1,10,100,1000.",
+)
+@click.option(
+    "--inputs",
+    "inputs_file",
+    metavar="FILE",
+    help="Your own inputs: .npy (one input) or .npz (one array per input).",
+)
+@click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance.")
+@click.option(
+    "--rtol",
+    default=DEFAULT_RTOL,
+    show_default=True,
+    help="Relative tolerance (an element fails only if its error exceeds both).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    default="float64",
+    show_default=True,
+    help="NumPy compute precision; float32 mimics the original's rounding.",
+)
+@click.option(
+    "--per-layer",
+    is_flag=True,
+    help="Compare every layer's output and name the first that diverges (Keras models).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckpt-tool.verify/1)."
+)
+@click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Load .keras files with safe_mode off (allows lambdas): trusted files only.",
+)
+@no_crc_option
+def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **options) -> None:
+    """Map PATH's variables to layer roles, rebuild the forward pass in NumPy einsum, run the
+    original model with TensorFlow, and report how closely the two agree.
+
+    Runs the model's own code (TensorFlow executes it): use it on files you trust.
+    Exit code 0 when every output agrees within --atol/--rtol, 1 when any disagrees,
+    2 for usage or input errors. The defaults (atol 1e-5, rtol 1e-4) hold with margin
+    for float32 models checked against the float64 NumPy reference.
+    """
+    console.print_note("verify executes the model with TensorFlow (list and export never do)")
+    opts = VerifyOptions(format=format_, no_crc=no_crc, **options)
+    report = verify(path, opts, note=console.print_note)
+    if as_json:
+        console.print_json(report.to_json())
+    else:
+        console.render_verify(report)
+    sys.exit(EXIT_OK if report.passed else EXIT_DISAGREE)

@@ -1,0 +1,255 @@
+"""The layer graph to run: from a Keras functional config when there is one, else a chain.
+
+A graph is a list of nodes in topological order. Each node calls one layer on
+tensors produced by earlier nodes (or on model inputs) and yields one or more
+output tensors, referred to as `(layer name, node index, tensor index)` like
+Keras's own `keras_history`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ckpt_tool.errors import UnsupportedFormatError
+from ckpt_tool.roles import RoleMap
+
+Ref = tuple[str, int, int]  # (layer name, node index, tensor index)
+
+# Layers that are plumbing, not computation, in the graph.
+_INPUT_CLASSES = ("InputLayer",)
+_MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+@dataclass
+class Node:
+    layer: str  # layer name, the key into RoleMap and the weights
+    class_name: str
+    config: dict
+    node_index: int  # which call of the layer (a shared layer is called more than once)
+    args: list[Any]  # positional inputs: Refs, or lists of Refs
+    kwargs: dict[str, Any] = field(default_factory=dict)  # Refs or plain values
+
+
+@dataclass
+class Graph:
+    inputs: list[Ref]
+    nodes: list[Node]
+    outputs: list[Ref]
+    source: str  # "config" or "chain"
+    input_names: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_graph(model_config: dict | None, role_map: RoleMap) -> Graph:
+    """The graph of a Keras functional model config, else the chain of mapped layers."""
+    if model_config:
+        inner = _functional_config(model_config)
+        if inner is not None:
+            return _from_functional(inner)
+    return chain_graph(role_map)
+
+
+def _functional_config(model_config: dict) -> dict | None:
+    config = model_config.get("config", model_config)
+    if isinstance(config, dict) and isinstance(config.get("layers"), list):
+        if model_config.get("class_name") == "Sequential" or "input_layers" not in config:
+            return _sequential_as_functional(config)
+        return config
+    return None
+
+
+def _sequential_as_functional(config: dict) -> dict | None:
+    layers = [layer for layer in config["layers"] if layer.get("class_name") not in _INPUT_CLASSES]
+    if not layers:
+        return None
+    chained = [
+        {
+            "class_name": "InputLayer",
+            "name": "input",
+            "config": {"name": "input"},
+            "inbound_nodes": [],
+        }
+    ]
+    previous = "input"
+    for layer in layers:
+        name = layer.get("name") or layer["config"]["name"]
+        chained.append({**layer, "name": name, "inbound_nodes": [[[previous, 0, 0, {}]]]})
+        previous = name
+    return {
+        "layers": chained,
+        "input_layers": [["input", 0, 0]],
+        "output_layers": [[previous, 0, 0]],
+    }
+
+
+def _from_functional(config: dict) -> Graph:
+    nodes: list[Node] = []
+    inputs: list[Ref] = []
+    for layer in config["layers"]:
+        name = layer.get("name") or layer["config"]["name"]
+        class_name = layer["class_name"]
+        if class_name in _MODEL_CLASSES:
+            raise UnsupportedFormatError(
+                f"nested model {name!r} in the config is not supported yet"
+            )
+        if class_name in _INPUT_CLASSES:
+            continue
+        for index, inbound in enumerate(layer.get("inbound_nodes", [])):
+            args, kwargs = _parse_inbound(inbound)
+            nodes.append(Node(name, class_name, dict(layer["config"]), index, args, kwargs))
+    inputs = _refs(config["input_layers"])
+    outputs = _refs(config["output_layers"])
+    ordered = _topological(nodes, set(inputs))
+    return Graph(inputs, ordered, outputs, "config", [r[0] for r in inputs])
+
+
+def _refs(value: list) -> list[Ref]:
+    """`["x", 0, 0]` or `[["x", 0, 0], ...]` -> list of Refs."""
+    if value and isinstance(value[0], str):
+        return [(value[0], int(value[1]), int(value[2]))]
+    return [(v[0], int(v[1]), int(v[2])) for v in value]
+
+
+def _parse_inbound(inbound: Any) -> tuple[list[Any], dict[str, Any]]:
+    """One call of a layer, from either config spelling:
+    Keras 3 `{"args": [...], "kwargs": {...}}` with `__keras_tensor__` entries, or
+    tf-keras `[[layer, node, tensor, {kwargs}], ...]`."""
+    if isinstance(inbound, dict):
+        args = [_tensor_refs(a) for a in inbound.get("args", [])]
+        kwargs = {k: _tensor_refs(v) for k, v in inbound.get("kwargs", {}).items()}
+        return args, kwargs
+    args, kwargs = [], {}
+    for entry in inbound:
+        args.append((entry[0], int(entry[1]), int(entry[2])))
+        if len(entry) > 3 and isinstance(entry[3], dict):
+            kwargs.update({k: _legacy_refs(v) for k, v in entry[3].items()})
+    return args, kwargs
+
+
+def _tensor_refs(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        history = value["config"]["keras_history"]
+        return (history[0], int(history[1]), int(history[2]))
+    if isinstance(value, list):
+        return [_tensor_refs(v) for v in value]
+    return value
+
+
+def _legacy_refs(value: Any) -> Any:
+    is_ref = isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str)
+    if is_ref and isinstance(value[1], int) and isinstance(value[2], int):
+        return (value[0], value[1], value[2])
+    if isinstance(value, list):
+        return [_legacy_refs(v) for v in value]
+    return value
+
+
+def _refs_in(value: Any) -> list[Ref]:
+    if isinstance(value, tuple):
+        return [value]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs_in(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _refs_in(v)]
+    return []
+
+
+def _topological(nodes: list[Node], available_inputs: set[Ref]) -> list[Node]:
+    """Order nodes so that every node comes after the nodes it reads."""
+    produced = {(r[0], r[1]) for r in available_inputs}
+    ordered: list[Node] = []
+    pending = list(nodes)
+    while pending:
+        ready = [
+            n
+            for n in pending
+            if all((r[0], r[1]) in produced for r in _refs_in([n.args, n.kwargs]))
+        ]
+        if not ready:
+            names = ", ".join(n.layer for n in pending)
+            raise UnsupportedFormatError(f"the model config's graph cannot be ordered (at {names})")
+        for n in ready:
+            ordered.append(n)
+            produced.add((n.layer, n.node_index))
+            pending.remove(n)
+    return ordered
+
+
+def chain_graph(role_map: RoleMap) -> Graph:
+    """No config: the mapped layers one after another, attention as self-attention."""
+    nodes = []
+    previous: Ref = ("input", 0, 0)
+    for layer in role_map.layers:
+        args: list[Any] = [previous]
+        if layer.class_name in ("MultiHeadAttention",):
+            args = [previous, previous]  # query = value = x
+        elif layer.class_name in ("Attention", "AdditiveAttention"):
+            args = [[previous, previous]]
+        nodes.append(Node(layer.name, layer.class_name, layer.config, 0, args, {}))
+        previous = (layer.name, 0, 0)
+    return Graph([("input", 0, 0)], nodes, [previous], "chain", ["input"])
+
+
+# --------------------------------------------------------------------------- running
+
+# Call arguments that carry tensors into a layer, in the order of its inputs list.
+_TENSOR_KWARGS = ("query", "value", "key")
+
+
+def run_graph(
+    graph: Graph,
+    weights: Mapping[str, Mapping[str, np.ndarray]],
+    inputs: Sequence[np.ndarray],
+    *,
+    dtype: np.dtype | type = np.float64,
+    configs: Mapping[str, dict] | None = None,
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Run the graph in NumPy. Returns the model outputs and every node's first output
+    (by layer name, for per-layer comparison). `configs` overrides node configs."""
+    from ckpt_tool.layers import get_layer
+
+    values: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
+    for ref, array in zip(graph.inputs, inputs, strict=True):
+        values[(ref[0], ref[1])] = (np.asarray(array),)
+    per_layer: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        kind = get_layer(node.class_name)
+        config = (configs or {}).get(node.layer, node.config)
+        tensors, call_kwargs = _call_arguments(node, values)
+        result = kind.apply(
+            config, dict(weights.get(node.layer, {})), tensors, dtype=dtype, **call_kwargs
+        )
+        outputs = result if isinstance(result, tuple) else (result,)
+        values[(node.layer, node.node_index)] = outputs
+        per_layer.setdefault(node.layer, outputs[0])
+    model_outputs = [values[(r[0], r[1])][r[2]] for r in graph.outputs]
+    return model_outputs, per_layer
+
+
+def _call_arguments(node: Node, values: dict) -> tuple[list[np.ndarray], dict[str, Any]]:
+    def resolve(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return values[(value[0], value[1])][value[2]]
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    tensors: list[np.ndarray] = []
+    for arg in node.args:
+        resolved = resolve(arg)
+        tensors.extend(resolved if isinstance(resolved, list) else [resolved])
+    kwargs = {}
+    for name in _TENSOR_KWARGS:  # tensor keywords join the inputs in call order
+        if name in node.kwargs and node.kwargs[name] is not None:
+            tensors.append(resolve(node.kwargs[name]))
+    for name, value in node.kwargs.items():
+        if name in _TENSOR_KWARGS or name == "training" or value is None:
+            continue
+        kwargs[name] = resolve(value)
+    return tensors, kwargs

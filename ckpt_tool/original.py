@@ -1,0 +1,207 @@
+"""Run the original model with TensorFlow / Keras. This executes the model's code:
+only `verify` uses it, and it says so."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckpt_tool.errors import CkptToolError, UnsupportedFormatError
+
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+class OriginalModel:
+    """The model as TensorFlow runs it."""
+
+    description = ""
+    input_specs: list[InputSpec]
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def layer_outputs(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Every layer's (first) output by layer name, when the model is a Keras model."""
+        return None
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise CkptToolError(
+            "verify needs TensorFlow to run the original model: pip install 'ckpt-tool[tf]'"
+        ) from None
+    return tf
+
+
+def load_original(path: Path, format_name: str, *, unsafe: bool = False) -> OriginalModel:
+    if format_name == "checkpoint":
+        savedmodel = path if path.is_dir() else path.parent
+        if not (savedmodel / "saved_model.pb").exists():
+            raise UnsupportedFormatError(
+                "a bare checkpoint holds weights but no model to run: verify needs a "
+                "SavedModel, .keras or .h5 model (or pass this one with --weights)",
+                path,
+            )
+        return _SavedModel(savedmodel)
+    if format_name == "keras":
+        return _KerasModel(path, legacy=False, unsafe=unsafe)
+    if format_name == "h5":
+        return _KerasModel(path, legacy=_is_tf_keras_h5(path), unsafe=unsafe)
+    raise UnsupportedFormatError(
+        f"{format_name} files hold weights only, no model to run: pass them with --weights", path
+    )
+
+
+def _is_tf_keras_h5(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        version = f.attrs.get("keras_version", b"")
+    if isinstance(version, bytes):
+        version = version.decode()
+    return not str(version).startswith("3")
+
+
+# --------------------------------------------------------------------------- SavedModel
+
+
+class _SavedModel(OriginalModel):
+    def __init__(self, path: Path):
+        tf = _quiet_tensorflow()
+        self._tf = tf
+        try:
+            self._loaded = tf.saved_model.load(str(path))
+        except Exception as exc:
+            raise CkptToolError(
+                f"TensorFlow cannot load this SavedModel: {_first_line(exc)}", path
+            ) from None
+        self._serve = getattr(self._loaded, "serve", None)  # Keras 3 model.export(): positional
+        signatures = dict(getattr(self._loaded, "signatures", {}))
+        if self._serve is not None and hasattr(self._serve, "input_signature"):
+            specs = self._serve.input_signature or ()
+            self.input_specs = [
+                _spec_from_tf(s, f"input_{i}") for i, s in enumerate(_flatten(specs))
+            ]
+            self.description = f"SavedModel {path.name}, endpoint serve"
+            self._signature = None
+        elif signatures:
+            name = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+            self._signature = signatures[name]
+            kw = self._signature.structured_input_signature[1]
+            self.input_specs = [_spec_from_tf(kw[k], k) for k in kw]
+            self.description = f"SavedModel {path.name}, signature {name}"
+        else:
+            raise UnsupportedFormatError("the SavedModel has no serving signature to run", path)
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        tf = self._tf
+        if self._signature is None:
+            result = self._serve(*[tf.constant(x) for x in inputs])
+        else:
+            result = self._signature(
+                **{s.name: tf.constant(x) for s, x in zip(self.input_specs, inputs, strict=True)}
+            )
+        return [np.asarray(t) for t in _ordered_outputs(result)]
+
+
+def _ordered_outputs(result: Any) -> list[Any]:
+    if isinstance(result, dict):
+
+        def key(name: str) -> tuple:
+            m = re.fullmatch(r"output_(\d+)", name)
+            return (0, int(m.group(1)), "") if m else (1, 0, name)
+
+        return [result[k] for k in sorted(result, key=key)]
+    if isinstance(result, (list, tuple)):
+        return [r for item in result for r in _ordered_outputs(item)]
+    return [result]
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    if isinstance(value, dict):
+        return [x for k in value for x in _flatten(value[k])]
+    return [value]
+
+
+def _spec_from_tf(spec: Any, fallback: str) -> InputSpec:
+    shape = tuple(None if d is None else int(d) for d in spec.shape.as_list())
+    return InputSpec(spec.name or fallback, shape, spec.dtype.name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- Keras
+
+
+class _KerasModel(OriginalModel):
+    def __init__(self, path: Path, *, legacy: bool, unsafe: bool):
+        _quiet_tensorflow()
+        try:
+            if legacy:
+                import tf_keras as keras
+
+                self._model = keras.models.load_model(str(path), compile=False)
+            else:
+                import keras
+
+                self._model = keras.saving.load_model(
+                    str(path), compile=False, safe_mode=not unsafe
+                )
+        except ImportError as exc:
+            raise CkptToolError(
+                f"verify needs {exc.name} to load this model: pip install 'ckpt-tool[tf]'"
+            ) from None
+        except Exception as exc:
+            hint = (
+                " (--unsafe allows lambdas from trusted files)" if "safe_mode" in str(exc) else ""
+            )
+            raise CkptToolError(
+                f"Keras cannot load this model: {_first_line(exc)}{hint}", path
+            ) from None
+        self._keras = keras
+        self.description = f"{'tf-keras' if legacy else 'Keras'} model {path.name}"
+        self.input_specs = [
+            InputSpec(
+                t.name, tuple(None if d is None else int(d) for d in t.shape), _dtype_name(t.dtype)
+            )
+            for t in self._model.inputs
+        ]
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        result = self._model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        return [np.asarray(t) for t in _ordered_outputs(result)]
+
+    def layer_outputs(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray] | None:
+        layers = [layer for layer in self._model.layers if type(layer).__name__ != "InputLayer"]
+        outputs = []
+        for layer in layers:
+            out = layer.output
+            outputs.append(out[0] if isinstance(out, (list, tuple)) else out)
+        probe = self._keras.Model(self._model.inputs, outputs)
+        result = probe(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        if not isinstance(result, (list, tuple)):
+            result = [result]
+        return {layer.name: np.asarray(r) for layer, r in zip(layers, result, strict=True)}
+
+
+def _dtype_name(dtype: Any) -> str:
+    return getattr(dtype, "name", None) or str(dtype)

@@ -1,0 +1,579 @@
+"""Which variable is which: assign every weight to a layer and a role within it.
+
+Evidence, strongest first (each assignment records which one decided):
+1. "config": a Keras model config names the layer and gives its class and settings;
+2. "names": the variable's path spells the layer and the role
+   (`multi_head_attention/query/kernel`, `layer_with_weights-0/_query_dense/kernel`);
+3. "shape+order": anonymous `variables/N` are parsed as a sequence of layers, each
+   layer a pattern of shapes in Keras's weight-creation order, e.g. MultiHeadAttention
+   `(D,N,H),(N,H)` for query, key, [gate], value, then `(N,Hv,Dout),(Dout,)`.
+Where the evidence leaves alternatives (equal q/k/v shapes ordered only by position,
+a gate with the value's shape), the layer lists them and `verify` settles them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckpt_tool.errors import UsageError
+from ckpt_tool.readers.base import WEIGHT, VariableInfo
+
+CONFIG, NAMES, SHAPE_ORDER, USER = "config", "names", "shape+order", "roles file"
+
+# Sub-layer names of MultiHeadAttention across Keras 3, Keras 3.0.x, tf-keras and BERT.
+_MHA_PARTS = {
+    "query": "query",
+    "_query_dense": "query",
+    "query_dense": "query",
+    "key": "key",
+    "_key_dense": "key",
+    "key_dense": "key",
+    "value": "value",
+    "_value_dense": "value",
+    "value_dense": "value",
+    "gate": "gate",
+    "_gate_dense": "gate",
+    "gate_dense": "gate",
+    "attention_output": "output",
+    "_output_dense": "output",
+    "output_dense": "output",
+}
+_PARAMS = ("kernel", "bias", "gamma", "beta", "scale", "concat_score_weight", "embeddings")
+_ANONYMOUS_LISTS = {"variables", "_all_variables", "trainable_variables", "non_trainable_variables"}
+
+
+@dataclass
+class Layer:
+    """One layer of the model as far as the weights tell."""
+
+    name: str
+    class_name: str
+    config: dict
+    weights: dict[str, str]  # role -> variable key
+    evidence: str
+    notes: list[str] = field(default_factory=list)
+    # Other role -> key assignments the evidence cannot rule out; verify tries them.
+    alternatives: list[dict[str, str]] = field(default_factory=list)
+    # Settings the weights cannot tell (an activation, an epsilon): other configs to try.
+    config_alternatives: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "class_name": self.class_name,
+            "config": _public_config(self.config),
+            "weights": self.weights,
+            "evidence": self.evidence,
+            "notes": self.notes,
+            "alternatives": self.alternatives,
+        }
+
+
+@dataclass
+class RoleMap:
+    layers: list[Layer]
+    unassigned: list[VariableInfo]
+
+    def by_key(self) -> dict[str, tuple[Layer, str]]:
+        return {key: (layer, role) for layer in self.layers for role, key in layer.weights.items()}
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        return {
+            "layers": [layer.to_json() for layer in self.layers],
+            "unassigned": [info.key for info in self.unassigned],
+        }
+
+
+def _public_config(config: dict) -> dict:
+    keep = (dict, list, str, int, float, bool, type(None))
+    return {k: v for k, v in config.items() if isinstance(v, keep)}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def assign_roles(
+    infos: Sequence[VariableInfo],
+    model_config: dict | None = None,
+    roles_file: str | Path | None = None,
+) -> RoleMap:
+    """Assign every WEIGHT variable (in model order) to a layer and a role."""
+    weights = sorted((i for i in infos if i.kind == WEIGHT), key=lambda i: i.order)
+    layer_configs = _layer_configs(model_config) if model_config else {}
+    layers: list[Layer] = []
+    rest = weights
+    if layer_configs:
+        found, rest = _from_config(rest, layer_configs)
+        layers += found
+    found, rest = _from_names(rest)
+    layers += found
+    found, unassigned = _from_shapes(rest)
+    layers += found
+    layers.sort(key=lambda layer: min(_order(weights, k) for k in layer.weights.values()))
+    _dedupe_layer_names(layers)
+    role_map = RoleMap(layers, unassigned)
+    if roles_file is not None:
+        apply_roles_file(role_map, roles_file, weights)
+    return role_map
+
+
+def _order(weights: Sequence[VariableInfo], key: str) -> int:
+    for info in weights:
+        if info.key == key:
+            return info.order
+    return 1 << 30
+
+
+def _dedupe_layer_names(layers: list[Layer]) -> None:
+    seen: dict[str, int] = {}
+    for layer in layers:
+        n = seen.get(layer.name, 0)
+        seen[layer.name] = n + 1
+        if n:
+            layer.name = f"{layer.name}_{n}"
+
+
+# --------------------------------------------------------------------------- names
+
+
+@dataclass
+class _Parsed:
+    info: VariableInfo
+    layer_path: str
+    part: str | None  # MHA sub-layer ("query", ...) or None
+    param: str
+
+
+def _parse_name(name: str) -> _Parsed | None:
+    """Split `.../<layer>/[<sub-layer>/]<param>` into its parts; None if anonymous."""
+    name = re.sub(r":\d+$", "", name)
+    parts = [p for p in name.split("/") if p]
+    if len(parts) < 2 or parts[-1] not in _PARAMS:
+        return None
+    if parts[0] in _ANONYMOUS_LISTS:
+        return None
+    param = parts[-1]
+    if len(parts) >= 3 and parts[-2] in _MHA_PARTS:
+        return _Parsed(None, "/".join(parts[:-2]), _MHA_PARTS[parts[-2]], param)  # type: ignore[arg-type]
+    return _Parsed(None, "/".join(parts[:-1]), None, param)  # type: ignore[arg-type]
+
+
+def _best_parse(info: VariableInfo) -> _Parsed | None:
+    """The most informative of a variable's name and aliases."""
+    best = None
+    for name in (info.name, *info.aliases):
+        parsed = _parse_name(name)
+        if parsed is None:
+            continue
+        parsed.info = info
+        if best is None or (parsed.part and not best.part):
+            best = parsed
+    return best
+
+
+def _from_names(infos: list[VariableInfo]) -> tuple[list[Layer], list[VariableInfo]]:
+    groups: dict[str, list[_Parsed]] = {}
+    rest = []
+    for info in infos:
+        parsed = _best_parse(info)
+        if parsed is None or not parsed.layer_path:
+            rest.append(info)
+        else:
+            groups.setdefault(parsed.layer_path, []).append(parsed)
+    layers = []
+    for path, members in groups.items():
+        roles = {_role(p): p.info.key for p in members}
+        if len(roles) != len(members):  # names collide (e.g. `model/kernel` twice)
+            rest += [p.info for p in members]
+            continue
+        class_name = _class_from_roles(roles, [p.info for p in members])
+        if class_name is None:
+            rest += [p.info for p in members]
+            continue
+        shapes = {_role(p): p.info.shape for p in members}
+        layer = Layer(
+            name=_short_layer_name(path),
+            class_name=class_name,
+            config=infer_config(class_name, shapes),
+            weights=roles,
+            evidence=NAMES,
+        )
+        _add_unknown_settings(layer)
+        layers.append(layer)
+    rest.sort(key=lambda i: i.order)
+    return layers, rest
+
+
+def _role(p: _Parsed) -> str:
+    return f"{p.part}.{p.param}" if p.part else p.param
+
+
+def _short_layer_name(path: str) -> str:
+    """`model/multi_head_attention` -> `multi_head_attention`; BERT paths stay whole."""
+    parts = path.split("/")
+    if len(parts) == 2 and parts[0] in ("model", "root"):
+        return parts[1]
+    return path
+
+
+def _class_from_roles(roles: dict[str, str], infos: list[VariableInfo]) -> str | None:
+    names = set(roles)
+    rank = {r: len(i.shape) for r, i in zip(roles, infos, strict=True)}
+    if any("." in r for r in names):
+        return "MultiHeadAttention"
+    if names <= {"gamma", "beta"}:
+        return "LayerNormalization"
+    if names <= {"kernel", "bias"} and "kernel" in names:
+        return "Dense" if rank["kernel"] == 2 else "EinsumDense"
+    if names == {"embeddings"}:
+        return "Embedding"
+    if names <= {"scale", "concat_score_weight"}:
+        if "concat_score_weight" in names or rank.get("scale") == 0:
+            return "Attention"
+        return "AdditiveAttention"
+    return None
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _layer_configs(model_config: dict) -> dict[str, dict]:
+    """Layer name -> {"class_name", "config"} from a Keras model config (any nesting)."""
+    found: dict[str, dict] = {}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            cls, cfg = node.get("class_name"), node.get("config")
+            if isinstance(cls, str) and isinstance(cfg, dict):
+                name = cfg.get("name") or node.get("name")
+                if isinstance(name, str) and cls not in ("InputLayer", "Functional", "Sequential"):
+                    found.setdefault(name, {"class_name": cls, "config": cfg})
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(model_config)
+    return found
+
+
+def _from_config(
+    infos: list[VariableInfo], layer_configs: dict[str, dict]
+) -> tuple[list[Layer], list[VariableInfo]]:
+    by_layer: dict[str, dict[str, str]] = {}
+    rest = []
+    for info in infos:
+        placed = False
+        for name in (info.name, *info.aliases):
+            parsed = _parse_name(name)
+            segments = re.sub(r":\d+$", "", name).split("/")
+            layer_name = next((s for s in reversed(segments) if s in layer_configs), None)
+            if parsed is None or layer_name is None:
+                continue
+            parsed.info = info
+            by_layer.setdefault(layer_name, {})[_role(parsed)] = info.key
+            placed = True
+            break
+        if not placed:
+            rest.append(info)
+    layers = []
+    for name, weights in by_layer.items():
+        spec = layer_configs[name]
+        layers.append(Layer(name, spec["class_name"], dict(spec["config"]), weights, CONFIG))
+    return layers, rest
+
+
+# --------------------------------------------------------------------------- shape and order
+
+
+def _from_shapes(infos: list[VariableInfo]) -> tuple[list[Layer], list[VariableInfo]]:
+    """Parse anonymous variables, in order, as a sequence of known layer patterns."""
+    layers: list[Layer] = []
+    unassigned: list[VariableInfo] = []
+    i = 0
+    while i < len(infos):
+        for matcher in _MATCHERS:
+            match = matcher(infos, i)
+            if match is not None:
+                layer, used = match
+                _add_unknown_settings(layer)
+                layers.append(layer)
+                i += used
+                break
+        else:
+            unassigned.append(infos[i])
+            i += 1
+    return layers, unassigned
+
+
+def _shape(infos: Sequence[VariableInfo], i: int) -> tuple[int, ...] | None:
+    return infos[i].shape if i < len(infos) else None
+
+
+def _match_mha(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """query (Dq,N,H) [bias (N,H)], key (Dk,N,H) [bias], [gate (Dq,N,Hv) [bias]],
+    value (Dv,N,Hv) [bias], output (N,Hv,Dout) [bias (Dout,)]."""
+    q = _shape(infos, i)
+    if q is None or len(q) != 3:
+        return None
+    _, n, h = q
+    use_bias = _shape(infos, i + 1) == (n, h)
+    step = 2 if use_bias else 1
+    for use_gate in (True, False):
+        parts = ["query", "key", *(["gate"] if use_gate else []), "value", "output"]
+        shapes = [_shape(infos, i + k * step) for k in range(len(parts))]
+        if any(s is None or len(s) != 3 for s in shapes):
+            continue
+        by_part = dict(zip(parts, shapes, strict=True))
+        hv = by_part["value"][2]
+        dout = by_part["output"][2]
+        expected = {
+            "query": (q[0], n, h),
+            "key": (by_part["key"][0], n, h),
+            "gate": (q[0], n, hv),
+            "value": (by_part["value"][0], n, hv),
+            "output": (n, hv, dout),
+        }
+        if any(by_part[p] != expected[p] for p in parts):
+            continue
+        weights: dict[str, str] = {}
+        ok = True
+        for k, part in enumerate(parts):
+            weights[f"{part}.kernel"] = infos[i + k * step].key
+            if use_bias:
+                bias_shape = (dout,) if part == "output" else expected[part][1:]
+                if _shape(infos, i + k * step + 1) != bias_shape:
+                    ok = False
+                    break
+                weights[f"{part}.bias"] = infos[i + k * step + 1].key
+        if not ok:
+            continue
+        shapes_by_role = {
+            r: infos[[x.key for x in infos].index(k)].shape for r, k in weights.items()
+        }
+        layer = Layer(
+            name="multi_head_attention",
+            class_name="MultiHeadAttention",
+            config=infer_config("MultiHeadAttention", shapes_by_role),
+            weights=weights,
+            evidence=SHAPE_ORDER,
+        )
+        layer.alternatives = _equal_shape_permutations(weights, shapes_by_role, parts)
+        if layer.alternatives:
+            layer.notes.append(
+                "roles of equally shaped projections follow Keras's creation order; "
+                f"{len(layer.alternatives)} other orders are possible"
+            )
+        return layer, len(parts) * step
+    return None
+
+
+def _equal_shape_permutations(
+    weights: dict[str, str], shapes: dict[str, tuple[int, ...]], parts: list[str]
+) -> list[dict[str, str]]:
+    """Other assignments of the q/k/v/gate projections that fit the shapes equally."""
+    from itertools import permutations
+
+    movable = [p for p in parts if p != "output"]
+    alternatives = []
+    for perm in permutations(movable):
+        if list(perm) == movable:
+            continue
+        alt = dict(weights)
+        fits = True
+        for src, dst in zip(movable, perm, strict=True):
+            for param in ("kernel", "bias"):
+                role_src, role_dst = f"{src}.{param}", f"{dst}.{param}"
+                if role_src not in weights:
+                    continue
+                if shapes[role_src] != shapes[role_dst]:
+                    fits = False
+                alt[role_dst] = weights[role_src]
+        if fits:
+            alternatives.append(alt)
+    return alternatives
+
+
+def _match_dense(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """kernel (I,O) [bias (O,)]."""
+    k = _shape(infos, i)
+    if k is None or len(k) != 2:
+        return None
+    weights = {"kernel": infos[i].key}
+    if _shape(infos, i + 1) == (k[1],):
+        weights["bias"] = infos[i + 1].key
+    shapes = {"kernel": k, **({"bias": (k[1],)} if "bias" in weights else {})}
+    layer = Layer("dense", "Dense", infer_config("Dense", shapes), weights, SHAPE_ORDER)
+    return layer, len(weights)
+
+
+def _match_layer_norm(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """gamma (D,), beta (D,)."""
+    g, b = _shape(infos, i), _shape(infos, i + 1)
+    if g is None or len(g) != 1 or b != g:
+        return None
+    weights = {"gamma": infos[i].key, "beta": infos[i + 1].key}
+    config = infer_config("LayerNormalization", {"gamma": g, "beta": b})
+    return Layer("layer_normalization", "LayerNormalization", config, weights, SHAPE_ORDER), 2
+
+
+def _match_attention(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """Luong Attention: scalar scale and/or scalar concat_score_weight."""
+    if _shape(infos, i) != ():
+        return None
+    if _shape(infos, i + 1) == ():
+        weights = {"scale": infos[i].key, "concat_score_weight": infos[i + 1].key}
+        config = {"use_scale": True, "score_mode": "concat"}
+    else:
+        weights = {"scale": infos[i].key}
+        config = {"use_scale": True, "score_mode": "dot"}
+        # A lone scalar is `scale` with score_mode "dot", or `concat_score_weight`
+        # with use_scale=False; verify tries the other reading.
+    layer = Layer("attention", "Attention", config, weights, SHAPE_ORDER)
+    if len(weights) == 1:
+        layer.config_alternatives.append({"use_scale": False, "score_mode": "concat"})
+        layer.notes.append("a lone scalar: `scale` (dot scores) or `concat_score_weight`")
+    return layer, len(weights)
+
+
+def _match_additive(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """AdditiveAttention: scale (dim,)."""
+    s = _shape(infos, i)
+    if s is None or len(s) != 1:
+        return None
+    layer = Layer(
+        "additive_attention",
+        "AdditiveAttention",
+        {"use_scale": True},
+        {"scale": infos[i].key},
+        SHAPE_ORDER,
+    )
+    return layer, 1
+
+
+_MATCHERS = (_match_mha, _match_layer_norm, _match_dense, _match_attention, _match_additive)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def infer_config(class_name: str, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """The Keras config that weights of these shapes imply (what shapes cannot
+    tell keeps Keras's default and is listed in Layer.config_alternatives)."""
+    if class_name == "MultiHeadAttention":
+        qk = shapes["query.kernel"]
+        num_heads, key_dim = qk[-2], qk[-1]
+        value_dim = shapes.get("value.kernel", qk)[-1]
+        out = shapes.get("output.kernel")
+        config = {
+            "num_heads": num_heads,
+            "key_dim": key_dim,
+            "value_dim": value_dim,
+            "use_bias": "query.bias" in shapes,
+            "use_gate": "gate.kernel" in shapes,
+            "output_shape": None,
+        }
+        if len(qk) == 3 and out is not None and out[-1] != qk[0]:
+            config["output_shape"] = out[-1]
+        return config
+    if class_name == "Dense":
+        return {"units": shapes["kernel"][-1], "use_bias": "bias" in shapes, "activation": "linear"}
+    if class_name == "LayerNormalization":
+        return {"axis": -1, "epsilon": 1e-3, "center": "beta" in shapes, "scale": "gamma" in shapes}
+    if class_name == "Attention":
+        return {
+            "use_scale": "scale" in shapes,
+            "score_mode": "concat" if "concat_score_weight" in shapes else "dot",
+        }
+    if class_name == "AdditiveAttention":
+        return {"use_scale": "scale" in shapes}
+    return {}
+
+
+_ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "softmax")
+
+
+def _add_unknown_settings(layer: Layer) -> None:
+    """Settings that weights do not store: list the common alternatives."""
+    if layer.class_name == "Dense":
+        layer.config_alternatives += [{"activation": a} for a in _ACTIVATIONS]
+        layer.notes.append("activation is not stored in the weights: assumed linear")
+    elif layer.class_name == "LayerNormalization":
+        layer.config_alternatives += [{"epsilon": e} for e in (1e-5, 1e-6, 1e-12)]
+        layer.notes.append("epsilon is not stored in the weights: assumed 1e-3")
+
+
+# --------------------------------------------------------------------------- user overrides
+
+
+def load_roles_file(path: str | Path) -> dict[str, str]:
+    """A JSON or YAML mapping of variable (key or name) to role or `layer:role`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read roles file: {exc.strerror}", path) from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise UsageError(f"roles file is not valid JSON/YAML: {exc}", path) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise UsageError("roles file must map variable names to role strings", path)
+    return data
+
+
+def apply_roles_file(role_map: RoleMap, path: str | Path, infos: Sequence[VariableInfo]) -> None:
+    """Move the variables a roles file names to the roles (and layers) it gives."""
+    overrides = load_roles_file(path)
+    lookup: dict[str, VariableInfo] = {}
+    for info in infos:
+        for name in (info.key, info.name, *info.aliases):
+            lookup.setdefault(name, info)
+    original = role_map.by_key()
+    moves: list[tuple[str, Layer, str]] = []  # (key, layer, role)
+    for variable, target in overrides.items():
+        info = lookup.get(variable)
+        if info is None:
+            raise UsageError(f"roles file names an unknown variable {variable!r}", path)
+        layer_name, _, role = target.rpartition(":")
+        if layer_name:
+            try:
+                layer = role_map.layer(layer_name)
+            except KeyError:
+                raise UsageError(
+                    f"roles file names an unknown layer {layer_name!r}", path
+                ) from None
+        elif info.key in original:
+            layer = original[info.key][0]
+        else:
+            raise UsageError(f"{variable!r} is in no layer: write `layer:role`", path)
+        moves.append((info.key, layer, role))
+    for key, _, _ in moves:  # first take every moved variable out of its old role
+        if key in original:
+            old_layer, old_role = original[key]
+            if old_layer.weights.get(old_role) == key:
+                del old_layer.weights[old_role]
+    for key, layer, role in moves:
+        layer.weights[role] = key
+        layer.evidence = USER
+        layer.alternatives = []
+    assigned = role_map.by_key()
+    role_map.unassigned = [i for i in role_map.unassigned if i.key not in assigned]
