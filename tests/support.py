@@ -1,0 +1,54 @@
+"""Shared test helpers: the fixture index and running the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+@cache
+def fixture_index() -> list[dict]:
+    """Every fixture from fixtures/fixtures.json (written by fixtures/generate.py)."""
+    return json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
+
+
+def fixture(fixture_id: str) -> dict:
+    for entry in fixture_index():
+        if entry["id"] == fixture_id:
+            return entry
+    raise KeyError(f"no fixture {fixture_id!r} in fixtures/fixtures.json")
+
+
+def fixture_path(fixture_id: str) -> Path:
+    return FIXTURES / fixture(fixture_id)["path"]
+
+
+def fixtures_where(**conditions: object) -> list[dict]:
+    """Fixtures whose fields equal the given values, e.g. fixtures_where(format="keras")."""
+    return [f for f in fixture_index() if all(f.get(k) == v for k, v in conditions.items())]
+
+
+def fixture_ids(**conditions: object) -> list[str]:
+    return [f["id"] for f in fixtures_where(**conditions)]
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m ckpt_tool ARGS` in a fresh process and capture its output."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ckpt_tool", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=600,
+    )
