@@ -189,3 +189,23 @@ def tensor_stats(array: np.ndarray) -> dict | None:
     if count == 0:
         return {"min": None, "max": None, "mean": None, "std": None, "nan": nan, "inf": inf}
     return {"min": lo, "max": hi, "mean": mean, "std": (m2 / count) ** 0.5, "nan": nan, "inf": inf}
+
+
+def attach_roles(reader: Reader, listing: Listing) -> None:
+    """Fill each listed tensor's layer, role and the evidence that decided it."""
+    from ckpt_tool.roles import assign_roles
+
+    role_map = assign_roles(reader.variables(), reader.model_config())
+    by_key = role_map.by_key()
+    for tensor in listing.tensors:
+        hit = by_key.get(tensor.info.key)
+        if hit is None:
+            tensor.role = {"layer": None, "class": None, "role": None, "evidence": None}
+            continue
+        layer, role = hit
+        tensor.role = {
+            "layer": layer.name,
+            "class": layer.class_name,
+            "role": role,
+            "evidence": layer.evidence,
+        }

@@ -6,7 +6,7 @@ import click
 
 from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option
-from ckpt_tool.listing import SORT_KEYS, build_listing, tensor_stats
+from ckpt_tool.listing import SORT_KEYS, attach_roles, build_listing, tensor_stats
 from ckpt_tool.readers import open_reader
 
 
@@ -52,8 +52,6 @@ def command(
         reader.verify_crc = not no_crc
         listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)
         if show_roles:
-            from ckpt_tool.roles import attach_roles
-
             attach_roles(reader, listing)
         if stats:
             for t in console.track(listing.tensors, "statistics", len(listing.tensors)):
