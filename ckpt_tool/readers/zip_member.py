@@ -1,0 +1,193 @@
+"""Read members of a zip archive in memory, with bounds, never extracting.
+
+Keras `.keras` files and NumPy `.npz` files are zips whose members are
+usually *stored* (not compressed). A stored member is a byte range of the
+archive, so it can be read through a memory map without copying it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import mmap
+import struct
+import zipfile
+from pathlib import Path
+
+from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+MAX_MEMBER_BYTES = 16 * GiB  # a declared size above this is refused outright
+# A compressed member that inflates past this floor *and* by more than this
+# ratio is refused as a likely decompression bomb (the rule Keras uses).
+BOMB_FLOOR_BYTES = 256 * MiB
+BOMB_MAX_RATIO = 100
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+def is_zip(path: Path) -> bool:
+    """Cheap check: the file starts like a zip archive."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """Open a zip archive, turning every failure into a CkptToolError."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise CorruptFileError(f"not a readable zip archive ({e})", path) from None
+
+
+def check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: int) -> None:
+    """Refuse members that are encrypted, too large, or inflate suspiciously."""
+    if info.flag_bits & 0x1:
+        raise UnsupportedFormatError(f"zip member {info.filename!r} is encrypted", path)
+    if info.file_size > limit:
+        raise CorruptFileError(
+            f"zip member {info.filename!r} declares {info.file_size} bytes "
+            f"(more than the {limit} allowed)",
+            path,
+        )
+    if (
+        info.compress_type != zipfile.ZIP_STORED
+        and info.file_size > BOMB_FLOOR_BYTES
+        and info.file_size > BOMB_MAX_RATIO * max(info.compress_size, 1)
+    ):
+        raise CorruptFileError(
+            f"zip member {info.filename!r} would inflate {info.compress_size} bytes "
+            f"to {info.file_size}: refused as a likely decompression bomb",
+            path,
+        )
+
+
+def read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes:
+    """The whole member as bytes, refusing it if it declares more than `limit`."""
+    info = get_info(zf, name, path)
+    check_member(zf, info, path, limit)
+    try:
+        with zf.open(info) as f:
+            data = f.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CorruptFileError(f"cannot read zip member {name!r} ({e})", path) from None
+    if len(data) > limit:
+        raise CorruptFileError(f"zip member {name!r} is larger than {limit} bytes", path)
+    return data
+
+
+def get_info(zf: zipfile.ZipFile, name: str, path: Path) -> zipfile.ZipInfo:
+    try:
+        return zf.getinfo(name)
+    except KeyError:
+        raise CorruptFileError(f"the archive has no {name!r} member", path) from None
+
+
+def stored_data_offset(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, file_size: int
+) -> int | None:
+    """Offset of a stored member's bytes in the archive; None if compressed.
+
+    The central directory gives the local header's offset; the data starts
+    after that header's fixed 30 bytes, the file name and its extra field.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    fp = zf.fp
+    if fp is None:
+        return None
+    fp.seek(info.header_offset)
+    raw = fp.read(_LOCAL_HEADER.size)
+    if len(raw) != _LOCAL_HEADER.size:
+        raise CorruptFileError(f"zip member {info.filename!r}: truncated local header", path)
+    fields = _LOCAL_HEADER.unpack(raw)
+    if fields[0] != _LOCAL_MAGIC:
+        raise CorruptFileError(f"zip member {info.filename!r}: bad local header", path)
+    name_len, extra_len = fields[9], fields[10]
+    offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    if offset + info.file_size > file_size:
+        raise CorruptFileError(
+            f"zip member {info.filename!r} runs past the end of the file (truncated archive?)",
+            path,
+        )
+    return offset
+
+
+class MappedSlice(io.RawIOBase):
+    """A read-only, seekable file object over bytes [start, start+size) of a map.
+
+    h5py opens such an object like a file; reads copy straight from the map,
+    so a stored `model.weights.h5` is never held in memory twice.
+    """
+
+    def __init__(self, buffer: mmap.mmap, start: int, size: int):
+        super().__init__()
+        self._view = memoryview(buffer)[start : start + size]
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        out = memoryview(b).cast("B")
+        n = max(0, min(len(out), len(self._view) - self._pos))
+        out[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        pos = base + offset
+        if pos < 0:
+            raise OSError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._view.release()
+        super().close()
+
+
+class MemberFile:
+    """A zip member opened as a seekable binary file, without extracting it.
+
+    Stored members are served from a memory map of the archive; compressed
+    ones are inflated into memory (after the size and ratio checks).
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, path: Path, limit: int = MAX_MEMBER_BYTES):
+        info = get_info(zf, name, path)
+        check_member(zf, info, path, limit)
+        self._map: mmap.mmap | None = None
+        self.stored = False
+        file_size = path.stat().st_size
+        offset = stored_data_offset(zf, info, path, file_size)
+        if offset is not None and info.file_size > 0:
+            with open(path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.file: io.RawIOBase | io.BytesIO = MappedSlice(self._map, offset, info.file_size)
+            self.stored = True
+        else:
+            self.file = io.BytesIO(read_member(zf, name, path, limit))
+
+    def close(self) -> None:
+        self.file.close()
+        if self._map is not None:
+            # BufferError: something still views the map; it is freed with it.
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._map = None
