@@ -1,0 +1,565 @@
+"""TF checkpoints and SavedModels: the reader behind `ckpt-tool list PATH` for them.
+
+Accepts a checkpoint prefix, its `.index` file or a `.data-*` shard, a directory
+with a `checkpoint` state file, or a SavedModel directory. Tensors come from the
+tensor bundle (bundle.py); names come from the object graph (objgraph.py) and,
+for SavedModels, from saved_model.pb and keras_metadata.pb. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.bundle import (
+    DT_STRING,
+    TABLE_MAGIC,
+    BundleEntry,
+    BundleReader,
+    decode_slice_key,
+    unmask_crc,
+)
+from ckpt_tool.readers.objgraph import (
+    ANONYMOUS_EDGES,
+    ATTRIBUTES,
+    SLOT_MARKER,
+    VARIABLE_VALUE,
+    GraphVariable,
+    KerasNode,
+    ObjectGraph,
+    SavedModelInfo,
+    Signature,
+    parse_object_graph,
+    read_keras_metadata,
+    read_saved_model,
+    strip_key,
+)
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.M)
+
+# Path components that mark optimizer state or bookkeeping (not model weights).
+_OPTIMIZER_PARTS = frozenset({"optimizer", "_optimizer", SLOT_MARKER})
+_BOOKKEEPING_PARTS = frozenset(
+    {
+        "save_counter",
+        "metrics",
+        "_metrics",
+        "layer_metrics",
+        "compiled_metrics",
+        "compiled_loss",
+        "_compile_metrics",
+        "_loss_tracker",
+        "_metrics_container",
+        "seed_generator",
+        "_seed_generator",
+        "_random_generator",
+        OBJECT_GRAPH_KEY,
+    }
+)
+# TF1 names (no object graph): optimizer slots and training counters.
+_TF1_OPTIMIZER_LEAVES = frozenset(
+    {
+        "adam_m",
+        "adam_v",
+        "Adam",
+        "Adam_1",
+        "Momentum",
+        "Adagrad",
+        "RMSProp",
+        "RMSProp_1",
+        "Ftrl",
+        "Ftrl_1",
+        "AdamWeightDecayOptimizer",
+        "AdamWeightDecayOptimizer_1",
+        "LAMB",
+        "LAMB_1",
+        "ExponentialMovingAverage",
+        "global_step",
+        "beta1_power",
+        "beta2_power",
+        "learning_rate",
+        "iterations",
+    }
+)
+
+
+def _unescape_text_proto(s: str) -> str:
+    return re.sub(
+        r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1), m.group(1)), s
+    )
+
+
+def _state_file_prefix(directory: Path) -> Path | None:
+    """The prefix named by `directory/checkpoint` (model_checkpoint_path), if any."""
+    state = directory / "checkpoint"
+    try:
+        text = state.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = _STATE_LINE.search(text)
+    if not match:
+        return None
+    target = Path(_unescape_text_proto(match.group(1)))
+    prefix = target if target.is_absolute() else directory / target
+    if not Path(f"{prefix}.index").is_file() and Path(f"{directory / target.name}.index").is_file():
+        prefix = directory / target.name  # the directory was moved after saving
+    return prefix
+
+
+def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
+    """(bundle prefix or None, SavedModel directory or None) for any accepted path.
+
+    Raises NotFoundError/UnsupportedFormatError when the path is none of them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            prefix = path / "variables" / "variables"
+            return (prefix if Path(f"{prefix}.index").is_file() else None), path
+        prefix = _state_file_prefix(path)
+        if prefix is not None:
+            if not Path(f"{prefix}.index").is_file():
+                raise NotFoundError(
+                    f"the `checkpoint` file names {prefix.name!r} but {prefix}.index does not exist",
+                    path,
+                )
+            return prefix, None
+        indexes = sorted(path.glob("*.index"))
+        if len(indexes) == 1:
+            return Path(str(indexes[0])[: -len(".index")]), None
+        if len(indexes) > 1:
+            raise UnsupportedFormatError(
+                "directory holds several checkpoints and no `checkpoint` file; "
+                f"name one prefix, e.g. {str(indexes[-1])[: -len('.index')]}",
+                path,
+            )
+        raise UnsupportedFormatError(
+            "directory holds no checkpoint (.index) and no saved_model.pb", path
+        )
+    name = path.name
+    if name == "saved_model.pb" and path.is_file():
+        return resolve(path.parent)
+    if name == "checkpoint" and path.is_file():
+        return resolve(path.parent)
+    if name.endswith(".index") and path.is_file():
+        return Path(str(path)[: -len(".index")]), None
+    if _DATA_SUFFIX.search(name):
+        prefix = Path(_DATA_SUFFIX.sub("", str(path)))
+        if Path(f"{prefix}.index").is_file():
+            return prefix, None
+        raise NotFoundError(f"data shard without its index {prefix.name}.index", path)
+    if Path(f"{path}.index").is_file():
+        return path, None
+    if not path.exists():
+        raise NotFoundError("no such file, directory or checkpoint prefix", path)
+    raise UnsupportedFormatError("not a TensorFlow checkpoint or SavedModel", path)
+
+
+def _has_table_magic(index: Path) -> bool:
+    try:
+        with open(index, "rb") as f:
+            if f.seek(0, 2) < 48:
+                return False
+            f.seek(-8, 2)
+            return int.from_bytes(f.read(8), "little") == TABLE_MAGIC
+    except OSError:
+        return False
+
+
+_GROUP = {WEIGHT: 0, OPTIMIZER: 1, BOOKKEEPING: 2}
+
+
+def _natural_key(text: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _path_kind(parts: tuple[str, ...]) -> str:
+    if any(p in _BOOKKEEPING_PARTS for p in parts):
+        return BOOKKEEPING
+    if any(p in _OPTIMIZER_PARTS for p in parts):
+        return OPTIMIZER
+    return WEIGHT
+
+
+def _tf1_kind(key: str) -> str:
+    parts = key.split("/")
+    if key == OBJECT_GRAPH_KEY or parts[0] in _BOOKKEEPING_PARTS:
+        return BOOKKEEPING
+    if SLOT_MARKER in parts or parts[-1] in _TF1_OPTIMIZER_LEAVES or parts[0] in _OPTIMIZER_PARTS:
+        return OPTIMIZER
+    return WEIGHT
+
+
+def _graph_kind(gv: GraphVariable) -> str:
+    """WEIGHT if some path to the variable avoids optimizer and bookkeeping objects;
+    otherwise OPTIMIZER if a path goes through an optimizer; else BOOKKEEPING."""
+    if gv.slot_of is not None:
+        return OPTIMIZER
+    paths = list(gv.all_paths) or ([gv.primary_path] if gv.primary_path is not None else [])
+    if not paths:
+        return _tf1_kind(gv.key)
+    kinds = {_path_kind(p) for p in paths}
+    for kind in (WEIGHT, OPTIMIZER, BOOKKEEPING):
+        if kind in kinds:
+            return kind
+    return BOOKKEEPING
+
+
+class CheckpointReader(Reader):
+    """A TF2/TF1 tensor-bundle checkpoint or a SavedModel's variables, read without TF."""
+
+    format_name = "checkpoint"
+
+    def __init__(self, path: str | Path, verify_crc: bool = True):
+        super().__init__(path)
+        self.prefix, self.saved_model_dir = resolve(path)
+        self.bundle: BundleReader | None = (
+            BundleReader(self.prefix, verify_crc=verify_crc) if self.prefix is not None else None
+        )
+        self._variables: list[VariableInfo] | None = None
+        self._lookup: dict[str, str] = {}
+        self._saved: SavedModelInfo | None = None
+        self._keras: dict[int, KerasNode] | None = None
+        self._graph: ObjectGraph | None = None
+
+    @classmethod
+    def sniff(cls, path: Path) -> bool:
+        """Cheap: looks at names and the index's 8-byte magic, parses nothing."""
+        try:
+            path = Path(path)
+            if path.is_dir():
+                if (path / "saved_model.pb").is_file():
+                    return True
+                prefix = _state_file_prefix(path)
+                if prefix is not None:
+                    return _has_table_magic(Path(f"{prefix}.index"))
+                indexes = list(path.glob("*.index"))
+                return len(indexes) == 1 and _has_table_magic(indexes[0])
+            if path.name.endswith(".index"):
+                return _has_table_magic(path)
+            if path.name in ("saved_model.pb", "checkpoint") and path.is_file():
+                return cls.sniff(path.parent)
+            if _DATA_SUFFIX.search(path.name):
+                return _has_table_magic(Path(_DATA_SUFFIX.sub("", str(path)) + ".index"))
+            return _has_table_magic(Path(f"{path}.index"))
+        except OSError:
+            return False
+
+    # -- metadata ----------------------------------------------------------------
+
+    @property
+    def is_saved_model(self) -> bool:
+        return self.saved_model_dir is not None
+
+    def saved_model(self) -> SavedModelInfo | None:
+        """saved_model.pb's variables, identifiers and signatures (SavedModels only)."""
+        if self._saved is None and self.saved_model_dir is not None:
+            self._saved = read_saved_model(self.saved_model_dir / "saved_model.pb")
+        return self._saved
+
+    def keras_metadata(self) -> dict[int, KerasNode]:
+        """Per-node tf-keras metadata from keras_metadata.pb ({} when absent)."""
+        if self._keras is None:
+            self._keras = {}
+            if self.saved_model_dir is not None:
+                meta = self.saved_model_dir / "keras_metadata.pb"
+                if meta.is_file():
+                    self._keras = read_keras_metadata(meta)
+        return self._keras
+
+    def object_graph(self) -> ObjectGraph | None:
+        """The checkpoint's TrackableObjectGraph (None for TF1 checkpoints)."""
+        if self._graph is None and self.bundle is not None:
+            entry = self.bundle.entries.get(OBJECT_GRAPH_KEY)
+            if entry is not None:
+                if entry.dtype != DT_STRING or entry.shape != ():
+                    raise CorruptFileError(
+                        f"{OBJECT_GRAPH_KEY} is not a scalar string", self.bundle.index_path
+                    )
+                # A positioned read of just this entry: listing never maps a shard.
+                data = self.bundle.read(OBJECT_GRAPH_KEY, mapped=False)[()]
+                self._graph = parse_object_graph(data, self.bundle.index_path)
+        return self._graph
+
+    def model_config(self) -> dict | None:
+        """The root model's {class_name, config} from keras_metadata.pb, if present."""
+        root = self.keras_metadata().get(0)
+        if root is None or "config" not in root.metadata:
+            return None
+        return {"class_name": root.metadata.get("class_name"), "config": root.metadata["config"]}
+
+    def signatures(self) -> dict[str, Signature]:
+        """A SavedModel's callable signatures (inputs/outputs: name, dtype, shape with
+        None for unknown sizes); {} for plain checkpoints."""
+        saved = self.saved_model()
+        return dict(saved.signatures) if saved is not None else {}
+
+    # -- variables ---------------------------------------------------------------
+
+    def variables(self) -> list[VariableInfo]:
+        if self._variables is None:
+            self._variables = self._build_variables()
+            self._lookup = self._build_lookup(self._variables)
+        return list(self._variables)
+
+    def _build_variables(self) -> list[VariableInfo]:
+        if self.bundle is None:
+            return []
+        entries = self.bundle.entries
+        graph = self.object_graph()
+        saved = self.saved_model()
+        keras = self.keras_metadata()
+        gvars = graph.variables if graph is not None else {}
+        saved_vars = saved.variables if saved is not None else {}
+        if saved is not None and graph is not None and saved.num_nodes != graph.num_nodes:
+            saved_vars = {}  # node ids would not line up; do not trust them
+
+        slice_bytes = self._slice_bytes() if self.bundle.slice_entries else {}
+        infos: list[VariableInfo] = []
+        sort_keys: dict[str, tuple] = {}
+        own_names: dict[str, str] = {}  # key -> the variable's own recorded name
+        for key, entry in entries.items():
+            gv = gvars.get(key)
+            info = VariableInfo(
+                key=key,
+                name=strip_key(key),
+                shape=entry.shape,
+                dtype=entry.dtype_name,
+                nbytes=slice_bytes.get(key, 0) if entry.slices else entry.size,
+                extra=self._entry_extra(entry),
+            )
+            if key == OBJECT_GRAPH_KEY:
+                info.kind = BOOKKEEPING
+                sort_keys[key] = (2, 9, (), "", ())
+            elif gv is None:
+                info.kind = _tf1_kind(key)
+                sort_keys[key] = (_GROUP[info.kind], 8, (), "", _natural_key(key))
+            else:
+                info.kind = _graph_kind(gv)
+                info.extra["node_id"] = gv.node_id
+                own = gv.full_name
+                sv = saved_vars.get(gv.node_id)
+                if sv is not None and sv.dtype == info.dtype and sv.shape == entry.shape:
+                    info.extra["saved_variable_name"] = sv.name
+                    info.extra["trainable"] = sv.trainable
+                    own = sv.name or own
+                if gv.full_name:
+                    info.extra["full_name"] = gv.full_name
+                if own:
+                    own_names[key] = own
+                sort_keys[key] = (_GROUP[info.kind], 0, gv.rank, "", _natural_key(key))
+            infos.append(info)
+
+        self._choose_names(infos, gvars, own_names)
+        self._mark_duplicates(infos, gvars, entries)
+        if keras:
+            self._add_layer_facts(infos, gvars, graph, keras)
+        # Kinds may have changed (duplicates); slots follow their variable's order.
+        rank_of_node = {gv.node_id: gv.rank for gv in gvars.values()}
+        for info in infos:
+            _, tier, rank, sub, natural = sort_keys[info.key]
+            gv = gvars.get(info.key)
+            if gv is not None and gv.slot_of is not None and gv.slot_of in rank_of_node:
+                tier, rank, sub = 1, rank_of_node[gv.slot_of], gv.slot_name or ""
+            sort_keys[info.key] = (_GROUP[info.kind], tier, rank, sub, natural)
+        infos.sort(key=lambda v: sort_keys[v.key])
+        for i, info in enumerate(infos):
+            info.order = i
+        return infos
+
+    def _slice_bytes(self) -> dict[str, int]:
+        """Bytes stored for each partitioned tensor, summed over its slice entries."""
+        sizes: dict[str, int] = {}
+        if self.bundle is None:
+            return sizes
+        for raw_key, part in self.bundle.slice_entries.items():
+            try:
+                name, _ = decode_slice_key(raw_key)
+            except ValueError:
+                continue
+            sizes[name] = sizes.get(name, 0) + part.size
+        return sizes
+
+    @staticmethod
+    def _entry_extra(entry: BundleEntry) -> dict:
+        extra: dict = {"shard_id": entry.shard_id, "offset": entry.offset}
+        if entry.slices:
+            extra["slices"] = [list(map(list, s)) for s in entry.slices]
+        else:
+            extra["crc32c"] = unmask_crc(entry.crc32c)
+        return extra
+
+    def _choose_names(
+        self, infos: list[VariableInfo], gvars: dict[str, GraphVariable], own: dict[str, str]
+    ) -> None:
+        """name: informative own name > named object path > stripped key; aliases: the rest."""
+        counts: dict[str, int] = {}
+        for n in own.values():
+            counts[n] = counts.get(n, 0) + 1
+        by_node: dict[int, str] = {}
+        for info in infos:
+            gv = gvars.get(info.key)
+            if gv is None:
+                continue
+            candidates: list[str] = []
+            own_name = own.get(info.key, "")
+            # tf-keras records informative, unique names ("model/dense/kernel"); Keras 3
+            # records "<model>/kernel" for every kernel, which the uniqueness test rejects.
+            if own_name and "/" in own_name and counts[own_name] == 1:
+                candidates.append(own_name)
+            suffix = "" if gv.attribute == VARIABLE_VALUE else f"/{ATTRIBUTES}/{gv.attribute}"
+            named = ["/".join(p) + suffix for p in gv.named_paths if p]
+            candidates.extend(named)
+            info.name = candidates[0] if candidates else strip_key(info.key)
+            by_node.setdefault(gv.node_id, info.name)
+            aliases = [
+                *named,
+                strip_key(info.key),
+                own_name,
+                gv.full_name,
+                *("/".join(p) + suffix for p in gv.all_paths if p),
+            ]
+            info.aliases = tuple(dict.fromkeys(a for a in aliases if a and a != info.name))
+        # Optimizer slots of legacy optimizers hang off no path: name them after their
+        # variable, as TensorFlow's own slot names do ("dense/kernel/m").
+        own_values = set(own.values())
+        for info in infos:
+            gv = gvars.get(info.key)
+            if gv is None or gv.slot_of is None or info.name in own_values:
+                continue
+            original = by_node.get(gv.slot_of)
+            if original is not None:
+                info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
+                info.name = f"{original}/{gv.slot_name}"
+        # Names must be unique: fall back to the stripped key, then the key itself.
+        seen: dict[str, int] = {}
+        for info in infos:
+            seen[info.name] = seen.get(info.name, 0) + 1
+        for info in infos:
+            if seen[info.name] > 1:
+                info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
+                info.name = strip_key(info.key)
+        names = [v.name for v in infos]
+        if len(set(names)) != len(names):
+            for info in infos:
+                info.name = info.key
+        key_of_node = {}
+        for info in infos:
+            gv = gvars.get(info.key)
+            if gv is not None:
+                key_of_node.setdefault(gv.node_id, info.key)
+        for info in infos:
+            gv = gvars.get(info.key)
+            if gv is not None and gv.slot_of is not None:
+                info.extra["slot_name"] = gv.slot_name
+                if gv.slot_of in key_of_node:
+                    info.extra["slot_of"] = key_of_node[gv.slot_of]
+
+    @staticmethod
+    def _mark_duplicates(
+        infos: list[VariableInfo],
+        gvars: dict[str, GraphVariable],
+        entries: dict[str, BundleEntry],
+    ) -> None:
+        """Keras 3 `model.export()` stores each weight twice (`variables/N` and
+        `_all_variables/M`, as separate objects). A second copy reachable only through
+        `_all_variables` whose dtype, shape and crc32c equal a `variables/N` entry is
+        marked BOOKKEEPING with extra["duplicate_of"]; no tensor bytes are read."""
+        firsts: dict[tuple, list[str]] = {}
+        for info in infos:
+            gv = gvars.get(info.key)
+            e = entries[info.key]
+            if gv is None or info.kind != WEIGHT or e.slices or gv.named_paths:
+                continue
+            if gv.primary_path and gv.primary_path[0] == "variables":
+                firsts.setdefault((e.dtype, e.shape, e.size, e.crc32c), []).append(info.key)
+        for info in infos:
+            gv = gvars.get(info.key)
+            e = entries[info.key]
+            if gv is None or info.kind != WEIGHT or gv.named_paths or not gv.primary_path:
+                continue
+            if gv.primary_path[0] != "_all_variables":
+                continue
+            twins = firsts.get((e.dtype, e.shape, e.size, e.crc32c))
+            if twins:
+                info.kind = BOOKKEEPING
+                info.extra["duplicate_of"] = twins[0]
+
+    @staticmethod
+    def _add_layer_facts(
+        infos: list[VariableInfo],
+        gvars: dict[str, GraphVariable],
+        graph: ObjectGraph | None,
+        keras: dict[int, KerasNode],
+    ) -> None:
+        """extra["layer_class"/"layer_name"/"layer_path"] from keras_metadata.pb: the
+        nearest Keras layer on the variable's first named path."""
+        if graph is None:
+            return
+        for info in infos:
+            gv = gvars.get(info.key)
+            if gv is None or not gv.named_paths:
+                continue
+            path = gv.named_paths[0]
+            node, chain = 0, [0]
+            for part in path:
+                node = next((c for n, c in graph.children[node] if n == part), -1)
+                if node < 0:
+                    break
+                chain.append(node)
+            for depth in range(len(chain) - 1, -1, -1):
+                meta = keras.get(chain[depth])
+                if meta is not None and meta.class_name and depth < len(chain) - 1:
+                    info.extra["layer_class"] = meta.class_name
+                    info.extra["layer_name"] = meta.metadata.get("name")
+                    info.extra["layer_path"] = "/".join(path[:depth])
+                    break
+
+    @staticmethod
+    def _build_lookup(infos: list[VariableInfo]) -> dict[str, str]:
+        """key and name always resolve; an alias resolves when only one variable has it."""
+        lookup: dict[str, str] = {}
+        ambiguous: set[str] = set()
+        for info in infos:
+            for alias in info.aliases:
+                if alias in lookup and lookup[alias] != info.key:
+                    ambiguous.add(alias)
+                lookup.setdefault(alias, info.key)
+        for alias in ambiguous:
+            del lookup[alias]
+        for info in infos:
+            lookup[info.name] = info.key
+        for info in infos:
+            lookup[info.key] = info.key
+        return lookup
+
+    # -- tensors -----------------------------------------------------------------
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor under `key` (also accepts its name or an unambiguous alias).
+
+        Returns a new native-endian array that owns its memory; DT_STRING tensors
+        come back as object arrays of bytes.
+        """
+        if self.bundle is None:
+            raise NotFoundError(f"no tensor {key!r}: the SavedModel has no variables", self.path)
+        if key in self.bundle.entries:
+            return self.bundle.read(key)
+        self.variables()
+        real = self._lookup.get(key)
+        if real is None:
+            raise NotFoundError(f"no tensor {key!r} in checkpoint", self.bundle.index_path)
+        return self.bundle.read(real)
+
+    def close(self) -> None:
+        if self.bundle is not None:
+            self.bundle.close()
+
+
+__all__ = ["ANONYMOUS_EDGES", "CheckpointReader", "resolve"]

@@ -1,0 +1,364 @@
+"""Object graphs: from checkpoint keys like `variables/0/...` to human paths and names.
+
+A TF2 checkpoint stores a TrackableObjectGraph under `_CHECKPOINTABLE_OBJECT_GRAPH`.
+Its nodes are Python objects (models, layers, lists, variables); edges are
+attribute names. TensorFlow names each tensor after the first path a breadth-first
+walk from node 0 finds, so the same variable is often reachable by several paths
+(aliases): a tf-keras SavedModel lists `variables` before its layers, giving keys
+like `variables/0/.ATTRIBUTES/VARIABLE_VALUE` for what is also
+`layer_with_weights-0/_query_dense/kernel`.
+
+A SavedModel's `saved_model.pb` has a SavedObjectGraph with the same node ids
+(SavedVariable name, dtype, shape), and tf-keras adds `keras_metadata.pb` with the
+class name and config of every layer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from ckpt_tool.errors import CorruptFileError
+from ckpt_tool.readers import protos
+from ckpt_tool.readers.bundle import dtype_name
+
+# Edges that lead into anonymous lists (or a second view of the same object):
+# a path through them says nothing about what a variable is.
+ANONYMOUS_EDGES = frozenset(
+    {
+        "variables",
+        "_all_variables",
+        "trainable_variables",
+        "non_trainable_variables",
+        "trainable_weights",
+        "non_trainable_weights",
+        "weights",
+        "keras_api",
+        "_variables",
+        "_trainable_variables",
+        "layers",
+        "_layers",
+        "_self_tracked_trackables",
+    }
+)
+
+ATTRIBUTES = ".ATTRIBUTES"
+VARIABLE_VALUE = "VARIABLE_VALUE"
+SLOT_MARKER = ".OPTIMIZER_SLOT"
+MAX_PATHS_PER_NODE = 16  # aliases kept per node; nested models double them per level
+
+
+def escape_local_name(name: str) -> str:
+    """How a path component appears in a checkpoint key ('.' -> '..', '/' -> '.S')."""
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def unescape_local_name(name: str) -> str:
+    out = []
+    i = 0
+    while i < len(name):
+        c = name[i]
+        if c == "." and i + 1 < len(name):
+            nxt = name[i + 1]
+            out.append("." if nxt == "." else "/" if nxt == "S" else "." + nxt)
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def strip_key(key: str) -> str:
+    """A checkpoint key as a path: `a/b/.ATTRIBUTES/VARIABLE_VALUE` -> `a/b`.
+
+    Other attributes stay visible (`table/.ATTRIBUTES/table-keys`); components are
+    unescaped.
+    """
+    suffix = f"/{ATTRIBUTES}/{VARIABLE_VALUE}"
+    if key.endswith(suffix):
+        key = key[: -len(suffix)]
+    parts = key.split("/")
+    return "/".join(p if p.startswith(".") else unescape_local_name(p) for p in parts)
+
+
+@dataclass
+class GraphVariable:
+    """One checkpoint key owned by a node of the object graph."""
+
+    key: str
+    node_id: int
+    attribute: str  # "VARIABLE_VALUE" for variables
+    full_name: str  # the variable's own name as TensorFlow recorded it (may be "")
+    primary_path: tuple[str, ...] | None  # TensorFlow's BFS path (None: unreachable)
+    named_paths: list[tuple[str, ...]] = field(default_factory=list)  # avoid anonymous edges
+    all_paths: list[tuple[str, ...]] = field(default_factory=list)  # every path found
+    slot_of: int | None = None  # original variable's node id, for optimizer slots
+    slot_name: str | None = None
+    optimizer_node: int | None = None
+    rank: tuple[int, int] = (9, 0)  # (pass, position): the model's own order
+
+
+class ObjectGraph:
+    """A decoded TrackableObjectGraph with every key's paths and aliases."""
+
+    def __init__(self, nodes: list[list[tuple[str, int]]], attributes, slot_refs):
+        self.children = nodes  # node id -> [(local name, child id)] in listed order
+        self.variables: dict[str, GraphVariable] = {}
+        self.slots: dict[int, tuple[int, str, int]] = {}  # slot node -> (var, name, opt)
+        for opt_id, refs in slot_refs.items():
+            for original, slot_name, slot_node in refs:
+                self.slots[slot_node] = (original, slot_name, opt_id)
+        primary = self._bfs_paths()
+        all_paths = self._all_paths(named_only=False)
+        named = self._all_paths(named_only=True)
+        ranks = self._ranks()
+        for node_id, attrs in attributes.items():
+            for attr_name, full_name, key in attrs:
+                var = GraphVariable(
+                    key=key,
+                    node_id=node_id,
+                    attribute=attr_name,
+                    full_name=full_name,
+                    primary_path=primary.get(node_id),
+                    named_paths=named.get(node_id, []),
+                    all_paths=all_paths.get(node_id, []),
+                    rank=ranks.get(node_id, (3, node_id)),
+                )
+                if node_id in self.slots:
+                    var.slot_of, var.slot_name, var.optimizer_node = self.slots[node_id]
+                self.variables[key] = var
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.children)
+
+    def _valid_children(self, node_id: int):
+        n = len(self.children)
+        for name, child in self.children[node_id]:
+            if 0 <= child < n:
+                yield name, child
+
+    def _bfs_paths(self) -> dict[int, tuple[str, ...]]:
+        """TensorFlow's naming walk: breadth first from node 0, children in listed order."""
+        paths: dict[int, tuple[str, ...]] = {0: ()} if self.children else {}
+        queue = deque([0] if self.children else [])
+        while queue:
+            node = queue.popleft()
+            for name, child in self._valid_children(node):
+                if child not in paths:
+                    paths[child] = (*paths[node], name)
+                    queue.append(child)
+        return paths
+
+    def _all_paths(self, named_only: bool) -> dict[int, list[tuple[str, ...]]]:
+        """Up to MAX_PATHS_PER_NODE simple paths to each node, shortest first.
+
+        Breadth first over paths (not nodes), so each node's first path is the one
+        TensorFlow's walk gives it; cycles are cut, and a node whose quota is full
+        is not expanded further through new paths.
+        """
+        if not self.children:
+            return {}
+        found: dict[int, list[tuple[str, ...]]] = {0: [()]}
+        queue = deque([((), (0,))])
+        while queue:
+            path, nodes = queue.popleft()
+            for name, child in self._valid_children(nodes[-1]):
+                if child in nodes or (named_only and name in ANONYMOUS_EDGES):
+                    continue
+                lst = found.setdefault(child, [])
+                if len(lst) >= MAX_PATHS_PER_NODE:
+                    continue
+                new = (*path, name)
+                lst.append(new)
+                queue.append((new, (*nodes, child)))
+        return found
+
+    def _ranks(self) -> dict[int, tuple[int, int]]:
+        """The model's own order: index N in the root's `variables` list first, then
+        depth-first preorder over named edges, then over all edges."""
+        ranks: dict[int, tuple[int, int]] = {}
+        if not self.children:
+            return ranks
+        for name, child in self._valid_children(0):
+            if name == "variables":
+                for item, var in self._valid_children(child):
+                    if item.isdigit() and var not in ranks:
+                        ranks[var] = (0, int(item))
+        for pass_no, named_only in ((1, True), (2, False)):
+            seen = {0}
+            stack = [0]
+            position = 0
+            while stack:
+                node = stack.pop()
+                ranks.setdefault(node, (pass_no, position))
+                position += 1
+                kids = [
+                    c
+                    for name, c in self._valid_children(node)
+                    if c not in seen and not (named_only and name in ANONYMOUS_EDGES)
+                ]
+                for c in kids:
+                    seen.add(c)
+                stack.extend(reversed(kids))
+        return ranks
+
+
+def parse_object_graph(data: bytes, path: str | Path | None = None) -> ObjectGraph:
+    """Decode a serialized TrackableObjectGraph (the `_CHECKPOINTABLE_OBJECT_GRAPH` value)."""
+    graph = protos.TrackableObjectGraph()
+    try:
+        graph.ParseFromString(data)
+    except DecodeError as e:
+        raise CorruptFileError(f"the checkpoint's object graph does not parse: {e}", path) from None
+    nodes = []
+    attributes: dict[int, list[tuple[str, str, str]]] = {}
+    slot_refs: dict[int, list[tuple[int, str, int]]] = {}
+    for i, node in enumerate(graph.nodes):
+        nodes.append([(c.local_name, c.node_id) for c in node.children])
+        if node.attributes:
+            attributes[i] = [(a.name, a.full_name, a.checkpoint_key) for a in node.attributes]
+        if node.slot_variables:
+            slot_refs[i] = [
+                (s.original_variable_node_id, s.slot_name, s.slot_variable_node_id)
+                for s in node.slot_variables
+            ]
+    return ObjectGraph(nodes, attributes, slot_refs)
+
+
+# --- SavedModel: saved_model.pb and keras_metadata.pb --------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a SavedModel signature."""
+
+    name: str  # the signature's key for it, e.g. "input_1"
+    tensor: str  # the graph tensor, e.g. "serving_default_input_1:0"
+    dtype: str
+    shape: tuple[int | None, ...] | None  # None: unknown rank; None dims: unknown size
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    method_name: str
+    inputs: tuple[TensorSpec, ...]  # sorted by name
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class SavedVariableInfo:
+    node_id: int
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...] | None
+    trainable: bool
+
+
+@dataclass
+class SavedModelInfo:
+    variables: dict[int, SavedVariableInfo]  # node id -> SavedVariable
+    identifiers: dict[int, str]  # node id -> user_object identifier (_tf_keras_layer, ...)
+    signatures: dict[str, Signature]
+    num_nodes: int
+
+
+def _shape(proto) -> tuple[int | None, ...] | None:
+    if proto.unknown_rank:
+        return None
+    return tuple(d.size if d.size >= 0 else None for d in proto.dim)
+
+
+def _spec(name: str, info) -> TensorSpec:
+    return TensorSpec(
+        name=name,
+        tensor=info.name,
+        dtype=dtype_name(info.dtype),
+        shape=_shape(info.tensor_shape) if info.HasField("tensor_shape") else None,
+    )
+
+
+def read_saved_model(path: str | Path) -> SavedModelInfo:
+    """Variables, object identifiers and signatures of a `saved_model.pb`."""
+    path = Path(path)
+    model = protos.SavedModel()
+    try:
+        model.ParseFromString(path.read_bytes())
+    except DecodeError as e:
+        raise CorruptFileError(f"saved_model.pb does not parse: {e}", path) from None
+    except OSError as e:
+        raise CorruptFileError(f"cannot read: {e.strerror}", path) from None
+    if not model.meta_graphs:
+        raise CorruptFileError("saved_model.pb holds no MetaGraphDef", path)
+    meta = model.meta_graphs[0]
+    variables: dict[int, SavedVariableInfo] = {}
+    identifiers: dict[int, str] = {}
+    nodes = meta.object_graph_def.nodes
+    for i, node in enumerate(nodes):
+        kind = node.WhichOneof("kind")
+        if kind == "variable":
+            v = node.variable
+            variables[i] = SavedVariableInfo(
+                i,
+                v.name,
+                dtype_name(v.dtype),
+                _shape(v.shape) if v.HasField("shape") else None,
+                v.trainable,
+            )
+        elif kind == "user_object":
+            identifiers[i] = node.user_object.identifier
+    signatures = {}
+    for sig_name in sorted(meta.signature_def):
+        if sig_name.startswith("__"):  # __saved_model_init_op: not callable
+            continue
+        sig = meta.signature_def[sig_name]
+        signatures[sig_name] = Signature(
+            name=sig_name,
+            method_name=sig.method_name,
+            inputs=tuple(_spec(k, sig.inputs[k]) for k in sorted(sig.inputs)),
+            outputs=tuple(_spec(k, sig.outputs[k]) for k in sorted(sig.outputs)),
+        )
+    return SavedModelInfo(variables, identifiers, signatures, len(nodes))
+
+
+@dataclass(frozen=True)
+class KerasNode:
+    """One object of a tf-keras SavedModel's keras_metadata.pb."""
+
+    node_id: int
+    node_path: str  # "root.layer_with_weights-0._query_dense"
+    identifier: str  # "_tf_keras_layer", "_tf_keras_network", ...
+    metadata: dict  # class_name, config, name, ...
+
+    @property
+    def class_name(self) -> str | None:
+        return self.metadata.get("class_name")
+
+
+def read_keras_metadata(path: str | Path) -> dict[int, KerasNode]:
+    """Per-node Keras metadata (class_name, config) from a tf-keras keras_metadata.pb."""
+    path = Path(path)
+    saved = protos.SavedMetadata()
+    try:
+        saved.ParseFromString(path.read_bytes())
+    except DecodeError as e:
+        raise CorruptFileError(f"keras_metadata.pb does not parse: {e}", path) from None
+    except OSError as e:
+        raise CorruptFileError(f"cannot read: {e.strerror}", path) from None
+    out = {}
+    for node in saved.nodes:
+        try:
+            meta = json.loads(node.metadata) if node.metadata else {}
+        except ValueError as e:
+            raise CorruptFileError(
+                f"keras_metadata.pb: metadata of {node.node_path!r} is not JSON: {e}", path
+            ) from None
+        if not isinstance(meta, dict):
+            meta = {}
+        out[node.node_id] = KerasNode(node.node_id, node.node_path, node.identifier, meta)
+    return out
