@@ -1,0 +1,665 @@
+"""ckpt-tool benchmarks: whole processes, cold (a new process per run), medians and ratios
+against a reference measured in the same run.
+
+    python bench/run.py                  # everything: 1, 4, 12, 24 blocks, 5 runs
+    python bench/run.py --quick          # 1 and 12 blocks, 3 runs
+    python bench/run.py --only list      # one section (list, stats, export, verify, scaling)
+
+Generates the models first when bench/.cache/ lacks them (bench/generate.py), prints each
+section's tables as it finishes and writes bench/RESULTS.md. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import generate  # noqa: E402
+import machine  # noqa: E402
+from measure import Measurement, measure, run_once  # noqa: E402
+from report import Goal, Section, Table, fmt_mb, fmt_ratio, fmt_s, goals_table  # noqa: E402
+
+SECTIONS = ("list", "stats", "export", "verify", "scaling")
+LIST_FORMATS = ("checkpoint", "savedmodel", "keras", "weights-h5")
+STATS_FORMATS = ("checkpoint", "weights-h5")
+LIST_SPEEDUP_GOAL = 15.0  # ckpt-tool list vs tf.train.list_variables, 12-block checkpoint
+FLAT_GOAL = 1.5  # "nearly flat": list time at the largest size / at 1 block
+EXPORT_CP_GOAL = 2.0  # export throughput within 2x of cp's
+EXPORT_RSS_GOAL_MB = 200.0
+FORWARD_GOAL = 1.5  # NumPy float32 forward within 1.5x of TensorFlow's
+TIMEOUT = 300.0
+
+# The references: what a user would run without ckpt-tool. Paths come in as argv[1].
+TF_LIST = "import sys, tensorflow as tf; tf.train.list_variables(sys.argv[1])"
+H5_LIST = """\
+import io, sys, zipfile, h5py
+found = []
+def visit(name, obj):
+    if isinstance(obj, h5py.Dataset):
+        found.append((name, obj.shape, obj.dtype))
+path = sys.argv[1]
+if path.endswith(".keras"):  # as Keras does: the weights member read into memory
+    with zipfile.ZipFile(path) as zf:
+        data = io.BytesIO(zf.read("model.weights.h5"))
+    with h5py.File(data, "r") as f:
+        f.visititems(visit)
+else:
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+"""
+
+
+@dataclass
+class Context:
+    blocks: list[int]
+    runs: int
+    python: str
+    ckpt_tool: list[str]
+    env: dict[str, str]  # for reference processes: the environment as given
+    numpy_env: dict[str, str]  # for ckpt-tool / NumPy processes: OpenBLAS overrides removed
+    manifest: dict
+    results: dict[str, dict] = field(default_factory=dict)  # section -> raw measurements
+
+    def model(self, blocks: int) -> dict:
+        return self.manifest["models"][str(blocks)]
+
+    def path(self, blocks: int, fmt: str) -> str:
+        """A format's path relative to the repository (children run with cwd=REPO)."""
+        rel = self.model(blocks)["formats"][fmt]
+        return str((generate.CACHE / rel).relative_to(REPO))
+
+    def data_files(self, blocks: int, fmt: str) -> list[str]:
+        """The files holding the tensor bytes of a format (what `cat` reads)."""
+        p = REPO / self.path(blocks, fmt)
+        if fmt == "checkpoint":
+            files = sorted(p.parent.glob(p.name + ".data-*"))
+        elif fmt == "savedmodel":
+            files = sorted((p / "variables").glob("variables.data-*"))
+        else:
+            files = [p]
+        return [str(f.relative_to(REPO)) for f in files]
+
+    def measure(self, label: str, argv: list[str], *, numpy: bool = False, **kw) -> Measurement:
+        env = self.numpy_env if numpy else self.env
+        m = measure(label, argv, self.runs, cwd=str(REPO), env=env, timeout=TIMEOUT, **kw)
+        status = f"{fmt_s(m.median)}" if m.ok else f"failed: {m.error}"
+        print(f"  {label}: {status}", flush=True)
+        return m
+
+
+def gb_per_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9
+
+
+def display(argv: list[str]) -> str:
+    """A command as a reader would type it: no interpreter paths."""
+    out = []
+    for a in argv:
+        if a.endswith("/ckpt-tool") or a == "ckpt-tool":
+            a = "ckpt-tool"
+        elif a.endswith("/python") or a.endswith("/python3"):
+            a = "python"
+        out.append(a)
+    return " ".join(out)
+
+
+def command_available(ctx: Context, name: str) -> bool:
+    run, _ = run_once([*ctx.ckpt_tool, name, "--help"], cwd=str(REPO), env=ctx.numpy_env)
+    return run.returncode == 0
+
+
+def cell(m: Measurement) -> str:
+    if not m.ok:
+        return "fails"
+    lo, hi = m.spread
+    return f"{fmt_s(m.median)} ({fmt_s(lo)}–{fmt_s(hi)})" if len(m.runs) > 1 else fmt_s(m.median)
+
+
+def failures(ms: list[Measurement]) -> list[str]:
+    seen, out = set(), []
+    for m in ms:
+        if not m.ok and m.error not in seen:
+            seen.add(m.error)
+            error = m.error.replace(f"{REPO}/", "")  # no paths of this machine in the report
+            out.append(f"- `{display(m.argv)}` fails: `{error}`")
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def section_list(ctx: Context, formats=LIST_FORMATS) -> Section:
+    sec = Section("list", "`ckpt-tool list` vs the reference")
+    if not command_available(ctx, "list"):
+        sec.skipped = "not available yet (ckpt-tool has no `list` command)"
+        return sec
+    table = Table(
+        "Listing, median of cold runs (min–max)",
+        [
+            "blocks",
+            "format",
+            "ckpt-tool list",
+            "RSS",
+            "reference",
+            "reference time",
+            "RSS",
+            "speed-up",
+        ],
+    )
+    raw, tool_ms = ctx.results.setdefault("list", {}), []
+    for b in ctx.blocks:
+        for fmt in formats:
+            path = ctx.path(b, fmt)
+            tool = ctx.measure(f"list {fmt} blocks={b}", [*ctx.ckpt_tool, "list", path], numpy=True)
+            if fmt in ("checkpoint", "savedmodel"):
+                target = path if fmt == "checkpoint" else f"{path}/variables/variables"
+                ref_name = "tf.train.list_variables"
+                ref = ctx.measure(f"  {ref_name}", [ctx.python, "-c", TF_LIST, target])
+            else:
+                ref_name = "h5py listing"
+                ref = ctx.measure(f"  {ref_name}", [ctx.python, "-c", H5_LIST, path])
+            tool_ms += [tool, ref]
+            raw[f"{fmt}/{b}"] = {"tool": tool.to_json(), "reference": ref.to_json()}
+            speedup = fmt_ratio(ref.median / tool.median) if tool.ok and ref.ok else "–"
+            table.rows.append(
+                [
+                    str(b),
+                    fmt,
+                    cell(tool),
+                    fmt_mb(tool.peak_rss_mb) if tool.ok else "–",
+                    ref_name,
+                    cell(ref),
+                    fmt_mb(ref.peak_rss_mb) if ref.ok else "–",
+                    speedup,
+                ]
+            )
+    table.notes = [
+        "Speed-up = reference median / ckpt-tool median. Each run is a new process "
+        "(interpreter start and imports included); files are warm in the page cache.",
+        "References: `python -c 'import tensorflow as tf; tf.train.list_variables(P)'` "
+        "(SavedModel: P/variables/variables); for .keras and .weights.h5 an h5py walk of "
+        "the datasets (.keras: the weights member read into memory, as Keras does).",
+        *failures(tool_ms),
+    ]
+    sec.tables.append(table)
+
+    ck = raw.get("checkpoint/12")
+    if ck and ck["tool"]["median"] and ck["reference"]["median"]:
+        s = ck["reference"]["median"] / ck["tool"]["median"]
+        sec.goals.append(
+            Goal(
+                "list, 12-block checkpoint, vs TF",
+                f"≥ {LIST_SPEEDUP_GOAL:.0f}x",
+                fmt_ratio(s),
+                s >= LIST_SPEEDUP_GOAL,
+            )
+        )
+    else:
+        sec.goals.append(
+            Goal("list, 12-block checkpoint, vs TF", f"≥ {LIST_SPEEDUP_GOAL:.0f}x", "–", None)
+        )
+    lo, hi = min(ctx.blocks), max(ctx.blocks)
+    a, z = raw.get(f"checkpoint/{lo}"), raw.get(f"checkpoint/{hi}")
+    if lo != hi and a and z and a["tool"]["median"] and z["tool"]["median"]:
+        growth = z["tool"]["median"] / a["tool"]["median"]
+        sec.goals.append(
+            Goal(
+                f"list flat with size (checkpoint, {hi} vs {lo} blocks)",
+                f"≤ {FLAT_GOAL}x",
+                f"{growth:.2f}x",
+                growth <= FLAT_GOAL,
+            )
+        )
+    return sec
+
+
+def section_stats(ctx: Context, formats=STATS_FORMATS) -> Section:
+    sec = Section("stats", "`ckpt-tool list --stats` throughput vs `cat`")
+    if not command_available(ctx, "list"):
+        sec.skipped = "not available yet (ckpt-tool has no `list` command)"
+        return sec
+    table = Table(
+        "Statistics over every weight, median of cold runs",
+        [
+            "blocks",
+            "format",
+            "weights",
+            "list --stats",
+            "GB/s",
+            "RSS",
+            "cat data files",
+            "cat GB/s",
+            "cat / ckpt-tool",
+        ],
+    )
+    raw, ms = ctx.results.setdefault("stats", {}), []
+    listed = ctx.results.get("list", {})
+    for b in ctx.blocks:
+        for fmt in formats:
+            path, files = ctx.path(b, fmt), ctx.data_files(b, fmt)
+            weight_bytes = ctx.model(b)["weight_bytes"]
+            file_bytes = sum((REPO / f).stat().st_size for f in files)
+            run_once(["cat", *files], cwd=str(REPO))  # warm the page cache for both
+            tool = ctx.measure(
+                f"list --stats {fmt} blocks={b}",
+                [*ctx.ckpt_tool, "list", path, "--stats"],
+                numpy=True,
+            )
+            cat = ctx.measure("  cat", ["cat", *files])
+            ms += [tool, cat]
+            raw[f"{fmt}/{b}"] = {
+                "tool": tool.to_json(),
+                "cat": cat.to_json(),
+                "weight_bytes": weight_bytes,
+                "file_bytes": file_bytes,
+            }
+            gbs, tool_gbs = "–", None
+            if tool.ok:
+                tool_gbs = gb_per_s(weight_bytes, tool.median)
+                net = listed.get(f"{fmt}/{b}", {}).get("tool", {}).get("median")
+                gbs = f"{tool_gbs:.2f}"
+                if net and tool.median > net:
+                    gbs += f" ({gb_per_s(weight_bytes, tool.median - net):.2f} net)"
+            cat_gbs = gb_per_s(file_bytes, cat.median) if cat.ok else None
+            table.rows.append(
+                [
+                    str(b),
+                    fmt,
+                    f"{weight_bytes / 1e6:.0f} MB",
+                    cell(tool),
+                    gbs if tool.ok else "–",
+                    fmt_mb(tool.peak_rss_mb) if tool.ok else "–",
+                    f"{cell(cat)}, {file_bytes / 1e6:.0f} MB",
+                    f"{cat_gbs:.2f}" if cat_gbs else "–",
+                    fmt_ratio(cat_gbs / tool_gbs) if tool.ok and cat_gbs else "–",
+                ]
+            )
+    table.notes = [
+        "GB/s = bytes / median wall time of the whole process (start-up included); "
+        '"net" subtracts the plain `list` median of the same file. ckpt-tool reads the '
+        "model weights only; `cat` reads the whole data files (a checkpoint's shard also "
+        "holds the two Adam slots, 3x the weights), so compare GB/s, not seconds.",
+        "Both are warm-cache numbers: the page cache cannot be dropped here, and every "
+        "file is read once before timing.",
+        *failures(ms),
+    ]
+    sec.tables.append(table)
+    return sec
+
+
+def _load_helper(name: str):
+    """Import bench/<name>.py if it exists (written alongside this harness)."""
+    path = BENCH / f"{name}.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
+    sec = Section("export", "`ckpt-tool export` vs `cp`")
+    if not command_available(ctx, "export"):
+        sec.skipped = "not available yet (ckpt-tool has no `export` command)"
+        return sec
+    out_dir = generate.CACHE / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = Table(
+        "Export to .npz, median of cold runs",
+        [
+            "blocks",
+            "format",
+            "weights",
+            "export",
+            "GB/s",
+            "peak RSS",
+            "cp data files",
+            "cp GB/s",
+            "time ratio",
+            "per-byte ratio",
+        ],
+    )
+    raw, ms = ctx.results.setdefault("export", {}), []
+    npz = out_dir / "export.npz"
+    copy_dir = out_dir / "copy"
+
+    def clean() -> None:
+        npz.unlink(missing_ok=True)
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        copy_dir.mkdir()
+
+    try:
+        for b in ctx.blocks:
+            for fmt in formats:
+                path, files = ctx.path(b, fmt), ctx.data_files(b, fmt)
+                weight_bytes = ctx.model(b)["weight_bytes"]
+                file_bytes = sum((REPO / f).stat().st_size for f in files)
+                run_once(["cat", *files], cwd=str(REPO))
+                rel_npz = str(npz.relative_to(REPO))
+                tool = ctx.measure(
+                    f"export {fmt} blocks={b}",
+                    [*ctx.ckpt_tool, "export", path, "-o", rel_npz],
+                    numpy=True,
+                    before_each=clean,
+                )
+                cp = ctx.measure(
+                    "  cp", ["cp", *files, str(copy_dir.relative_to(REPO))], before_each=clean
+                )
+                ms += [tool, cp]
+                raw[f"{fmt}/{b}"] = {
+                    "tool": tool.to_json(),
+                    "cp": cp.to_json(),
+                    "weight_bytes": weight_bytes,
+                    "file_bytes": file_bytes,
+                }
+                ok = tool.ok and cp.ok
+                per_byte = (
+                    gb_per_s(file_bytes, cp.median) / gb_per_s(weight_bytes, tool.median)
+                    if ok
+                    else None
+                )
+                raw[f"{fmt}/{b}"]["per_byte_ratio"] = per_byte
+                table.rows.append(
+                    [
+                        str(b),
+                        fmt,
+                        f"{weight_bytes / 1e6:.0f} MB",
+                        cell(tool),
+                        f"{gb_per_s(weight_bytes, tool.median):.2f}" if tool.ok else "–",
+                        fmt_mb(tool.peak_rss_mb) if tool.ok else "–",
+                        f"{cell(cp)}, {file_bytes / 1e6:.0f} MB",
+                        f"{gb_per_s(file_bytes, cp.median):.2f}" if cp.ok else "–",
+                        fmt_ratio(tool.median / cp.median) if ok else "–",
+                        fmt_ratio(per_byte) if per_byte else "–",
+                    ]
+                )
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    table.notes = [
+        "Time ratio = export median / cp median. cp copies the whole data files (a "
+        "checkpoint's shard holds the weights and two Adam slots), export writes the "
+        "weights only, so the goal is judged per byte: cp GB/s / export GB/s.",
+        "Peak RSS is each child's own ru_maxrss (os.wait4), the maximum over runs.",
+        *failures(ms),
+    ]
+    sec.tables.append(table)
+    ratios = [v.get("per_byte_ratio") for v in raw.values()]
+    rss = [v["tool"]["max_rss_kb"] for v in raw.values() if v["tool"]["max_rss_kb"]]
+    if ratios and all(r is not None for r in ratios):
+        worst = max(ratios)
+        sec.goals.append(
+            Goal(
+                "export vs cp (per byte, worst size)",
+                f"≤ {EXPORT_CP_GOAL:.0f}x",
+                fmt_ratio(worst),
+                worst <= EXPORT_CP_GOAL,
+            )
+        )
+    else:
+        sec.goals.append(
+            Goal("export vs cp (per byte, worst size)", f"≤ {EXPORT_CP_GOAL:.0f}x", "–", None)
+        )
+    if rss and len(rss) == len(raw):
+        peak = max(max(r) for r in rss) / 1024
+        sec.goals.append(
+            Goal(
+                "export peak RSS (every size)",
+                f"< {EXPORT_RSS_GOAL_MB:.0f} MB",
+                fmt_mb(peak),
+                peak < EXPORT_RSS_GOAL_MB,
+            )
+        )
+    return sec
+
+
+def section_verify(ctx: Context) -> Section:
+    sec = Section("verify", "Forward pass: NumPy vs Keras on TensorFlow")
+    layers = _load_helper("bench_layers")
+    if layers is None:
+        sec.skipped = "not available yet (bench/bench_layers.py does not exist)"
+        return sec
+    if not hasattr(layers, "forward_benchmark"):
+        sec.skipped = "bench/bench_layers.py has no `forward_benchmark` entry point yet"
+        return sec
+    return layers.forward_benchmark(ctx, sec)
+
+
+def section_scaling(ctx: Context) -> Section:
+    """Time and peak RSS of each command against model size (checkpoint format)."""
+    sec = Section("scaling", "Scaling with model size (checkpoint)")
+    rows = [
+        ("ckpt-tool list", "list", "tool"),
+        ("tf.train.list_variables", "list", "reference"),
+        ("ckpt-tool list --stats", "stats", "tool"),
+        ("cat data shard", "stats", "cat"),
+        ("ckpt-tool export", "export", "tool"),
+        ("cp data shard", "export", "cp"),
+    ]
+    table = Table(
+        "Median time / peak RSS per command", ["command", *[f"{b} blocks" for b in ctx.blocks]]
+    )
+    for label, section, which in rows:
+        data = ctx.results.get(section, {})
+        cells = []
+        for b in ctx.blocks:
+            m = data.get(f"checkpoint/{b}", {}).get(which)
+            if not m or m["median"] is None:
+                cells.append("–")
+            else:
+                cells.append(f"{fmt_s(m['median'])} / {fmt_mb(max(m['max_rss_kb']) / 1024)}")
+        if any(c != "–" for c in cells):
+            table.rows.append([label, *cells])
+    for name, extra in ctx.results.get("verify", {}).get("scaling_rows", {}).items():
+        table.rows.append([name, *[extra.get(str(b), "–") for b in ctx.blocks]])
+    if not table.rows:
+        sec.skipped = "nothing measured (run the list, stats or export sections)"
+        return sec
+    sizes = [f"{b}: {ctx.model(b)['parameters'] / 1e6:.1f} M parameters" for b in ctx.blocks]
+    table.notes = [f"Model sizes (blocks: parameters): {'; '.join(sizes)}."]
+    sec.tables.append(table)
+    return sec
+
+
+# --------------------------------------------------------------------------- main
+
+
+def generate_models(ctx_python: str, blocks: list[int]) -> tuple[float, str]:
+    """Run bench/generate.py for missing sizes; returns (seconds, its output)."""
+    start = time.perf_counter()
+    log = generate.CACHE / "generate.log"
+    generate.CACHE.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as err:
+        proc = subprocess.run(
+            [ctx_python, str(BENCH / "generate.py"), "--blocks", *map(str, blocks)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+    out = proc.stdout.decode()
+    print(out, end="", flush=True)
+    if proc.returncode != 0:
+        sys.exit(f"model generation failed (see {log.relative_to(REPO)}): {out.strip()}")
+    return time.perf_counter() - start, out
+
+
+def machine_markdown(info: dict, blas: dict, blas_parent: dict | None) -> str:
+    v = info["versions"]
+    lines = [
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu']} ({', '.join(info['cpu_flags'])}), {info['cores']} cores "
+        f"({info['cores_usable']} usable), {info['memory_gib']} GiB memory, {info['os']}",
+        f"- Python {v['python']}, numpy {v['numpy']}, TensorFlow {v['tensorflow']}, "
+        f"Keras {v['keras']}, h5py {v['h5py']}, protobuf {v['protobuf']}, "
+        f"google-crc32c {v['google-crc32c']}, ckpt-tool {v['ckpt-tool']}",
+        f"- numpy BLAS: {blas['numpy_blas']}; in the timed ckpt-tool/NumPy processes: "
+        f"{machine.blas_summary(blas)} (probed with {blas['source']})",
+    ]
+    env = {k: val for k, val in info["openblas_env"].items() if val is not None}
+    if env:
+        shown = ", ".join(f"{k}={val}" for k, val in env.items())
+        lines.append(
+            f"- The environment sets {shown}; the timed ckpt-tool/NumPy processes run "
+            f"without it (with it the kernel would be {machine.blas_summary(blas_parent or {})}). "
+            "Reference (TensorFlow) processes keep the environment as given."
+        )
+    else:
+        lines.append("- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: not set.")
+    return "\n".join(lines)
+
+
+def write_results(
+    path: Path, header: list[str], sections: list[Section], goals: list[Goal], machine_md: str
+) -> None:
+    parts = ["# Benchmark results", "", *header, ""]
+    if goals:
+        parts += [goals_table(goals).to_markdown(), ""]
+    parts += [machine_md, ""]
+    for s in sections:
+        parts += [s.to_markdown(), ""]
+    path.write_text("\n".join(parts).rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ckpt-tool benchmarks (see bench/README.md)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--runs", type=int, help="cold runs per command (default 5, --quick 3)")
+    parser.add_argument(
+        "--blocks", type=int, nargs="+", choices=generate.ALL_BLOCKS, help="model sizes"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 and 12 blocks, 3 runs")
+    parser.add_argument(
+        "--results", type=Path, default=BENCH / "RESULTS.md", help="Markdown report to write"
+    )
+    parser.add_argument(
+        "--no-results", action="store_true", help="do not write the Markdown report"
+    )
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    blocks = sorted(args.blocks or ([1, 12] if args.quick else list(generate.ALL_BLOCKS)))
+    runs = args.runs or (3 if args.quick else 5)
+    only = set(args.only or SECTIONS)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    bin_dir = Path(sys.executable).parent
+    tool = (
+        [str(bin_dir / "ckpt-tool")]
+        if (bin_dir / "ckpt-tool").exists()
+        else [sys.executable, "-m", "ckpt_tool"]
+    )
+
+    print(f"== models: blocks {blocks}", flush=True)
+    gen_seconds, gen_out = generate_models(sys.executable, blocks)
+    manifest = generate.load_manifest()
+    generated_now = "generating" in gen_out
+
+    ctx = Context(blocks, runs, sys.executable, tool, env, machine.clean_blas_env(env), manifest)
+    info = machine.describe()
+    probe = [sys.executable, str(BENCH / "machine.py"), "blas"]
+    blas = json.loads(
+        subprocess.run(probe, env=ctx.numpy_env, capture_output=True, text=True, check=True).stdout
+    )
+    blas_parent = None
+    if any(info["openblas_env"].values()):
+        blas_parent = json.loads(
+            subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout
+        )
+    print(f"== numpy BLAS in timed processes: {machine.blas_summary(blas)}", flush=True)
+
+    plan = [
+        ("list", section_list),
+        ("stats", section_stats),
+        ("export", section_export),
+        ("verify", section_verify),
+    ]
+    if only == {"scaling"}:  # the scaling table alone: the checkpoint measurements it needs
+        plan = [
+            ("list", lambda c: section_list(c, ("checkpoint",))),
+            ("stats", lambda c: section_stats(c, ("checkpoint",))),
+            ("export", section_export),
+        ]
+        only = {"list", "stats", "export", "scaling"}
+    sections: list[Section] = []
+    for key, fn in plan:
+        if key not in only:
+            continue
+        print(f"== {key}", flush=True)
+        t0 = time.perf_counter()
+        sec = fn(ctx)
+        sec.seconds = time.perf_counter() - t0
+        sections.append(sec)
+        print(
+            f"  skipped: {sec.skipped}" if sec.skipped else "\n" + sec.to_markdown() + "\n",
+            flush=True,
+        )
+    if "scaling" in only:
+        sec = section_scaling(ctx)
+        sections.append(sec)
+        print("\n" + sec.to_markdown() + "\n", flush=True)
+
+    goals = [g for s in sections for g in s.goals]
+    if goals:
+        print(goals_table(goals).to_markdown(), flush=True)
+    total = time.perf_counter() - started
+
+    cache_bytes = sum(manifest["models"][str(b)]["disk_bytes"] for b in blocks)
+    made = sum(manifest["models"][str(b)]["seconds"]["total"] for b in blocks)
+    cmd = (
+        "python bench/run.py"
+        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    )
+    header = [
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with `{cmd.strip()}`: "
+        f"blocks {', '.join(map(str, blocks))}, {runs} cold runs per command, "
+        f"{total / 60:.1f} min in all.",
+        "",
+        f"Models (bench/generate.py, seed {generate.SEED}): "
+        + (
+            f"generated in this run in {gen_seconds:.0f} s"
+            if generated_now
+            else f"cached (made in {made:.0f} s)"
+        )
+        + f"; {cache_bytes / 1e9:.1f} GB in bench/.cache/ for these sizes. The checkpoint holds an "
+        "Adam optimizer built on the weights (momentum and velocity slots, zeros).",
+        "",
+        "Every number is the median over runs of a whole new process (interpreter start-up "
+        "and imports included). Ratios compare with the reference measured in the same run.",
+    ]
+    raw = {
+        "blocks": blocks,
+        "runs": runs,
+        "machine": info,
+        "blas": blas,
+        "results": ctx.results,
+        "generation_seconds": gen_seconds if generated_now else None,
+        "total_seconds": total,
+    }
+    (generate.CACHE / "last-run.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    if not args.no_results:
+        write_results(
+            args.results, header, sections, goals, machine_markdown(info, blas, blas_parent)
+        )
+        print(
+            f"wrote {args.results.resolve().relative_to(REPO) if args.results.resolve().is_relative_to(REPO) else args.results}"
+        )
+    print(f"total {total / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
