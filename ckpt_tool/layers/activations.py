@@ -25,6 +25,12 @@ def _c(value: float, x: np.ndarray) -> np.ndarray:
     return np.asarray(value, dtype=x.dtype)[()]
 
 
+def _c32(value: float, x: np.ndarray) -> np.ndarray:
+    """A constant as TensorFlow's `cast(python_float, dtype)` makes it: rounded to
+    float32 first (the float32 default for Python floats), then widened."""
+    return np.asarray(np.float32(value), dtype=x.dtype)[()]
+
+
 def linear(x: np.ndarray) -> np.ndarray:
     return x
 
@@ -38,8 +44,9 @@ def relu6(x: np.ndarray) -> np.ndarray:
 
 
 def leaky_relu(x: np.ndarray) -> np.ndarray:
-    # keras.activations.leaky_relu(negative_slope=0.2) -> tf.nn.leaky_relu
-    return np.where(x > 0, x, _c(0.2, x) * x)
+    # keras.activations.leaky_relu(negative_slope=0.2) -> tf.nn.leaky_relu, whose
+    # `alpha` attribute is a float32: the slope is float32(0.2) even for float64
+    return np.where(x > 0, x, _c32(0.2, x) * x)
 
 
 def elu(x: np.ndarray) -> np.ndarray:
@@ -92,15 +99,21 @@ def mish(x: np.ndarray) -> np.ndarray:
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact GELU: 0.5 * x * erfc(-x / sqrt(2)) (keras.activations.gelu default)."""
-    arg = -x * _c(0.7071067811865476, x)
+    """Exact GELU: 0.5 * x * erfc(-x / sqrt(2)) (keras.activations.gelu default).
+
+    tf.nn.gelu casts 1/sqrt(2) from a Python float, so it is float32(1/sqrt(2))
+    even in float64."""
+    arg = -x * _c32(0.7071067811865476, x)
     e = erfc(arg).astype(x.dtype, copy=False)  # float64 erfc, rounded once to x's dtype
     return _c(0.5, x) * x * e
 
 
 def gelu_approximate(x: np.ndarray) -> np.ndarray:
-    """tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    inner = _c(0.7978845608028654, x) * (x + _c(0.044715, x) * x**3)
+    """tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    As tf.nn.gelu: 0.044715 is cast from a Python float (float32-rounded),
+    sqrt(2/pi) multiplies as a Python float (exact in the tensor's dtype)."""
+    inner = _c(0.7978845608028654, x) * (x + _c32(0.044715, x) * x**3)
     return _c(0.5, x) * x * (_c(1.0, x) + np.tanh(inner))
 
 

@@ -18,6 +18,9 @@ follow the same generalisation.
 
 Keras 3.15 takes one of two routes for the attention itself, and they differ:
 
+Both routes scale by float32(1/sqrt(H)): Keras's `ops.cast` of the Python
+float goes through a float32 tensor, in float64 layers too.
+
 - fast route (`ops.dot_product_attention`), taken when `dropout == 0`, the
   scores are not returned and the projected query has rank 4 (the default
   axes on (B, T, D) inputs): logits = einsum(q, k) * (1/sqrt(H)) (scaled
@@ -294,7 +297,9 @@ def multi_head_attention(
             f"of rank {query.ndim}"
         )
     dot_eq, combine_eq, scores_rank = build_attention_equation(proj_rank, axes)
-    inv_sqrt = const(1.0 / math.sqrt(float(cfg.key_dim)), dt)
+    # Keras casts the Python float 1/sqrt(H) with tf.cast, which goes through a
+    # float32 constant: the scale is float32-rounded even in a float64 layer.
+    inv_sqrt = const(float(np.float32(1.0 / math.sqrt(float(cfg.key_dim)))), dt)
     if mask is not None:
         mask = _expand_mask(mask, scores_rank, len(axes))
 
