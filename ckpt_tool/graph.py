@@ -212,14 +212,14 @@ def run_graph(
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Run the graph in NumPy. Returns the model outputs and every node's first output
     (by layer name, for per-layer comparison). `configs` overrides node configs."""
-    from ckpt_tool.layers import get_layer
+    from ckpt_tool.layers import get_layer_kind
 
     values: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
     for ref, array in zip(graph.inputs, inputs, strict=True):
         values[(ref[0], ref[1])] = (np.asarray(array),)
     per_layer: dict[str, np.ndarray] = {}
     for node in graph.nodes:
-        kind = get_layer(node.class_name)
+        kind = get_layer_kind(node.class_name)
         config = (configs or {}).get(node.layer, node.config)
         tensors, call_kwargs = _call_arguments(node, values)
         result = kind.apply(

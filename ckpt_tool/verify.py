@@ -159,9 +159,9 @@ def load_layer_weights(reader: Reader, roles: RoleMap) -> dict[str, dict[str, np
 def _check_graph_weights(graph: Graph, roles: RoleMap, path: Path) -> None:
     names = {layer.name for layer in roles.layers}
     for node in graph.nodes:
-        from ckpt_tool.layers import get_layer
+        from ckpt_tool.layers import get_layer_kind
 
-        needs = get_layer(node.class_name).weight_names(node.config)
+        needs = get_layer_kind(node.class_name).weight_names(node.config)
         if needs and node.layer not in names:
             raise CkptToolError(
                 f"no weights found for layer {node.layer!r} ({node.class_name})", path
