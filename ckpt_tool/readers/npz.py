@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -292,7 +292,7 @@ class NpzReader(Reader):
 
     def variables(self) -> list[VariableInfo]:
         if self._listing is None:
-            infos = []
+            ranked: list[tuple[tuple[int, int, int], VariableInfo]] = []
             for position, m in enumerate(self._members.values()):
                 entry = self._manifest.get(m.key)
                 dtype, inferred = _logical(m.stored_dtype, entry)
@@ -310,22 +310,29 @@ class NpzReader(Reader):
                 if inferred:
                     extra["dtype_inferred"] = True
                 aliases = (entry.source_key,) if entry and entry.source_key else ()
-                order = entry.order if entry and entry.order is not None else position
-                infos.append(
-                    VariableInfo(
-                        key=m.key,
-                        name=(entry.name if entry and entry.name else m.key),
-                        shape=m.shape,
-                        dtype=_dtype_name(dtype),
-                        kind=kind,
-                        aliases=tuple(a for a in aliases if a != m.key),
-                        order=order,
-                        nbytes=_nbytes(m.shape, m.stored_dtype),
-                        extra=extra,
+                # Manifest order first (export's model order), then archive order.
+                if entry is not None and entry.order is not None:
+                    rank: tuple[int, int, int] = (0, entry.order, position)
+                else:
+                    rank = (1, position, 0)
+                ranked.append(
+                    (
+                        rank,
+                        VariableInfo(
+                            key=m.key,
+                            name=(entry.name if entry and entry.name else m.key),
+                            shape=m.shape,
+                            dtype=_dtype_name(dtype),
+                            kind=kind,
+                            aliases=tuple(a for a in aliases if a != m.key),
+                            order=0,  # numbered below
+                            nbytes=_nbytes(m.shape, m.stored_dtype),
+                            extra=extra,
+                        ),
                     )
                 )
-            infos.sort(key=lambda v: v.order)
-            self._listing = infos
+            ranked.sort(key=lambda pair: pair[0])
+            self._listing = [replace(info, order=i) for i, (_, info) in enumerate(ranked)]
         return list(self._listing)
 
     def read(self, key: str) -> np.ndarray:
