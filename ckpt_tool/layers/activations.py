@@ -186,5 +186,7 @@ def activation_name(spec: Any) -> str:
 
 
 def get_activation(spec: Any) -> Activation:
-    """The activation function a Keras config value names."""
+    """The activation function a Keras config value names (a callable passes through)."""
+    if callable(spec):
+        return spec
     return ACTIVATIONS[activation_name(spec)]

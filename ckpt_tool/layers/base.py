@@ -179,7 +179,7 @@ def as_float(x: Any, dt: np.dtype, *, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind not in "biuf" and a.dtype.name not in ("bfloat16",):
         raise LayerConfigError(f"{what} has dtype {a.dtype}, not a number")
-    return np.ascontiguousarray(a, dtype=dt)
+    return np.asarray(a, dtype=dt, order="C")  # (ascontiguousarray would make 0-d 1-d)
 
 
 def as_mask(m: Any, *, what: str) -> np.ndarray | None:
