@@ -2,14 +2,12 @@
 
 Keras `.keras` files and NumPy `.npz` files are zips whose members are
 usually *stored* (not compressed). A stored member is a byte range of the
-archive, so it can be read through a memory map without copying it first.
+archive, so it can be read in place without copying it first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import mmap
 import struct
 import zipfile
 from pathlib import Path
@@ -120,16 +118,19 @@ def stored_data_offset(
     return offset
 
 
-class MappedSlice(io.RawIOBase):
-    """A read-only, seekable file object over bytes [start, start+size) of a map.
+class FileSlice(io.RawIOBase):
+    """A read-only, seekable file object over bytes [start, start+size) of a file.
 
-    h5py opens such an object like a file; reads copy straight from the map,
-    so a stored `model.weights.h5` is never held in memory twice.
+    h5py opens such an object like a file; each read goes straight from the
+    archive into h5py's buffer, so a stored `model.weights.h5` is never copied
+    into memory as a whole (let alone twice).
     """
 
-    def __init__(self, buffer: mmap.mmap, start: int, size: int):
+    def __init__(self, path: Path, start: int, size: int):
         super().__init__()
-        self._view = memoryview(buffer)[start : start + size]
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._start = start
+        self._size = size
         self._pos = 0
 
     def readable(self) -> bool:
@@ -140,13 +141,21 @@ class MappedSlice(io.RawIOBase):
 
     def readinto(self, b) -> int:  # type: ignore[override]
         out = memoryview(b).cast("B")
-        n = max(0, min(len(out), len(self._view) - self._pos))
-        out[:n] = self._view[self._pos : self._pos + n]
+        n = max(0, min(len(out), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._file.seek(self._start + self._pos)
+        got = 0
+        while got < n:  # a raw read may return fewer bytes than asked
+            chunk = self._file.readinto(out[got:n])
+            if not chunk:
+                raise OSError("zip member ends early (truncated archive?)")
+            got += chunk
         self._pos += n
         return n
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         pos = base + offset
         if pos < 0:
             raise OSError("negative seek position")
@@ -158,36 +167,27 @@ class MappedSlice(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._view.release()
+            self._file.close()
         super().close()
 
 
 class MemberFile:
     """A zip member opened as a seekable binary file, without extracting it.
 
-    Stored members are served from a memory map of the archive; compressed
-    ones are inflated into memory (after the size and ratio checks).
+    Stored members are read in place from the archive; compressed ones are
+    inflated into memory (after the size and ratio checks).
     """
 
     def __init__(self, zf: zipfile.ZipFile, name: str, path: Path, limit: int = MAX_MEMBER_BYTES):
         info = get_info(zf, name, path)
         check_member(zf, info, path, limit)
-        self._map: mmap.mmap | None = None
         self.stored = False
-        file_size = path.stat().st_size
-        offset = stored_data_offset(zf, info, path, file_size)
+        offset = stored_data_offset(zf, info, path, path.stat().st_size)
         if offset is not None and info.file_size > 0:
-            with open(path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self.file: io.RawIOBase | io.BytesIO = MappedSlice(self._map, offset, info.file_size)
+            self.file: io.RawIOBase | io.BytesIO = FileSlice(path, offset, info.file_size)
             self.stored = True
         else:
             self.file = io.BytesIO(read_member(zf, name, path, limit))
 
     def close(self) -> None:
         self.file.close()
-        if self._map is not None:
-            # BufferError: something still views the map; it is freed with it.
-            with contextlib.suppress(BufferError):
-                self._map.close()
-            self._map = None
