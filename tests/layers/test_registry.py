@@ -55,8 +55,16 @@ LAYER_CASES = [
     ),
     (keras.layers.Dense, {"units": 4}, [(2, 3)]),
     (keras.layers.Dense, {"units": 4, "use_bias": False}, [(2, 5, 3)]),
-    (keras.layers.EinsumDense, {"equation": "abc,cde->abde", "output_shape": (None, 2, 3), "bias_axes": "de"}, [(1, 4, 5)]),  # fmt: skip
-    (keras.layers.EinsumDense, {"equation": "ab...,bc->ac...", "output_shape": (6, 3), "bias_axes": "c"}, [(1, 5, 3)]),  # fmt: skip
+    (
+        keras.layers.EinsumDense,
+        {"equation": "abc,cde->abde", "output_shape": (None, 2, 3), "bias_axes": "de"},
+        [(1, 4, 5)],
+    ),
+    (
+        keras.layers.EinsumDense,
+        {"equation": "ab...,bc->ac...", "output_shape": (6, 3), "bias_axes": "c"},
+        [(1, 5, 3)],
+    ),
     (keras.layers.LayerNormalization, {}, [(2, 5)]),
     (keras.layers.LayerNormalization, {"axis": [1, 2], "center": False}, [(2, 3, 5)]),
     (keras.layers.LayerNormalization, {"scale": False}, [(2, 3, 5)]),
