@@ -568,3 +568,22 @@ def test_every_error_is_a_ckpt_tool_error(tmp_path):
                     reader.read(v.key)
         except CkptToolError as e:
             assert e.path == str(path)
+
+
+def test_open_reader_dispatches_on_structure_not_extension(tmp_path):
+    from ckpt_tool.readers import open_reader
+
+    renamed = {
+        "seed_keras": ("model.zip", "keras"),
+        "seed_weights_h5": ("weights.h5", "weights-h5"),
+        "seed_legacy_h5": ("legacy.weights.h5", "h5"),
+    }
+    for fixture_id, (name, fmt) in renamed.items():
+        path = tmp_path / name
+        shutil.copy(fixture_path(fixture_id), path)
+        reader = open_reader(path)
+        try:
+            assert reader.format_name == fmt, name
+            assert reader.variables()
+        finally:
+            reader.close()

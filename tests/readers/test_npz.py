@@ -253,3 +253,17 @@ def test_any_numeric_archive_round_trips(tmp_path_factory, arrays, compressed):
         assert [v.key for v in reader.variables()] == list(arrays)
         for key, array in arrays.items():
             _bitwise(reader.read(key), array)
+
+
+def test_open_reader_finds_npz_by_content(tmp_path):
+    from ckpt_tool.readers import open_reader
+
+    path = tmp_path / "weights.bin"
+    np.savez(path.with_suffix(".npz"), w=np.ones(3, np.float32))
+    path.with_suffix(".npz").rename(path)
+    reader = open_reader(path)
+    try:
+        assert reader.format_name == "npz"
+        assert [v.key for v in reader.variables()] == ["w"]
+    finally:
+        reader.close()
