@@ -16,6 +16,7 @@ class Run:
     seconds: float
     max_rss_kb: int  # peak resident set of the child (and the children it waited for)
     returncode: int
+    anon_kb: int = 0  # sampled peak of anonymous memory (RssAnon): RSS less mapped files
 
 
 @dataclass
@@ -44,15 +45,47 @@ class Measurement:
     def peak_rss_mb(self) -> float:
         return max(r.max_rss_kb for r in self.runs) / 1024
 
+    @property
+    def peak_anon_mb(self) -> float:
+        return max(r.anon_kb for r in self.runs) / 1024
+
     def to_json(self) -> dict:
         return {
             "label": self.label,
             "argv": self.argv,
             "seconds": [round(r.seconds, 4) for r in self.runs],
             "max_rss_kb": [r.max_rss_kb for r in self.runs],
+            "anon_kb": [r.anon_kb for r in self.runs],
             "median": round(self.median, 4) if self.runs else None,
             "error": self.error,
         }
+
+
+class _AnonSampler(threading.Thread):
+    """Polls /proc/PID/status for RssAnon while the child runs (a lower bound of its peak).
+
+    ru_maxrss counts the pages of memory-mapped files too (a reader that mmaps a data
+    shard shows the touched shard in its RSS); RssAnon is the process's own memory.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.status = f"/proc/{pid}/status"
+        self.interval = interval
+        self.peak_kb = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                with open(self.status) as f:
+                    for line in f:
+                        if line.startswith("RssAnon:"):
+                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                            break
+            except (OSError, ValueError):
+                return
+            self.done.wait(self.interval)
 
 
 def run_once(
@@ -77,11 +110,15 @@ def run_once(
             )
             killer = threading.Timer(timeout, proc.kill)
             killer.start()
+            sampler = _AnonSampler(proc.pid)
+            sampler.start()
             try:
                 _, status, usage = os.wait4(proc.pid, 0)
             finally:
                 killer.cancel()
+                sampler.done.set()
             seconds = time.perf_counter() - start
+            sampler.join()
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
             if stdout_path:
@@ -90,7 +127,7 @@ def run_once(
         tail = err.read()[-4000:].decode(errors="replace")
     if seconds >= timeout:
         tail = f"timed out after {timeout:.0f} s\n{tail}"
-    return Run(seconds, int(usage.ru_maxrss), proc.returncode), tail
+    return Run(seconds, int(usage.ru_maxrss), proc.returncode, sampler.peak_kb), tail
 
 
 def last_error_line(stderr: str) -> str:
