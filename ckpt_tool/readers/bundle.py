@@ -79,13 +79,13 @@ _TF_ONLY_NAMES = {
 }
 
 
+_DTYPE_NAMES = {**{k: v.name for k, v in _NUMPY_DTYPES.items()}, **_TF_ONLY_NAMES}
+
+
 def dtype_name(dtype: int) -> str:
     """The name of a TensorFlow DataType number: a numpy dtype name, 'string', 'qint8', ..."""
-    if dtype in _TF_ONLY_NAMES:
-        return _TF_ONLY_NAMES[dtype]
-    if dtype in _NUMPY_DTYPES:
-        return _NUMPY_DTYPES[dtype].name
-    return f"dtype_{dtype}"
+    name = _DTYPE_NAMES.get(dtype)
+    return name if name is not None else f"dtype_{dtype}"
 
 
 def numpy_dtype(dtype: int) -> np.dtype | None:

@@ -35,6 +35,7 @@ from ckpt_tool.readers.objgraph import (
     Signature,
     parse_object_graph,
     read_keras_metadata,
+    read_meta_graph_order,
     read_saved_model,
     strip_key,
 )
@@ -180,9 +181,9 @@ def _natural_key(text: str) -> tuple:
 
 
 def _path_kind(parts: tuple[str, ...]) -> str:
-    if any(p in _BOOKKEEPING_PARTS for p in parts):
+    if not _BOOKKEEPING_PARTS.isdisjoint(parts):
         return BOOKKEEPING
-    if any(p in _OPTIMIZER_PARTS for p in parts):
+    if not _OPTIMIZER_PARTS.isdisjoint(parts):
         return OPTIMIZER
     return WEIGHT
 
@@ -201,14 +202,16 @@ def _graph_kind(gv: GraphVariable) -> str:
     otherwise OPTIMIZER if a path goes through an optimizer; else BOOKKEEPING."""
     if gv.slot_of is not None:
         return OPTIMIZER
-    paths = list(gv.all_paths) or ([gv.primary_path] if gv.primary_path is not None else [])
+    paths = gv.all_paths or ([gv.primary_path] if gv.primary_path is not None else [])
     if not paths:
         return _tf1_kind(gv.key)
-    kinds = {_path_kind(p) for p in paths}
-    for kind in (WEIGHT, OPTIMIZER, BOOKKEEPING):
-        if kind in kinds:
-            return kind
-    return BOOKKEEPING
+    kinds = set()
+    for p in paths:
+        kind = _path_kind(p)
+        if kind == WEIGHT:
+            return WEIGHT
+        kinds.add(kind)
+    return OPTIMIZER if OPTIMIZER in kinds else BOOKKEEPING
 
 
 class CheckpointReader(Reader):
@@ -321,6 +324,7 @@ class CheckpointReader(Reader):
             saved_vars = {}  # node ids would not line up; do not trust them
 
         slice_bytes = self._slice_bytes() if self.bundle.slice_entries else {}
+        meta_order = self._tf1_order() if graph is None else {}
         infos: list[VariableInfo] = []
         sort_keys: dict[str, tuple] = {}
         own_names: dict[str, str] = {}  # key -> the variable's own recorded name
@@ -339,7 +343,9 @@ class CheckpointReader(Reader):
                 sort_keys[key] = (2, 9, (), "", ())
             elif gv is None:
                 info.kind = _tf1_kind(key)
-                sort_keys[key] = (_GROUP[info.kind], 8, (), "", _natural_key(key))
+                created = meta_order.get(key)
+                tier, rank = (7, (created,)) if created is not None else (8, ())
+                sort_keys[key] = (_GROUP[info.kind], tier, rank, "", _natural_key(key))
             else:
                 info.kind = _graph_kind(gv)
                 info.extra["node_id"] = gv.node_id
@@ -372,6 +378,11 @@ class CheckpointReader(Reader):
         for i, info in enumerate(infos):
             info.order = i
         return infos
+
+    def _tf1_order(self) -> dict[str, int]:
+        """Creation order of TF1 variables from `<prefix>.meta`, when it is there."""
+        meta = Path(f"{self.prefix}.meta")
+        return read_meta_graph_order(meta) if meta.is_file() else {}
 
     def _slice_bytes(self) -> dict[str, int]:
         """Bytes stored for each partitioned tensor, summed over its slice entries."""
@@ -506,13 +517,7 @@ class CheckpointReader(Reader):
             gv = gvars.get(info.key)
             if gv is None or not gv.named_paths:
                 continue
-            path = gv.named_paths[0]
-            node, chain = 0, [0]
-            for part in path:
-                node = next((c for n, c in graph.children[node] if n == part), -1)
-                if node < 0:
-                    break
-                chain.append(node)
+            path, chain = gv.named_paths[0], gv.named_nodes
             for depth in range(len(chain) - 1, -1, -1):
                 meta = keras.get(chain[depth])
                 if meta is not None and meta.class_name and depth < len(chain) - 1:

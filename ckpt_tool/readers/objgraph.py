@@ -16,6 +16,7 @@ class name and config of every layer.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ def escape_local_name(name: str) -> str:
 
 
 def unescape_local_name(name: str) -> str:
+    if "." not in name:
+        return name
     out = []
     i = 0
     while i < len(name):
@@ -81,6 +84,8 @@ def strip_key(key: str) -> str:
     suffix = f"/{ATTRIBUTES}/{VARIABLE_VALUE}"
     if key.endswith(suffix):
         key = key[: -len(suffix)]
+    if ".." not in key and ".S" not in key:
+        return key  # nothing escaped (the common case)
     parts = key.split("/")
     return "/".join(p if p.startswith(".") else unescape_local_name(p) for p in parts)
 
@@ -95,6 +100,7 @@ class GraphVariable:
     full_name: str  # the variable's own name as TensorFlow recorded it (may be "")
     primary_path: tuple[str, ...] | None  # TensorFlow's BFS path (None: unreachable)
     named_paths: list[tuple[str, ...]] = field(default_factory=list)  # avoid anonymous edges
+    named_nodes: tuple[int, ...] = ()  # node ids along named_paths[0], from node 0
     all_paths: list[tuple[str, ...]] = field(default_factory=list)  # every path found
     slot_of: int | None = None  # original variable's node id, for optimizer slots
     slot_name: str | None = None
@@ -106,17 +112,21 @@ class ObjectGraph:
     """A decoded TrackableObjectGraph with every key's paths and aliases."""
 
     def __init__(self, nodes: list[list[tuple[str, int]]], attributes, slot_refs):
-        self.children = nodes  # node id -> [(local name, child id)] in listed order
+        n = len(nodes)
+        # node id -> [(local name, child id)] in listed order; dangling ids dropped
+        self.children = [[(name, c) for name, c in kids if 0 <= c < n] for kids in nodes]
         self.variables: dict[str, GraphVariable] = {}
         self.slots: dict[int, tuple[int, str, int]] = {}  # slot node -> (var, name, opt)
         for opt_id, refs in slot_refs.items():
             for original, slot_name, slot_node in refs:
                 self.slots[slot_node] = (original, slot_name, opt_id)
         primary = self._bfs_paths()
-        all_paths = self._all_paths(named_only=False)
-        named = self._all_paths(named_only=True)
-        ranks = self._ranks()
+        useful = self._reaching(set(attributes))
+        all_paths = self._all_paths(useful, named_only=False)
+        named = self._all_paths(useful, named_only=True)
+        ranks = self._ranks(useful)
         for node_id, attrs in attributes.items():
+            named_here = named.get(node_id, [])
             for attr_name, full_name, key in attrs:
                 var = GraphVariable(
                     key=key,
@@ -124,8 +134,9 @@ class ObjectGraph:
                     attribute=attr_name,
                     full_name=full_name,
                     primary_path=primary.get(node_id),
-                    named_paths=named.get(node_id, []),
-                    all_paths=all_paths.get(node_id, []),
+                    named_paths=[p for p, _ in named_here],
+                    named_nodes=named_here[0][1] if named_here else (),
+                    all_paths=[p for p, _ in all_paths.get(node_id, [])],
                     rank=ranks.get(node_id, (3, node_id)),
                 )
                 if node_id in self.slots:
@@ -136,11 +147,20 @@ class ObjectGraph:
     def num_nodes(self) -> int:
         return len(self.children)
 
-    def _valid_children(self, node_id: int):
-        n = len(self.children)
-        for name, child in self.children[node_id]:
-            if 0 <= child < n:
-                yield name, child
+    def _reaching(self, targets: set[int]) -> set[int]:
+        """Nodes from which some node in `targets` can be reached (targets included)."""
+        parents: dict[int, list[int]] = {}
+        for parent, kids in enumerate(self.children):
+            for _, child in kids:
+                parents.setdefault(child, []).append(parent)
+        seen = {t for t in targets if 0 <= t < len(self.children)}
+        stack = list(seen)
+        while stack:
+            for p in parents.get(stack.pop(), ()):
+                if p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        return seen
 
     def _bfs_paths(self) -> dict[int, tuple[str, ...]]:
         """TensorFlow's naming walk: breadth first from node 0, children in listed order."""
@@ -148,45 +168,52 @@ class ObjectGraph:
         queue = deque([0] if self.children else [])
         while queue:
             node = queue.popleft()
-            for name, child in self._valid_children(node):
+            for name, child in self.children[node]:
                 if child not in paths:
                     paths[child] = (*paths[node], name)
                     queue.append(child)
         return paths
 
-    def _all_paths(self, named_only: bool) -> dict[int, list[tuple[str, ...]]]:
-        """Up to MAX_PATHS_PER_NODE simple paths to each node, shortest first.
+    def _all_paths(
+        self, useful: set[int], named_only: bool
+    ) -> dict[int, list[tuple[tuple[str, ...], tuple[int, ...]]]]:
+        """Up to MAX_PATHS_PER_NODE simple paths (names, node ids) to each node that
+        leads to a variable, shortest first.
 
         Breadth first over paths (not nodes), so each node's first path is the one
-        TensorFlow's walk gives it; cycles are cut, and a node whose quota is full
-        is not expanded further through new paths.
+        TensorFlow's walk gives it; cycles are cut, a node whose quota is full is not
+        expanded through new paths, and branches that reach no variable are skipped.
         """
-        if not self.children:
+        if not self.children or 0 not in useful:
             return {}
-        found: dict[int, list[tuple[str, ...]]] = {0: [()]}
-        queue = deque([((), (0,))])
+        found: dict[int, list] = {0: [((), (0,))]}
+        queue = deque(found[0])
+        children = self.children
         while queue:
             path, nodes = queue.popleft()
-            for name, child in self._valid_children(nodes[-1]):
-                if child in nodes or (named_only and name in ANONYMOUS_EDGES):
+            for name, child in children[nodes[-1]]:
+                if child not in useful or child in nodes:
+                    continue
+                if named_only and name in ANONYMOUS_EDGES:
                     continue
                 lst = found.setdefault(child, [])
                 if len(lst) >= MAX_PATHS_PER_NODE:
                     continue
-                new = (*path, name)
-                lst.append(new)
-                queue.append((new, (*nodes, child)))
+                item = ((*path, name), (*nodes, child))
+                lst.append(item)
+                queue.append(item)
         return found
 
-    def _ranks(self) -> dict[int, tuple[int, int]]:
+    def _ranks(self, useful: set[int]) -> dict[int, tuple[int, int]]:
         """The model's own order: index N in the root's `variables` list first, then
-        depth-first preorder over named edges, then over all edges."""
+        depth-first preorder over named edges, then over all edges (both walks only
+        through nodes that lead to a variable)."""
         ranks: dict[int, tuple[int, int]] = {}
         if not self.children:
             return ranks
-        for name, child in self._valid_children(0):
+        for name, child in self.children[0]:
             if name == "variables":
-                for item, var in self._valid_children(child):
+                for item, var in self.children[child]:
                     if item.isdigit() and var not in ranks:
                         ranks[var] = (0, int(item))
         for pass_no, named_only in ((1, True), (2, False)):
@@ -199,8 +226,10 @@ class ObjectGraph:
                 position += 1
                 kids = [
                     c
-                    for name, c in self._valid_children(node)
-                    if c not in seen and not (named_only and name in ANONYMOUS_EDGES)
+                    for name, c in self.children[node]
+                    if c in useful
+                    and c not in seen
+                    and not (named_only and name in ANONYMOUS_EDGES)
                 ]
                 for c in kids:
                     seen.add(c)
@@ -324,6 +353,30 @@ def read_saved_model(path: str | Path) -> SavedModelInfo:
             outputs=tuple(_spec(k, sig.outputs[k]) for k in sorted(sig.outputs)),
         )
     return SavedModelInfo(variables, identifiers, signatures, len(nodes))
+
+
+_VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp", "AutoReloadVariable"})
+_PARTITION_SUFFIX = re.compile(r"/part_\d+$")
+MAX_META_BYTES = 1 << 30  # a TF1 .meta larger than this is not parsed for order
+
+
+def read_meta_graph_order(path: str | Path) -> dict[str, int]:
+    """Variable name -> creation index from a TF1 `.meta` file's graph (nodes are
+    stored in creation order). Partitions `v/part_N` count as `v`. {} if unreadable:
+    the order is a nicety, never a reason to fail."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_META_BYTES:
+            return {}
+        meta = protos.MetaGraphDef()
+        meta.ParseFromString(path.read_bytes())
+    except (OSError, DecodeError):
+        return {}
+    order: dict[str, int] = {}
+    for node in meta.graph_def.node:
+        if node.op in _VARIABLE_OPS:
+            order.setdefault(_PARTITION_SUFFIX.sub("", node.name), len(order))
+    return order
 
 
 @dataclass(frozen=True)

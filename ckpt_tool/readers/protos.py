@@ -220,10 +220,14 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
             ],
         )
     )
+    # graph.proto / node_def.proto: only node names and ops (a TF1 .meta file's order)
+    add(_msg("NodeDef", [("name", 1, _STRING, _OPTIONAL), ("op", 2, _STRING, _OPTIONAL)]))
+    add(_msg("GraphDef", [("node", 1, _MESSAGE, _REPEATED, "NodeDef")]))
     add(
         _msg(
             "MetaGraphDef",
             [
+                ("graph_def", 2, _MESSAGE, _OPTIONAL, "GraphDef"),
                 ("signature_def", 5, _MESSAGE, _REPEATED, "MetaGraphDef.SignatureDefEntry"),
                 ("object_graph_def", 7, _MESSAGE, _OPTIONAL, "SavedObjectGraph"),
             ],
@@ -276,6 +280,8 @@ SavedObject = _cls("SavedObject")
 SavedObjectGraph = _cls("SavedObjectGraph")
 TensorInfo = _cls("TensorInfo")
 SignatureDef = _cls("SignatureDef")
+NodeDef = _cls("NodeDef")
+GraphDef = _cls("GraphDef")
 MetaGraphDef = _cls("MetaGraphDef")
 SavedModel = _cls("SavedModel")
 SavedMetadata = _cls("SavedMetadata")
@@ -289,7 +295,9 @@ __all__ = [
     "LITTLE",
     "BundleEntryProto",
     "BundleHeaderProto",
+    "GraphDef",
     "MetaGraphDef",
+    "NodeDef",
     "SavedMetadata",
     "SavedModel",
     "SavedObject",
