@@ -306,7 +306,8 @@ def multi_head_attention(
     fast = cfg.dropout == 0.0 and not return_attention_scores and proj_rank == 4
     if fast:
         # ops.dot_product_attention: logits = (B, N, T, S), scaled after the product
-        logits = contract("BTNH,BSNH->BNTS", q, k) * inv_sqrt
+        logits = contract("BTNH,BSNH->BNTS", q, k)
+        logits *= inv_sqrt
         probs = dot_product_attention_softmax(logits, mask)
         # ctx = (B, T, N, Hv)
         ctx = contract("BNTS,BSNH->BTNH", probs, v)
