@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from ckpt_tool.listing import ListedTensor, Listing
 T = TypeVar("T")
 
 out = Console(highlight=False, soft_wrap=False)
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 200  # piped to a file or a program: do not fold names at 80 columns
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -97,15 +100,15 @@ def _stat(value: float | None) -> str:
 
 def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bool = False) -> None:
     table = Table(title=f"{listing.path} ({listing.format})", title_justify="left", box=None)
-    table.add_column("name", overflow="fold")
+    table.add_column("name", overflow="fold", ratio=1)
     if show_roles:
-        table.add_column("layer")
-        table.add_column("role")
-        table.add_column("evidence", style="dim")
-    table.add_column("shape")
-    table.add_column("dtype")
-    table.add_column("params", justify="right")
-    table.add_column("bytes", justify="right")
+        table.add_column("layer", overflow="fold")
+        table.add_column("role", no_wrap=True)
+        table.add_column("evidence", style="dim", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
     if show_stats:
         for col in ("min", "max", "mean", "std", "nan", "inf"):
             table.add_column(col, justify="right")

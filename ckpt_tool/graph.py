@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.errors import UnsupportedFormatError
-from ckpt_tool.roles import RoleMap
+from ckpt_tool.roles import RoleMap, plain_config
 
 Ref = tuple[str, int, int]  # (layer name, node index, tensor index)
 
@@ -102,7 +102,7 @@ def _from_functional(config: dict) -> Graph:
             continue
         for index, inbound in enumerate(layer.get("inbound_nodes", [])):
             args, kwargs = _parse_inbound(inbound)
-            nodes.append(Node(name, class_name, dict(layer["config"]), index, args, kwargs))
+            nodes.append(Node(name, class_name, plain_config(layer["config"]), index, args, kwargs))
     inputs = _refs(config["input_layers"])
     outputs = _refs(config["output_layers"])
     ordered = _topological(nodes, set(inputs))
@@ -181,19 +181,50 @@ def _topological(nodes: list[Node], available_inputs: set[Ref]) -> list[Node]:
     return ordered
 
 
-def chain_graph(role_map: RoleMap) -> Graph:
-    """No config: the mapped layers one after another, attention as self-attention."""
-    nodes = []
-    previous: Ref = ("input", 0, 0)
+# How a chain without a config may wire residual connections around its layer norms.
+RESIDUALS = ("none", "post-norm", "pre-norm")
+
+
+def chain_graph(role_map: RoleMap, residual: str = "none") -> Graph:
+    """No config: the mapped layers one after another, attention as self-attention.
+
+    The weights cannot tell residual connections. `residual` says where to add them:
+    "post-norm" `x = LN(x + f(x))` (BERT, the original Transformer), "pre-norm"
+    `x = x + f(LN(x))` (GPT-2 style); verify tries each when the plain chain disagrees.
+    """
+    nodes: list[Node] = []
+    x: Ref = ("input", 0, 0)
+    segment_start = x  # the tensor the current residual branch started from
+    norms_seen = 0
+
+    def add_residual() -> Ref:
+        name = f"residual_{len(nodes)}"
+        nodes.append(Node(name, "Add", {"name": name}, 0, [[segment_start, x]]))
+        return (name, 0, 0)
+
     for layer in role_map.layers:
-        args: list[Any] = [previous]
-        if layer.class_name in ("MultiHeadAttention",):
-            args = [previous, previous]  # query = value = x
+        is_norm = layer.class_name == "LayerNormalization"
+        if is_norm and residual == "post-norm":
+            x = add_residual()
+        if is_norm and residual == "pre-norm":
+            if norms_seen:
+                x = add_residual()
+            segment_start = x
+        args: list[Any] = [x]
+        if layer.class_name == "MultiHeadAttention":
+            args = [x, x]  # query = value = x
         elif layer.class_name in ("Attention", "AdditiveAttention"):
-            args = [[previous, previous]]
+            args = [[x, x]]
         nodes.append(Node(layer.name, layer.class_name, layer.config, 0, args, {}))
-        previous = (layer.name, 0, 0)
-    return Graph([("input", 0, 0)], nodes, [previous], "chain", ["input"])
+        x = (layer.name, 0, 0)
+        if is_norm:
+            norms_seen += 1
+            if residual == "post-norm":
+                segment_start = x
+    if residual == "pre-norm" and norms_seen:
+        x = add_residual()
+    source = "chain" if residual == "none" else f"chain, {residual} residuals"
+    return Graph([("input", 0, 0)], nodes, [x], source, ["input"])
 
 
 # --------------------------------------------------------------------------- running

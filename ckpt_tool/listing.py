@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,27 +77,21 @@ def build_listing(
     show_all: bool = False,
     pattern: str | None = None,
     sort: str = "order",
-    fold_duplicates: bool = True,
 ) -> Listing:
-    """Select, fold and sort a reader's variables. Reads no tensor bytes except
-    to confirm that candidate duplicates really are byte-identical."""
-    infos = reader.variables()
+    """Select, fold and sort a reader's variables. Reads no tensor bytes."""
+    tensors = _fold_duplicates(reader.variables())
     hidden: Counter = Counter()
     hidden_bytes = 0
-    shown: list[VariableInfo] = []
-    for info in infos:
+    shown = []
+    for tensor in tensors:
+        info = tensor.info
         if not show_all and info.kind != WEIGHT:
             hidden[info.kind] += 1
             hidden_bytes += info.nbytes
-            continue
-        if pattern and not _matches(info, pattern):
-            continue
-        shown.append(info)
-    tensors = (
-        _fold_duplicates(reader, shown) if fold_duplicates else [ListedTensor(i) for i in shown]
-    )
-    tensors.sort(key=_sort_key(sort))
-    return Listing(str(reader.path), reader.format_name, tensors, hidden, hidden_bytes)
+        elif not pattern or _matches(info, pattern):
+            shown.append(tensor)
+    shown.sort(key=_sort_key(sort))
+    return Listing(str(reader.path), reader.format_name, shown, hidden, hidden_bytes)
 
 
 def _matches(info: VariableInfo, pattern: str) -> bool:
@@ -113,50 +107,18 @@ def _sort_key(sort: str) -> Callable[[ListedTensor], tuple]:
     return lambda t: (t.info.order, t.info.name)
 
 
-def _fold_duplicates(reader: Reader, infos: list[VariableInfo]) -> list[ListedTensor]:
-    """Fold keys that are copies of the same variable (Keras 3 `model.export()` stores
-    every weight as `variables/N` and again as `_all_variables/M`).
-
-    Only keys that the reader marks as copies (extra["copy_of_list"]) are folded, and
-    only into a byte-identical tensor of the same shape and dtype: distinct variables
-    that happen to hold equal values (fresh zero biases) are never merged.
-    """
-    listed = [ListedTensor(i) for i in infos]
-    primaries = [t for t in listed if not t.info.extra.get("copy_of_list")]
-    copies = [t for t in listed if t.info.extra.get("copy_of_list")]
-    if not copies:
-        return listed
-    unmatched = {id(t) for t in primaries}
-    result = list(primaries)
-    for copy in copies:
-        match = _find_identical(reader, copy.info, (t for t in primaries if id(t) in unmatched))
-        if match is None:
-            result.append(copy)
-        else:
-            unmatched.discard(id(match))
-            match.duplicate_keys.append(copy.info.key)
-    return result
-
-
-def _find_identical(
-    reader: Reader, info: VariableInfo, candidates: Iterable[ListedTensor]
-) -> ListedTensor | None:
-    crc = info.extra.get("crc32c")
-    for cand in candidates:
-        other = cand.info
-        if other.shape != info.shape or other.dtype != info.dtype:
-            continue
-        if crc is not None and other.extra.get("crc32c") not in (None, crc):
-            continue
-        if _same_bytes(reader.read(info.key), reader.read(other.key)):
-            return cand
-    return None
-
-
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.dtype == object or b.dtype == object:
-        return a.shape == b.shape and all(x == y for x, y in zip(a.flat, b.flat, strict=True))
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
+def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
+    """Show a second copy of a variable as an alias of the first. A Keras 3
+    `model.export()` stores every weight as `variables/N` and again as
+    `_all_variables/M`; the reader marks the copy (extra["duplicate_of"]) when its
+    dtype, shape, size and stored crc32c equal the first's, so no bytes are read."""
+    listed = {info.key: ListedTensor(info) for info in infos}
+    for info in infos:
+        first = listed.get(info.extra.get("duplicate_of", ""))
+        if first is not None and first.info.key != info.key:
+            first.duplicate_keys.append(info.key)
+            del listed[info.key]
+    return list(listed.values())
 
 
 def tensor_stats(array: np.ndarray) -> dict | None:

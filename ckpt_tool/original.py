@@ -37,13 +37,21 @@ class OriginalModel:
 
 
 def _quiet_tensorflow():
+    """Import TensorFlow without its start-up chatter (C++ logs written to fd 2 before
+    any logging setting applies)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
     try:
-        import tensorflow as tf
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
     except ImportError:
         raise CkptToolError(
             "verify needs TensorFlow to run the original model: pip install 'ckpt-tool[tf]'"
         ) from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     return tf
 
 

@@ -158,6 +158,8 @@ def _parse_name(name: str) -> _Parsed | None:
     """Split `.../<layer>/[<sub-layer>/]<param>` into its parts; None if anonymous."""
     name = re.sub(r":\d+$", "", name)
     parts = [p for p in name.split("/") if p]
+    if parts and parts[-1].lstrip("_") in _PARAMS:
+        parts[-1] = parts[-1].lstrip("_")  # Keras 3 tracks EinsumDense's kernel as `_kernel`
     if len(parts) < 2 or parts[-1] not in _PARAMS:
         return None
     if parts[0] in _ANONYMOUS_LISTS:
@@ -230,7 +232,11 @@ def _class_from_roles(roles: dict[str, str], infos: list[VariableInfo]) -> str |
     names = set(roles)
     rank = {r: len(i.shape) for r, i in zip(roles, infos, strict=True)}
     if any("." in r for r in names):
-        return "MultiHeadAttention"
+        return (
+            "MultiHeadAttention"
+            if {"query.kernel", "key.kernel", "value.kernel"} <= names
+            else None
+        )
     if names <= {"gamma", "beta"}:
         return "LayerNormalization"
     if names <= {"kernel", "bias"} and "kernel" in names:
@@ -268,6 +274,17 @@ def _layer_configs(model_config: dict) -> dict[str, dict]:
     return found
 
 
+def plain_config(value: object) -> object:
+    """tf-keras writes tuples as {"class_name": "__tuple__", "items": [...]}: make lists."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__tuple__" and "items" in value:
+            return [plain_config(v) for v in value["items"]]
+        return {k: plain_config(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_config(v) for v in value]
+    return value
+
+
 def _from_config(
     infos: list[VariableInfo], layer_configs: dict[str, dict]
 ) -> tuple[list[Layer], list[VariableInfo]]:
@@ -275,10 +292,13 @@ def _from_config(
     rest = []
     for info in infos:
         placed = False
+        known_layer = info.extra.get("layer_name")  # readers that know it say so
         for name in (info.name, *info.aliases):
             parsed = _parse_name(name)
             segments = re.sub(r":\d+$", "", name).split("/")
             layer_name = next((s for s in reversed(segments) if s in layer_configs), None)
+            if known_layer in layer_configs:
+                layer_name = known_layer
             if parsed is None or layer_name is None:
                 continue
             parsed.info = info
@@ -290,7 +310,8 @@ def _from_config(
     layers = []
     for name, weights in by_layer.items():
         spec = layer_configs[name]
-        layers.append(Layer(name, spec["class_name"], dict(spec["config"]), weights, CONFIG))
+        config = plain_config(spec["config"])
+        layers.append(Layer(name, spec["class_name"], config, weights, CONFIG))
     return layers, rest
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL, Agreement, compare
 from ckpt_tool.errors import CkptToolError, UsageError
-from ckpt_tool.graph import Graph, build_graph, run_graph
+from ckpt_tool.graph import RESIDUALS, Graph, build_graph, chain_graph, run_graph
 from ckpt_tool.original import InputSpec, OriginalModel, load_original
 from ckpt_tool.readers import Reader, open_reader
 from ckpt_tool.roles import SHAPE_ORDER, Layer, RoleMap, assign_roles
@@ -104,19 +104,19 @@ def verify(
         _check_graph_weights(graph, roles, Path(path))
         note(f"running the original model with TensorFlow ({reader.format_name})")
         original = load_original(Path(path), reader.format_name, unsafe=options.unsafe)
-    weights_source = str(path)
-    if options.weights:
-        weights = _weights_from_other(options.weights, roles, infos, options)
-        weights_source = options.weights
     input_sets = make_inputs(original.input_specs, options)
     settled: list[str] = []
     configs = {layer.name: layer.config for layer in roles.layers}
     first_inputs = input_sets[0][1]
     expected = original(first_inputs)
-    if not options.weights and not options.roles_file:
-        settled = _settle_alternatives(
+    if not options.roles_file:  # settled on the model's own weights, then kept for OTHER
+        graph, settled = _settle_alternatives(
             graph, roles, weights, configs, first_inputs, expected, dtype, options
         )
+    weights_source = str(path)
+    if options.weights:
+        weights = _weights_from_other(options.weights, roles, infos, options)
+        weights_source = options.weights
     runs = []
     for label, arrays in input_sets:
         expected = original(arrays)
@@ -150,8 +150,8 @@ def verify(
 
 
 def load_layer_weights(reader: Reader, roles: RoleMap) -> dict[str, dict[str, np.ndarray]]:
-    return {
-        layer.name: {role: reader.read(key) for role, key in layer.weights.items()}
+    return {  # copies: the arrays outlive the reader
+        layer.name: {role: np.array(reader.read(key)) for role, key in layer.weights.items()}
         for layer in roles.layers
     }
 
@@ -290,6 +290,15 @@ def _load_inputs(path: str, specs: Sequence[InputSpec]) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- alternatives
 
 
+@dataclass
+class _Trial:
+    """One reading of the model to try: the graph, each layer's weights and config."""
+
+    graph: Graph
+    weights: dict[str, dict[str, np.ndarray]]
+    configs: dict[str, dict]
+
+
 def _settle_alternatives(
     graph: Graph,
     roles: RoleMap,
@@ -299,47 +308,79 @@ def _settle_alternatives(
     expected: list[np.ndarray],
     dtype: type,
     options: VerifyOptions,
-) -> list[str]:
-    """Where shapes and order left alternatives (roles or unstored settings), keep the
-    first reading that agrees with the original, one layer at a time."""
+) -> tuple[Graph, list[str]]:
+    """Where the weights leave choices open (roles of equally shaped tensors, settings
+    such as an activation that weights do not store, residual wiring of a chain), pick
+    the readings that agree with the original: coordinate descent on the error, one
+    choice at a time, the evidence's first reading kept unless another does better."""
 
-    def agrees() -> bool:
-        actual, _ = run_graph(graph, weights, inputs, dtype=dtype, configs=configs)
-        return all(
-            compare("", a, e, atol=options.atol, rtol=options.rtol).passed
-            for a, e in zip(actual, expected, strict=False)
-        )
+    def badness(trial: _Trial) -> float:
+        try:
+            actual, _ = run_graph(
+                trial.graph, trial.weights, inputs, dtype=dtype, configs=trial.configs
+            )
+        except CkptToolError:
+            return float("inf")
+        worst = 0.0
+        for a, e in zip(actual, expected, strict=False):
+            agreement = compare("", a, e, atol=options.atol, rtol=options.rtol)
+            if not agreement.passed:
+                worst = max(
+                    worst,
+                    1.0
+                    + agreement.max_abs / (options.atol + options.rtol * float(np.max(np.abs(e)))),
+                )
+        return worst
 
-    if agrees():
-        return [
+    current = _Trial(graph, weights, configs)
+    best = badness(current)
+    if best == 0:
+        return graph, [
             f"{layer.name}: Keras's creation order agrees ({len(layer.alternatives)} alternatives not needed)"
             for layer in roles.layers
             if layer.alternatives
         ]
-    settled = []
+    for _ in range(2):  # a second sweep lets choices that depend on each other settle
+        for trial in _choices(current, roles, weights):
+            score = badness(trial)
+            if score < best:
+                best, current = score, trial
+            if best == 0:
+                break
+        if best == 0:
+            break
+    settled = [f"wiring: {current.graph.source}"] if current.graph is not graph else []
+    for layer in roles.layers:  # record the chosen reading in the role map
+        key_of = {id(weights[layer.name][role]): key for role, key in layer.weights.items()}
+        chosen = {role: key_of[id(a)] for role, a in current.weights[layer.name].items()}
+        config = current.configs[layer.name]
+        changes = [f"{role}={key}" for role, key in chosen.items() if layer.weights[role] != key]
+        changes += [f"{k}={v}" for k, v in config.items() if configs[layer.name].get(k) != v]
+        if changes:
+            settled.append(f"{layer.name}: {', '.join(changes)}")
+        layer.weights, layer.config = chosen, config
+    weights.update(current.weights)
+    configs.update(current.configs)
+    return current.graph, settled
+
+
+def _choices(current: _Trial, roles: RoleMap, base: dict[str, dict[str, np.ndarray]]):
+    """Every reading that differs from the current one in a single choice."""
+    if current.graph.source.startswith("chain"):
+        for residual in RESIDUALS:
+            graph = chain_graph(roles, residual)
+            if graph.source != current.graph.source:
+                yield _Trial(graph, current.weights, current.configs)
     for layer in roles.layers:
-        if layer.evidence != SHAPE_ORDER or not (layer.alternatives or layer.config_alternatives):
-            continue
-        base_arrays, base_config = weights[layer.name], configs[layer.name]
-        by_key = {key: base_arrays[role] for role, key in layer.weights.items()}
-        for alternative in layer.alternatives:
-            weights[layer.name] = {role: by_key[key] for role, key in alternative.items()}
-            if agrees():
-                moved = [
-                    f"{role}={key}"
-                    for role, key in alternative.items()
-                    if layer.weights[role] != key
-                ]
-                layer.weights = alternative
-                return [*settled, f"{layer.name}: the numbers chose {', '.join(moved)}"]
-        weights[layer.name] = base_arrays
+        by_key = {key: base[layer.name][role] for role, key in layer.weights.items()}
+        # Roles are open only where shape and order decided them; unstored settings
+        # (activation, epsilon) wherever no config gave them.
+        for alternative in layer.alternatives if layer.evidence == SHAPE_ORDER else ():
+            arrays = {role: by_key[key] for role, key in alternative.items()}
+            yield _Trial(current.graph, {**current.weights, layer.name: arrays}, current.configs)
         for change in layer.config_alternatives:
-            configs[layer.name] = {**base_config, **change}
-            if agrees():
-                layer.config = configs[layer.name]
-                return [*settled, f"{layer.name}: the numbers chose {change}"]
-        configs[layer.name] = base_config
-    return settled
+            config = {**current.configs[layer.name], **change}
+            yield _Trial(current.graph, current.weights, {**current.configs, layer.name: config})
 
 
 # --------------------------------------------------------------------------- per layer
