@@ -36,6 +36,14 @@ key masks (B, 1, S), causal (1, T, S) lower-triangular, sliding window
 mask is only ever the Keras mask attached to the query tensor (an explicit
 `query_mask=` argument is overwritten in `call`); here `query_mask` stands
 for that attached mask.
+
+`flavor="tf_keras"` follows tf-keras 2.x instead (legacy `.h5` and tf-keras
+SavedModels): the scores route always, 1/sqrt(H) exact in the layer's dtype,
+and its Softmax masking: masked scores get -1e9 *added* (a fully masked row
+stays the softmax of its shifted scores) or, with the config's
+`softmax_robust_masking=True`, replaced by -1e9; probabilities never zeroed.
+The default flavor is "tf_keras" for a config carrying
+`softmax_robust_masking` (a key only tf-keras writes), else "keras".
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from ckpt_tool.layers.activations import sigmoid
+from ckpt_tool.layers.activations import logsumexp, sigmoid, softmax
 from ckpt_tool.layers.base import (
     LayerConfigError,
     LayerKind,
@@ -61,7 +69,12 @@ from ckpt_tool.layers.base import (
     require_int,
 )
 from ckpt_tool.layers.contract import contract
-from ckpt_tool.layers.nn import dot_product_attention_softmax, keras_masked_softmax
+from ckpt_tool.layers.nn import (
+    SOFTMAX_LAYER_MASK_VALUE,
+    check_broadcastable,
+    dot_product_attention_softmax,
+    keras_masked_softmax,
+)
 
 # -- equations, built as Keras builds them --------------------------------------
 
@@ -123,6 +136,7 @@ class MHAConfig:
     attention_axes: tuple[int, ...] | None = None
     sliding_window: int | None = None
     dropout: float = 0.0
+    softmax_robust_masking: bool | None = None  # tf-keras only (None: not in the config)
 
     @classmethod
     def from_keras(cls, config: Mapping[str, Any]) -> MHAConfig:
@@ -146,6 +160,11 @@ class MHAConfig:
             attention_axes=get_int_tuple(config, "attention_axes"),
             sliding_window=window,
             dropout=float(dropout),
+            softmax_robust_masking=(
+                get_bool(config, "softmax_robust_masking", False)
+                if "softmax_robust_masking" in config
+                else None
+            ),
         )
 
 
@@ -175,6 +194,26 @@ def mha_weight_shapes(
         "output.bias": tuple(out),
     }
     return {k: shapes[k] for k in mha_weight_names(cfg)}
+
+
+FLAVORS = ("keras", "tf_keras")
+
+
+def tf_keras_masked_softmax(
+    x: np.ndarray, mask: np.ndarray | None, axes: tuple[int, ...], robust: bool
+) -> np.ndarray:
+    """tf-keras's `Softmax` layer with a mask: -1e9 added (or, robust, put in place)."""
+    if mask is not None:
+        check_broadcastable(mask, x.shape, "attention mask")
+        big = np.asarray(SOFTMAX_LAYER_MASK_VALUE, dtype=x.dtype)
+        if robust:
+            x = np.where(mask, x, big)
+        else:
+            # adder = (1 - mask) * -1e9: -0.0 where kept, -1e9 where masked
+            x = x + (np.asarray(1.0, x.dtype) - mask.astype(x.dtype)) * big
+    if len(axes) > 1:
+        return np.exp(x - logsumexp(x, axis=axes, keepdims=True))
+    return softmax(x, axis=axes[0])
 
 
 # -- masks ----------------------------------------------------------------------
@@ -249,8 +288,16 @@ def multi_head_attention(
     key_mask: np.ndarray | None = None,
     use_causal_mask: bool = False,
     return_attention_scores: bool = False,
+    flavor: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The MultiHeadAttention forward pass; see the module docstring."""
+    if flavor is None:
+        flavor = "keras" if cfg.softmax_robust_masking is None else "tf_keras"
+    if flavor not in FLAVORS:
+        raise LayerConfigError(f"MultiHeadAttention flavor {flavor!r}; expected one of {FLAVORS}")
+    tf_keras = flavor == "tf_keras"
+    if tf_keras and (cfg.use_gate or cfg.sliding_window is not None):
+        raise LayerConfigError("tf-keras MultiHeadAttention has no use_gate or sliding_window")
     key = value if key is None else key
     dt = query.dtype
     if value.shape[1:-1] != key.shape[1:-1]:
@@ -299,11 +346,13 @@ def multi_head_attention(
     dot_eq, combine_eq, scores_rank = build_attention_equation(proj_rank, axes)
     # Keras casts the Python float 1/sqrt(H) with tf.cast, which goes through a
     # float32 constant: the scale is float32-rounded even in a float64 layer.
-    inv_sqrt = const(float(np.float32(1.0 / math.sqrt(float(cfg.key_dim)))), dt)
+    # (tf-keras multiplies by the Python float: exact in the layer's dtype.)
+    inv_sqrt_h = 1.0 / math.sqrt(float(cfg.key_dim))
+    inv_sqrt = const(inv_sqrt_h if tf_keras else float(np.float32(inv_sqrt_h)), dt)
     if mask is not None:
         mask = _expand_mask(mask, scores_rank, len(axes))
 
-    fast = cfg.dropout == 0.0 and not return_attention_scores and proj_rank == 4
+    fast = not tf_keras and cfg.dropout == 0.0 and not return_attention_scores and proj_rank == 4
     if fast:
         # ops.dot_product_attention: logits = (B, N, T, S), scaled after the product
         logits = contract("BTNH,BSNH->BNTS", q, k)
@@ -316,7 +365,11 @@ def multi_head_attention(
         # scores = (B, N, T, S) = einsum("aecd,abcd->acbe", k, q * 1/sqrt(H))
         scores = contract(dot_eq, k, q * inv_sqrt)
         norm_axes = tuple(range(scores_rank - len(axes), scores_rank))
-        scores = keras_masked_softmax(scores, mask, norm_axes)
+        if tf_keras:
+            robust = bool(cfg.softmax_robust_masking)
+            scores = tf_keras_masked_softmax(scores, mask, norm_axes, robust)
+        else:
+            scores = keras_masked_softmax(scores, mask, norm_axes)
         # ctx = (B, T, N, Hv) = einsum("acbe,aecd->abcd", probs, v)
         ctx = contract(combine_eq, scores, v)
 
@@ -346,6 +399,7 @@ class MultiHeadAttentionKind(LayerKind):
             "key_mask",
             "use_causal_mask",
             "return_attention_scores",
+            "flavor",
         }
     )
 

@@ -42,7 +42,13 @@ def set_keras_weights(layer: keras.layers.Layer, kind_name: str, config: dict, w
 
 def json_config(layer: keras.layers.Layer) -> dict:
     """The layer's config as it would be read back from a .keras file's config.json."""
-    return json.loads(json.dumps(layer.get_config()))
+
+    def encode(obj):  # tf-keras configs hold TensorShapes (query_shape, ...)
+        if hasattr(obj, "as_list"):
+            return obj.as_list()
+        raise TypeError(f"cannot serialize {obj!r}")
+
+    return json.loads(json.dumps(layer.get_config(), default=encode))
 
 
 def cast(d: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:

@@ -234,3 +234,84 @@ def test_default_equations_are_formats_md_section_4():
     assert build_proj_equation(2, 1, 2) == ("abc,cde->abde", "de", 4)
     assert build_attention_equation(4, (1,))[:2] == ("aecd,abcd->acbe", "acbe,aecd->abcd")
     assert build_proj_equation(2, 2, 1)[0] == "abcd,cde->abe"
+
+
+TF_KERAS_CASES = [
+    c
+    for c in CASES
+    if not {"use_gate", "sliding_window", "dropout"} & set(c.config)
+    and c.id in {"cross", "cross_key", "value_dim", "output_tuple", "no_bias", "attention_mask",
+                 "query_mask", "key_mask", "causal_cross", "causal_value_mask", "rank4_axes_1_2"}
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("robust", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", TF_KERAS_CASES, ids=lambda c: c.id)
+def test_matches_tf_keras(case: Case, dtype: str, robust: bool):
+    """The tf-keras flavor (legacy .h5 models), chosen from the config's own keys."""
+    import tf_keras
+
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()) + 1)
+    q = rng.normal(size=case.q).astype(dtype)
+    v = q if case.v is None else rng.normal(size=case.v).astype(dtype)
+    k = None if case.k is None else rng.normal(size=case.k).astype(dtype)
+    layer = tf_keras.layers.MultiHeadAttention(
+        **case.config, softmax_robust_masking=robust, dtype=dtype
+    )
+    layer(q, v, key=k)
+    config = json_config(layer)
+    assert "softmax_robust_masking" in config
+    shapes = [q.shape, v.shape] + ([k.shape] if k is not None else [])
+    weights = cast(random_weights("MultiHeadAttention", config, shapes, rng), dtype)
+    set_keras_weights(layer, "MultiHeadAttention", config, weights)
+    masks = _masks(case, q.shape, v.shape, rng)
+    inputs = [q, v] if k is None else [q, v, k]
+
+    def tensor(x, mask_name):
+        t = tf.constant(x)
+        if mask_name in masks:  # tf-keras reads every input mask from the tensors
+            t._keras_mask = tf.constant(masks[mask_name])
+        return t
+
+    for ret in (False, True):
+        ref = layer(
+            tensor(q, "query_mask"),
+            tensor(v, "value_mask"),
+            key=None if k is None else tensor(k, "key_mask"),
+            attention_mask=masks.get("attention_mask"),
+            use_causal_mask=case.causal,
+            return_attention_scores=ret,
+        )
+        ours = KIND.apply(
+            config,
+            weights,
+            inputs,
+            dtype=dtype,
+            use_causal_mask=case.causal,
+            return_attention_scores=ret,
+            **masks,
+        )
+        if ret:
+            assert_close(ours[0], ref[0], dtype, "output")
+            assert_close(ours[1], ref[1], dtype, "attention scores")
+        else:
+            assert_close(ours, ref, dtype, "output")
+
+
+def test_flavor_follows_the_config():
+    """A tf-keras config (it has softmax_robust_masking) selects the tf-keras maths."""
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(2, 4, 6))
+    config = {"num_heads": 2, "key_dim": 3}
+    weights = random_weights("MultiHeadAttention", config, [q.shape, q.shape], rng)
+    mask = np.ones((2, 4, 4), bool)
+    mask[0, 2] = False  # a fully masked row: tf-keras keeps it, Keras 3 does not
+
+    def run(cfg, **kw):
+        return KIND.apply(cfg, weights, [q, q], attention_mask=mask, **kw)
+
+    tfk = {**config, "softmax_robust_masking": False}
+    assert np.array_equal(run(tfk), run(config, flavor="tf_keras"))
+    assert np.array_equal(run(config), run(tfk, flavor="keras"))
+    assert not np.allclose(run(tfk)[0, 2], run(config)[0, 2])
