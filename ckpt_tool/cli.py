@@ -7,7 +7,7 @@ import sys
 import click
 
 from ckpt_tool import __version__, console
-from ckpt_tool.commands import list_cmd
+from ckpt_tool.commands import diff_cmd, export_cmd, list_cmd, verify_cmd
 from ckpt_tool.errors import EXIT_USAGE, CkptToolError
 
 
@@ -41,6 +41,9 @@ def cli() -> None:
 
 
 cli.add_command(list_cmd.command)
+cli.add_command(verify_cmd.command)
+cli.add_command(export_cmd.command)
+cli.add_command(diff_cmd.command)
 
 
 def main() -> None:

@@ -1,0 +1,75 @@
+"""`ckpt-tool export`: write a weight file's tensors to .npz under meaningful names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ckpt_tool import console, console_diff
+from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.export import CAST_DTYPES, ExportOptions, check_target, plan_export, write_npz
+from ckpt_tool.readers import open_reader
+
+# A progress bar is worth drawing only for exports this large (in tensors or bytes).
+_PROGRESS_MIN_ARRAYS = 50
+_PROGRESS_MIN_BYTES = 64 << 20
+
+
+@click.command("export")
+@click.argument("src", type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=str),
+    help="The .npz to write.",
+)
+@format_option
+@click.option("--filter", "pattern", metavar="GLOB", help="Only names (or keys) matching GLOB.")
+@click.option(
+    "--include-optimizer", is_flag=True, help="Also export optimizer state (never bookkeeping)."
+)
+@click.option("--compress", is_flag=True, help="Deflate the members (smaller, slower).")
+@click.option(
+    "--dtype",
+    type=click.Choice(CAST_DTYPES),
+    default=None,
+    help="Cast floating tensors to this dtype (default: keep every dtype).",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@no_crc_option
+def command(
+    src: str,
+    out: str,
+    format_: str | None,
+    pattern: str | None,
+    include_optimizer: bool,
+    compress: bool,
+    dtype: str | None,
+    force: bool,
+    no_crc: bool,
+) -> None:
+    """Export the weights in SRC to OUT (.npz) under their resolved names.
+
+    OUT holds one array per tensor plus `__manifest__` (JSON: source, names, keys,
+    aliases, dtypes, shapes). bfloat16 is stored as its uint16 bit pattern; strings as
+    bytes arrays. OUT is written to a temporary file and renamed into place when
+    complete: an error or Ctrl-C leaves no partial file.
+    """
+    options = ExportOptions(
+        pattern=pattern,
+        include_optimizer=include_optimizer,
+        compress=compress,
+        dtype=dtype,
+        force=force,
+    )
+    check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
+    with open_reader(src, format_) as reader:
+        reader.verify_crc = not no_crc
+        plan = plan_export(reader, options)
+        big = len(plan.arrays) >= _PROGRESS_MIN_ARRAYS or plan.source_bytes >= _PROGRESS_MIN_BYTES
+        with console.progress("export", len(plan.arrays) if big else 0) as advance:
+            result = write_npz(plan, out, force=force, on_array=lambda _arr: advance())
+    console_diff.render_export(result)

@@ -1,0 +1,507 @@
+"""Export a weight file to .npz: meaningful names, a manifest, streamed and crash-safe.
+
+The output is an ordinary .npz (a zip of .npy members) that `np.load(path,
+allow_pickle=False)` opens. Besides one member per tensor it holds
+`__manifest__`, a 0-d unicode array with JSON describing every array
+(see MANIFEST_SCHEMA and `manifest_entry`).
+
+Writing is streamed: one tensor is read from the source, written as one zip
+member and dropped before the next is read. Everything goes to a hidden
+temporary file next to the target, which is fsynced and renamed onto the
+target only when complete; on any failure (including a full disk or Ctrl-C)
+the temporary file is removed and the target is left as it was.
+
+A *layout* decides the output names and arrays: a function from the selected
+(VariableInfo, role) pairs to a list of `ExportArray` (an output name and a
+producer of its array). `keras` (identity: the resolved names) is the only one
+so far; ported layouts (torch, haiku) will build on the role parser.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ckpt_tool.errors import CkptToolError, NotFoundError, UsageError
+from ckpt_tool.listing import build_listing
+from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
+
+MANIFEST_KEY = "__manifest__"
+MANIFEST_SCHEMA = "ckpt-tool.npz-manifest/1"
+CAST_DTYPES = ("float32", "float16")
+_CHUNK_BYTES = 16 << 20  # bytes per write when casting a tensor chunk by chunk
+
+Producer = Callable[[], np.ndarray]
+
+
+class ExportInterrupted(CkptToolError):
+    """Ctrl-C during an export: nothing was written."""
+
+    exit_code = 130
+
+
+@dataclass
+class ExportArray:
+    """One array of the output: its npz name, how to produce it, and where it came from."""
+
+    name: str
+    produce: Producer
+    source: VariableInfo
+    role: dict | None = None
+
+
+@dataclass
+class ExportOptions:
+    pattern: str | None = None  # glob over names, keys and aliases (as `list --filter`)
+    include_optimizer: bool = False
+    compress: bool = False
+    dtype: str | None = None  # "float32" | "float16": cast floating tensors
+    force: bool = False
+    layout: str = "keras"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    arrays: int
+    source_bytes: int  # tensor bytes read from the source
+    file_bytes: int  # size of the written .npz
+    manifest: dict = field(repr=False, default_factory=dict)
+
+
+# --- layouts -------------------------------------------------------------------------------
+
+Layout = Callable[[Reader, list[tuple[VariableInfo, dict | None]]], list[ExportArray]]
+
+
+def keras_layout(
+    reader: Reader, pairs: list[tuple[VariableInfo, dict | None]]
+) -> list[ExportArray]:
+    """Identity: every tensor under its resolved name, made unique and zip-safe."""
+    names = unique_names([npz_name(info.name) for info, _ in pairs])
+    return [
+        ExportArray(name, _reader_producer(reader, info.key), info, role)
+        for name, (info, role) in zip(names, pairs, strict=True)
+    ]
+
+
+LAYOUTS: dict[str, Layout] = {"keras": keras_layout}
+
+
+def _reader_producer(reader: Reader, key: str) -> Producer:
+    return lambda: reader.read(key)
+
+
+def npz_name(name: str) -> str:
+    """A member name that np.load gives back unchanged and that cannot escape a directory
+    when unzipped: no empty, "." or ".." segments, no leading "/", no "__" prefix
+    (reserved for bookkeeping such as the manifest)."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    parts = ["_" if p == ".." else p for p in parts]
+    out = "/".join(parts) or "tensor"
+    if out.startswith("__"):
+        out = "_" + out.lstrip("_")
+    return out
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """Keep names in order; the second and later uses of a name get `_1`, `_2`, ..."""
+    names = list(names)
+    taken = set(names)
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        if name in seen:
+            i = 1
+            while f"{name}_{i}" in taken:
+                i += 1
+            name = f"{name}_{i}"
+            taken.add(name)
+        seen.add(name)
+        result.append(name)
+    return result
+
+
+# --- selection and manifest ---------------------------------------------------------------
+
+
+def select_variables(
+    reader: Reader, *, pattern: str | None = None, include_optimizer: bool = False
+) -> list[VariableInfo]:
+    """The tensors `list` shows (byte-identical copies folded), in model order;
+    optimizer state only on request, bookkeeping never."""
+    kinds = {WEIGHT} | ({"optimizer"} if include_optimizer else set())
+    listing = build_listing(reader, show_all=True, pattern=pattern)
+    return [t.info for t in listing.tensors if t.info.kind in kinds and t.info.kind != BOOKKEEPING]
+
+
+def stored_dtype(source_dtype: str, cast: str | None) -> tuple[str, np.dtype | None]:
+    """(logical dtype of the exported array, numpy dtype it is stored as; None for strings).
+
+    A cast applies to floating tensors only. Dtypes that .npy cannot describe
+    (bfloat16, float8_*, int4 from ml_dtypes) are stored as their unsigned-int bit
+    pattern of the same width; the manifest keeps the logical name."""
+    if source_dtype == "string":
+        return "string", None
+    logical = cast if cast and _is_floating(source_dtype) else source_dtype
+    dtype = _numpy_dtype(logical)
+    if not _npy_native(dtype):
+        return logical, np.dtype(f"u{dtype.itemsize}")
+    return logical, dtype
+
+
+def manifest_entry(arr: ExportArray, position: int, dtype: str, stored: np.dtype | None) -> dict:
+    """What the manifest says about one array (field names as the npz reader reads them)."""
+    info = arr.source
+    return {
+        "key": arr.name,  # the array's key in the .npz
+        "name": info.name,
+        "source_key": info.key,
+        "aliases": list(info.aliases),
+        "dtype": dtype,
+        "source_dtype": info.dtype,
+        "stored_dtype": "bytes" if stored is None else stored.name,
+        "shape": list(info.shape),
+        "kind": info.kind,
+        "order": position,
+        "role": arr.role,
+    }
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def check_target(out: Path, source: Path, *, force: bool) -> None:
+    """Refuse before writing anything: no directory, not writable, exists, or is the source."""
+    parent = out.parent
+    if not parent.is_dir():
+        raise NotFoundError("output directory does not exist", parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError("output directory is not writable", parent)
+    if out.is_dir():
+        raise UsageError("output is a directory", out)
+    if any(_same_file(out, f) for f in _source_files(source)):
+        raise UsageError("output would overwrite the source", out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UsageError("already exists; use --force to overwrite", out)
+
+
+@dataclass
+class ExportPlan:
+    """What will be written: the arrays in order, their dtypes, and the manifest."""
+
+    source: Path
+    arrays: list[ExportArray]
+    dtypes: list[tuple[str, np.dtype | None]]  # (logical dtype, stored numpy dtype)
+    manifest: dict
+    compress: bool = False
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(arr.source.nbytes for arr in self.arrays)
+
+
+def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
+    """Select tensors, name them through the layout and build the manifest; reads no data
+    (except to confirm that copies `list` folds are byte-identical)."""
+    if options.dtype is not None and options.dtype not in CAST_DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(CAST_DTYPES)}")
+    if options.layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}")
+    infos = select_variables(
+        reader, pattern=options.pattern, include_optimizer=options.include_optimizer
+    )
+    if not infos:
+        what = f"matching {options.pattern!r}" if options.pattern else "to export"
+        raise UsageError(f"no tensors {what}", reader.path)
+    # The role parser will supply roles here; until then every role is None.
+    arrays = LAYOUTS[options.layout](reader, [(info, None) for info in infos])
+    dtypes = [stored_dtype(arr.source.dtype, options.dtype) for arr in arrays]
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "source": {"path": reader.path.name, "format": reader.format_name},
+        "layout": options.layout,
+        "cast": options.dtype,
+        "variables": [
+            manifest_entry(arr, i, dt, st)
+            for i, (arr, (dt, st)) in enumerate(zip(arrays, dtypes, strict=True))
+        ],
+    }
+    return ExportPlan(reader.path, arrays, dtypes, manifest, options.compress)
+
+
+def write_npz(
+    plan: ExportPlan,
+    out: str | Path,
+    *,
+    force: bool = False,
+    on_array: Callable[[ExportArray], None] | None = None,
+) -> ExportResult:
+    """Write a plan to `out`, one tensor at a time, through a temporary file renamed into
+    place at the end. on_array(array) is called after each member (for progress)."""
+    out = Path(out)
+    check_target(out, plan.source, force=force)
+    compression = zipfile.ZIP_DEFLATED if plan.compress else zipfile.ZIP_STORED
+    source_bytes = 0
+    target = _AtomicTarget(out, force=force)
+    with target as fh, zipfile.ZipFile(fh, "w", compression=compression) as zf:
+        write_member(zf, MANIFEST_KEY, np.array(json.dumps(plan.manifest, sort_keys=True)))
+        for arr, (dtype, stored) in zip(plan.arrays, plan.dtypes, strict=True):
+            array = arr.produce()
+            source_bytes += array.nbytes
+            write_member(zf, arr.name, _to_storable(array, dtype, stored, arr, plan.source))
+            del array
+            if on_array is not None:
+                on_array(arr)
+    return ExportResult(out, len(plan.arrays), source_bytes, out.stat().st_size, plan.manifest)
+
+
+def export_npz(
+    reader: Reader,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    *,
+    on_array: Callable[[ExportArray], None] | None = None,
+) -> ExportResult:
+    """Export the reader's selected tensors to `out` (.npz with `__manifest__`).
+    Raises CkptToolError on every user-facing problem; `out` is never left half-written."""
+    options = options or ExportOptions()
+    check_target(Path(out), reader.path, force=options.force)  # refuse before reading
+    plan = plan_export(reader, options)
+    return write_npz(plan, out, force=options.force, on_array=on_array)
+
+
+def write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray | _Cast) -> None:
+    """One .npy member, written straight into the zip (no temporary copy of the tensor)."""
+    with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+        if isinstance(array, _Cast):
+            array.write(fh)
+        elif array.flags.c_contiguous or array.flags.f_contiguous:
+            # What np.lib.format.write_array writes, minus its per-chunk tobytes() copy:
+            # the header, then the array's own memory (mmap-backed or not) in slices.
+            fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+            _write_header(fh, array.dtype, array.shape, fortran)
+            data = memoryview(array.reshape(-1, order="F" if fortran else "C").view(np.uint8))
+            for start in range(0, len(data), _CHUNK_BYTES):
+                fh.write(data[start : start + _CHUNK_BYTES])
+        else:
+            np.lib.format.write_array(fh, array, allow_pickle=False)
+
+
+def _write_header(fh, dtype: np.dtype, shape: tuple[int, ...], fortran: bool = False) -> None:
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": fortran,
+        "shape": tuple(shape),
+    }
+    try:
+        np.lib.format.write_array_header_1_0(fh, header)
+    except ValueError:  # header longer than 64 KiB (huge rank)
+        np.lib.format.write_array_header_2_0(fh, header)
+
+
+@dataclass
+class _Cast:
+    """A float tensor cast chunk by chunk while writing, so the cast copy never exists whole."""
+
+    array: np.ndarray
+    dtype: np.dtype
+
+    def write(self, fh) -> None:
+        _write_header(fh, self.dtype, self.array.shape)
+        flat = self.array.reshape(-1)  # a view for the C-contiguous arrays readers return
+        step = max(1, _CHUNK_BYTES // max(1, flat.itemsize))
+        for start in range(0, flat.size, step):
+            chunk = np.asarray(flat[start : start + step]).astype(self.dtype)
+            fh.write(memoryview(chunk.view(np.uint8)))
+
+
+def _to_storable(
+    array: np.ndarray, dtype: str, stored: np.dtype | None, arr: ExportArray, source: Path
+) -> np.ndarray | _Cast:
+    """The array as it goes into the .npy: unchanged, its bit pattern (bfloat16 & co),
+    cast to the requested float type, or a bytes array for strings."""
+    if tuple(array.shape) != tuple(arr.source.shape):
+        raise CkptToolError(
+            f"tensor {arr.source.name!r} has shape {array.shape}, expected {arr.source.shape}",
+            source,
+        )
+    if stored is None:
+        return _string_array(array, arr, source)
+    logical = _numpy_dtype(dtype)
+    if array.dtype != logical:  # an explicit --dtype cast (always to a .npy-native float)
+        return _Cast(array, logical)
+    if stored != logical:
+        return array.view(stored)  # same width: the bit pattern
+    return array
+
+
+def _string_array(array: np.ndarray, arr: ExportArray, source: Path) -> np.ndarray:
+    """A numpy bytes (`S`) array. `S` drops trailing NUL bytes, so strings ending in NUL
+    are refused rather than silently changed."""
+    if array.dtype.kind == "S":
+        values = array.reshape(-1).tolist()
+    else:
+        values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.flat]
+    if any(v.endswith(b"\x00") for v in values):
+        raise CkptToolError(
+            f"string tensor {arr.source.name!r} has values ending in NUL bytes, which a "
+            "numpy bytes array cannot hold; exclude it with --filter",
+            source,
+        )
+    width = max((len(v) for v in values), default=0) or 1
+    return np.array(values, dtype=f"S{width}").reshape(array.shape)
+
+
+class _AtomicTarget:
+    """A binary file handle on a hidden temporary file next to `out`; fsynced and moved
+    onto `out` on success, removed on any error. Turns OSErrors into one-line
+    CkptToolErrors and Ctrl-C into ExportInterrupted."""
+
+    def __init__(self, out: Path, *, force: bool):
+        self.out = out
+        self.force = force
+        self.tmp: Path | None = None
+        self.fh = None
+
+    def __enter__(self):
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent
+            )
+        except OSError as exc:
+            raise _os_error(exc, self.out) from None
+        self.tmp = Path(tmp)
+        self.fh = os.fdopen(fd, "wb")
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._commit()
+                return False
+            except BaseException as err:
+                self._discard()
+                if isinstance(err, OSError):
+                    raise _os_error(err, self.out) from None
+                raise
+        self._discard()
+        if issubclass(exc_type, KeyboardInterrupt):
+            kept = " (the existing file is unchanged)" if self.out.exists() else ""
+            raise ExportInterrupted(f"interrupted; nothing written{kept}", self.out) from None
+        if issubclass(exc_type, OSError):
+            raise _os_error(exc, self.out) from None
+        return False
+
+    def _commit(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.chmod(self.tmp, 0o666 & ~_umask())
+        if self.force:
+            os.replace(self.tmp, self.out)
+        else:
+            self._move_exclusive()
+        _fsync_dir(self.out.parent)
+
+    def _move_exclusive(self) -> None:
+        """Without --force never replace a file that appeared while writing: a hard link
+        fails if the target exists; filesystems without hard links fall back to rename."""
+        try:
+            os.link(self.tmp, self.out)
+        except FileExistsError:
+            raise UsageError("already exists; use --force to overwrite", self.out) from None
+        except OSError:
+            os.replace(self.tmp, self.out)
+            return
+        self.tmp.unlink()
+
+    def _discard(self) -> None:
+        try:
+            if self.fh is not None and not self.fh.closed:
+                self.fh.close()
+        except OSError:
+            pass  # closing a file on a full disk can fail again; it is removed below
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _os_error(exc: OSError, out: Path) -> CkptToolError:
+    """One line for an OSError met while exporting: a full disk names the target."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CkptToolError("disk full; nothing written", out)
+    reason = exc.strerror or str(exc)
+    if exc.filename and Path(str(exc.filename)).name.startswith(f".{out.name}."):
+        return CkptToolError(f"cannot write: {reason}", out)
+    return CkptToolError(reason, exc.filename or out)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _source_files(source: Path) -> list[Path]:
+    """Files the source consists of: the file itself, a directory's files, or a
+    checkpoint prefix's .index and .data shards."""
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        return [p for p in source.rglob("*") if p.is_file()]
+    pattern = re.escape(source.name) + r"\.(index|data-\d+-of-\d+)$"
+    parent = source.parent if source.parent.is_dir() else None
+    return [p for p in parent.iterdir() if re.match(pattern, p.name)] if parent else []
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _is_floating(dtype: str) -> bool:
+    return dtype.startswith("float") or dtype == "bfloat16"
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+
+
+def _npy_native(dtype: np.dtype) -> bool:
+    """Whether a .npy header can describe the dtype (ml_dtypes' types it cannot)."""
+    try:
+        return np.dtype(np.lib.format.dtype_to_descr(dtype)) == dtype
+    except (TypeError, ValueError):
+        return False
