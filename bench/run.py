@@ -12,7 +12,6 @@ section's tables as it finishes and writes bench/RESULTS.md. See bench/README.md
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ sys.path.insert(0, str(BENCH))
 
 import generate  # noqa: E402
 import machine  # noqa: E402
-from measure import Measurement, measure, run_once  # noqa: E402
+from measure import Measurement, Run, last_error_line, measure, run_once  # noqa: E402
 from report import Goal, Section, Table, fmt_mb, fmt_ratio, fmt_s, goals_table  # noqa: E402
 
 SECTIONS = ("list", "stats", "export", "verify", "scaling")
@@ -300,17 +299,6 @@ def section_stats(ctx: Context, formats=STATS_FORMATS) -> Section:
     return sec
 
 
-def _load_helper(name: str):
-    """Import bench/<name>.py if it exists (written alongside this harness)."""
-    path = BENCH / f"{name}.py"
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
     sec = Section("export", "`ckpt-tool export` vs `cp`")
     if not command_available(ctx, "export"):
@@ -432,16 +420,135 @@ def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
     return sec
 
 
+FORWARD_BLOCKS = (1, 12)
+FORWARD_DTYPES = ("float32", "float64")
+
+
+def _run_json(ctx: Context, argv: list[str], timeout: float) -> tuple[dict | None, str, Run]:
+    """Run a child that prints one JSON object; returns (data or None, error, timing)."""
+    out = generate.CACHE / "child-stdout.txt"
+    run, stderr = run_once(
+        argv, cwd=str(REPO), env=ctx.numpy_env, timeout=timeout, stdout_path=str(out)
+    )
+    text = out.read_text()
+    out.unlink(missing_ok=True)
+    if run.returncode != 0:
+        return None, last_error_line(stderr), run
+    try:
+        return json.loads(text.strip().splitlines()[-1]), "", run
+    except (json.JSONDecodeError, IndexError):
+        return None, f"no JSON in the output: {text[-200:]!r}", run
+
+
 def section_verify(ctx: Context) -> Section:
-    sec = Section("verify", "Forward pass: NumPy vs Keras on TensorFlow")
-    layers = _load_helper("bench_layers")
-    if layers is None:
-        sec.skipped = "not available yet (bench/bench_layers.py does not exist)"
+    sec = Section("verify", "Forward pass: NumPy (verify's graph) vs Keras on TensorFlow")
+    if not command_available(ctx, "verify"):
+        sec.skipped = "not available yet (ckpt-tool has no `verify` command)"
         return sec
-    if not hasattr(layers, "forward_benchmark"):
-        sec.skipped = "bench/bench_layers.py has no `forward_benchmark` entry point yet"
-        return sec
-    return layers.forward_benchmark(ctx, sec)
+    sizes = [b for b in FORWARD_BLOCKS if b in ctx.blocks] or [min(ctx.blocks)]
+    table = Table(
+        "Whole-encoder forward, batch 8, sequence 128: median seconds per call",
+        [
+            "blocks",
+            "dtype",
+            "NumPy",
+            "TF eager",
+            "TF tf.function",
+            "NumPy / best TF",
+            "max abs diff",
+            "process RSS",
+        ],
+    )
+    raw = ctx.results.setdefault("verify", {"scaling_rows": {}})
+    errors = []
+    for b in sizes:
+        for dt in FORWARD_DTYPES:
+            # One call of the 12-block model takes seconds (float64 NumPy ~10 s): fewer reps.
+            reps = ctx.runs if b == 1 else min(ctx.runs, 3) if dt == "float32" else 1
+            argv = [
+                ctx.python,
+                "bench/bench_forward.py",
+                "--blocks",
+                str(b),
+                "--dtype",
+                dt,
+                "--reps",
+                str(reps),
+                *(["--eager"] if b == 1 else []),
+            ]
+            data, error, run = _run_json(ctx, argv, timeout=600)
+            if data is None:
+                print(f"  forward {dt} blocks={b}: failed: {error}", flush=True)
+                errors.append(f"- `{display(argv)}` fails: `{error}`")
+                table.rows.append([str(b), dt, "fails", "–", "–", "–", "–", "–"])
+                continue
+            med = data["median"]
+            print(
+                f"  forward {dt} blocks={b}: numpy {fmt_s(med['numpy'])}, "
+                f"tf {fmt_s(med['tf_function'])}",
+                flush=True,
+            )
+            data["process_seconds"], data["max_rss_kb"] = run.seconds, run.max_rss_kb
+            raw[f"{dt}/{b}"] = data
+            table.rows.append(
+                [
+                    str(b),
+                    dt,
+                    fmt_s(med["numpy"]),
+                    fmt_s(med["tf_eager"]) if "tf_eager" in med else "–",
+                    fmt_s(med["tf_function"]),
+                    fmt_ratio(data["ratio"]),
+                    f"{data['max_abs_diff']:.1e}",
+                    fmt_mb(run.max_rss_kb / 1024),
+                ]
+            )
+            row = raw["scaling_rows"].setdefault(f"NumPy forward {dt} (per call)", {})
+            row[str(b)] = fmt_s(med["numpy"])
+            row = raw["scaling_rows"].setdefault(f"TF forward {dt} (best, per call)", {})
+            row[str(b)] = fmt_s(min(v for k, v in med.items() if k != "numpy"))
+    any_data = next((v for k, v in raw.items() if k != "scaling_rows"), None)
+    table.notes = [
+        "bench/bench_forward.py: the .keras model run by ckpt-tool's NumPy graph "
+        "(reader, roles, graph from the Keras config, run_graph, as `verify` does) and by "
+        "Keras on TensorFlow (float64: the encoder rebuilt with float64 weights), in one "
+        "process, in turns, after warm-up calls; weights cast once before timing. Ratio "
+        "against the faster TensorFlow mode (eager is timed at 1 block only). Reps: "
+        f"{ctx.runs} at 1 block, {min(ctx.runs, 3)} at 12 blocks float32, 1 at 12 blocks "
+        "float64 (one NumPy call takes ~10 s there). max abs diff: NumPy vs tf.function.",
+        f"The process runs without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE; NumPy's BLAS there: "
+        f"{any_data['blas'] if any_data else 'unknown'}.",
+        *errors,
+    ]
+    sec.tables.append(table)
+    f32 = [v["ratio"] for k, v in raw.items() if k.startswith("float32/")]
+    name, target = "verify forward, NumPy float32 vs TF (worst size)", f"≤ {FORWARD_GOAL}x"
+    if f32:
+        worst = max(f32)
+        sec.goals.append(Goal(name, target, fmt_ratio(worst), worst <= FORWARD_GOAL))
+    else:
+        sec.goals.append(Goal(name, target, "–", None))
+
+    layers = BENCH / "bench_layers.py"
+    if layers.exists():
+        print("  bench/bench_layers.py", flush=True)
+        argv = [ctx.python, "bench/bench_layers.py", "--reps", str(max(ctx.runs, 3))]
+        out = generate.CACHE / "layers-stdout.txt"
+        run, stderr = run_once(
+            argv, cwd=str(REPO), env=ctx.numpy_env, timeout=600, stdout_path=str(out)
+        )
+        text = out.read_text().strip()
+        out.unlink(missing_ok=True)
+        if run.returncode == 0:
+            sec.notes += [
+                f"MultiHeadAttention alone (`{display(argv)}`, its own output):",
+                "",
+                "```",
+                text.replace(f"{REPO}/", ""),
+                "```",
+            ]
+        else:
+            sec.notes.append(f"`{display(argv)}` fails: `{last_error_line(stderr)}`")
+    return sec
 
 
 def section_scaling(ctx: Context) -> Section:
