@@ -54,6 +54,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    appendix: list[str] = field(default_factory=list)  # Markdown lines after the tables
     skipped: str | None = None  # why the section did not run
     seconds: float = 0.0
 
@@ -68,6 +69,7 @@ class Section:
         for t in self.tables:
             out.append(t.to_markdown())
             out.append("")
+        out.extend(self.appendix)
         return "\n".join(out).rstrip()
 
 

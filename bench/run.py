@@ -391,6 +391,12 @@ def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
         *failures(ms),
     ]
     sec.tables.append(table)
+    sec.appendix += helper_output(
+        ctx,
+        "bench_export.py",
+        ["--runs", str(min(ctx.runs, 3))],
+        "12 blocks, weights / with optimizer / .weights.h5",
+    )
 
     largest = raw.get(f"checkpoint/{max(ctx.blocks)}")
     name = f"export vs cp, per byte ({max(ctx.blocks)}-block checkpoint)"
@@ -438,6 +444,25 @@ def _run_json(ctx: Context, argv: list[str], timeout: float) -> tuple[dict | Non
         return json.loads(text.strip().splitlines()[-1]), "", run
     except (json.JSONDecodeError, IndexError):
         return None, f"no JSON in the output: {text[-200:]!r}", run
+
+
+def helper_output(ctx: Context, script: str, args: list[str], what: str) -> list[str]:
+    """Run bench/<script> (a benchmark written alongside this harness) when it exists;
+    its own output becomes a code block of the section."""
+    if not (BENCH / script).exists():
+        return []
+    print(f"  bench/{script}", flush=True)
+    argv = [ctx.python, f"bench/{script}", *args]
+    out = generate.CACHE / f"{script}.stdout"
+    run, stderr = run_once(
+        argv, cwd=str(REPO), env=ctx.numpy_env, timeout=600, stdout_path=str(out)
+    )
+    text = out.read_text().strip().replace(f"{REPO}/", "")
+    out.unlink(missing_ok=True)
+    if not text:
+        return [f"`{display(argv)}` fails: `{last_error_line(stderr)}`", ""]
+    status = "" if run.returncode == 0 else f"; exit code {run.returncode}"
+    return [f"{what} (`{display(argv)}`, its own output{status}):", "", "```", text, "```", ""]
 
 
 def section_verify(ctx: Context) -> Section:
@@ -528,26 +553,9 @@ def section_verify(ctx: Context) -> Section:
     else:
         sec.goals.append(Goal(name, target, "–", None))
 
-    layers = BENCH / "bench_layers.py"
-    if layers.exists():
-        print("  bench/bench_layers.py", flush=True)
-        argv = [ctx.python, "bench/bench_layers.py", "--reps", str(max(ctx.runs, 3))]
-        out = generate.CACHE / "layers-stdout.txt"
-        run, stderr = run_once(
-            argv, cwd=str(REPO), env=ctx.numpy_env, timeout=600, stdout_path=str(out)
-        )
-        text = out.read_text().strip()
-        out.unlink(missing_ok=True)
-        if run.returncode == 0:
-            sec.notes += [
-                f"MultiHeadAttention alone (`{display(argv)}`, its own output):",
-                "",
-                "```",
-                text.replace(f"{REPO}/", ""),
-                "```",
-            ]
-        else:
-            sec.notes.append(f"`{display(argv)}` fails: `{last_error_line(stderr)}`")
+    sec.appendix += helper_output(
+        ctx, "bench_layers.py", ["--reps", str(max(ctx.runs, 3))], "MultiHeadAttention alone"
+    )
     return sec
 
 
