@@ -19,7 +19,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 from tf_keras.protobuf import saved_metadata_pb2
 
-from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT
 from ckpt_tool.readers.checkpoint import CheckpointReader, resolve
@@ -399,3 +399,34 @@ def test_damaged_saved_model_pb_and_object_graph(tmp_path):
     prefix = rewrite_bundle(prefix_of("seed_checkpoint"), tmp_path / "ck", edit_entry=scramble)
     with pytest.raises(CorruptFileError):
         CheckpointReader(prefix).variables()
+
+
+@pytest.mark.parametrize("fixture_id", ["seed_tfkeras_savedmodel", "seed_checkpoint"])
+def test_damaged_object_graph_raises_only_ckpt_errors(tmp_path, fixture_id):
+    """Bytes changed inside the object graph (crc checks off, so the damage reaches
+    the graph decoder) or saved_model.pb: only CkptToolError escapes."""
+    rng = np.random.default_rng(7)
+    source = fixture_path(fixture_id)
+    with CheckpointReader(source) as reader:
+        entry = reader.bundle.entries["_CHECKPOINTABLE_OBJECT_GRAPH"]
+        shard_name = reader.bundle.shard_path(entry.shard_id).relative_to(source.parent)
+    for trial in range(30):
+        copy = tmp_path / f"t{trial}"
+        shutil.copytree(source.parent, copy)
+        shard = copy / shard_name
+        data = bytearray(shard.read_bytes())
+        for i in rng.integers(entry.offset + 4, entry.offset + entry.size, size=4):
+            data[int(i)] = int(rng.integers(256))
+        shard.write_bytes(bytes(data))
+        model_pb = copy / source.name / "saved_model.pb"
+        if model_pb.exists() and trial % 2:
+            pb = bytearray(model_pb.read_bytes())
+            pb[int(rng.integers(len(pb)))] = int(rng.integers(256))
+            model_pb.write_bytes(bytes(pb))
+        try:
+            with CheckpointReader(copy / source.name, verify_crc=False) as reader:
+                for v in reader.variables():
+                    reader.read(v.name)
+                reader.signatures()
+        except CkptToolError:
+            pass
