@@ -125,7 +125,7 @@ def match_tensors(
         ("model-prefix", rooted(root_a), rooted(root_b)),
     ]
     for how, keys_a, keys_b in stages:
-        found = _unique_pairs(left, right, keys_a, keys_b)
+        found = _unique_pairs(left, right, keys_a, keys_b, a, b)
         matches += [Match(x, y, how) for x, y in found]
         _remove(left, right, found)
     found = _positional_pairs(left, right, root_a, root_b)
@@ -148,14 +148,22 @@ def _unique_pairs(
     right: list[VariableInfo],
     keys_a: Callable[[VariableInfo], set[str]],
     keys_b: Callable[[VariableInfo], set[str]],
+    all_a: list[VariableInfo],
+    all_b: list[VariableInfo],
 ) -> list[tuple[VariableInfo, VariableInfo]]:
-    """Pairs whose key sets meet, when each side's tensor meets exactly one of the other's."""
+    """Pairs whose key sets meet, when each side's tensor meets exactly one of the other's.
+
+    A key that several tensors of one file share (Keras 3 SavedVariable names such as
+    `seed_model/kernel`) names none of them and is ignored; sharing is counted over all
+    of a file's tensors, not only the ones still unpaired."""
+    shared = _shared_keys(all_a, keys_a) | _shared_keys(all_b, keys_b)
     index_b: dict[str, set[int]] = defaultdict(set)
     for j, info in enumerate(right):
-        for k in keys_b(info):
+        for k in keys_b(info) - shared:
             index_b[k].add(j)
     candidates = {
-        i: set().union(*(index_b.get(k, set()) for k in keys_a(x))) for i, x in enumerate(left)
+        i: set().union(*(index_b.get(k, set()) for k in keys_a(x) - shared))
+        for i, x in enumerate(left)
     }
     claimed: dict[int, list[int]] = defaultdict(list)
     for i, js in candidates.items():
@@ -168,6 +176,15 @@ def _unique_pairs(
             if len(claimed[j]) == 1:
                 pairs.append((left[i], right[j]))
     return pairs
+
+
+def _shared_keys(infos: list[VariableInfo], keys: Callable[[VariableInfo], set[str]]) -> set[str]:
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for info in infos:
+        for k in keys(info):
+            (shared if k in seen else seen).add(k)
+    return shared
 
 
 def _positional_pairs(

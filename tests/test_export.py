@@ -355,15 +355,23 @@ def test_keyboard_interrupt_leaves_no_partial_file(monkeypatch, tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigint_mid_export_subprocess(tmp_path: Path) -> None:
-    """A real Ctrl-C: a large synthetic .npz, SIGINT once the temporary file is growing."""
-    src = tmp_path / "big.npz"
+@pytest.fixture(scope="module")
+def big_npz(tmp_path_factory) -> Path:
+    """A 160 MiB synthetic .npz: long enough an export to interrupt midway."""
+    src = tmp_path_factory.mktemp("big") / "big.npz"
     rng = np.random.default_rng(0)
     block = rng.standard_normal((256, 1024), dtype=np.float32)  # 1 MiB
     with zipfile.ZipFile(src, "w") as zf:
         for i in range(160):
             with zf.open(f"layer_{i:03d}/kernel.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, block + i)
+    return src
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_export_subprocess(signum: int, big_npz: Path, tmp_path: Path) -> None:
+    """A real Ctrl-C (or kill): the signal arrives once the temporary file is growing."""
+    src = big_npz
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "big_out.npz"
@@ -383,7 +391,7 @@ def test_sigint_mid_export_subprocess(tmp_path: Path) -> None:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "export finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     lines = stderr.strip().splitlines()

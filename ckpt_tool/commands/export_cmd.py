@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -14,6 +17,20 @@ from ckpt_tool.readers import open_reader
 # A progress bar is worth drawing only for exports this large (in tensors or bytes).
 _PROGRESS_MIN_ARRAYS = 50
 _PROGRESS_MIN_BYTES = 64 << 20
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a killed job, a closed terminal) cleans up like Ctrl-C: no partial OUT."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command("export")
@@ -66,7 +83,7 @@ def command(
         force=force,
     )
     check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
-    with open_reader(src, format_) as reader:
+    with _terminate_as_interrupt(), open_reader(src, format_) as reader:
         reader.verify_crc = not no_crc
         plan = plan_export(reader, options)
         big = len(plan.arrays) >= _PROGRESS_MIN_ARRAYS or plan.source_bytes >= _PROGRESS_MIN_BYTES
