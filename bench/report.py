@@ -41,9 +41,12 @@ class Goal:
     target: str
     measured: str
     met: bool | None  # None: could not be measured
+    gap: float | None = None  # how many times off the target (>1: missed by that factor)
 
     @property
     def verdict(self) -> str:
+        if self.met is False and self.gap:
+            return f"NOT met ({self.gap:.1f}x off)"
         return {True: "met", False: "NOT met", None: "not measured"}[self.met]
 
 

@@ -204,6 +204,7 @@ def section_list(ctx: Context, formats=LIST_FORMATS) -> Section:
                 f"≥ {LIST_SPEEDUP_GOAL:.0f}x",
                 fmt_ratio(s),
                 s >= LIST_SPEEDUP_GOAL,
+                LIST_SPEEDUP_GOAL / s,
             )
         )
     else:
@@ -220,6 +221,7 @@ def section_list(ctx: Context, formats=LIST_FORMATS) -> Section:
                 f"≤ {FLAT_GOAL}x",
                 f"{growth:.2f}x",
                 growth <= FLAT_GOAL,
+                growth / FLAT_GOAL,
             )
         )
     return sec
@@ -403,7 +405,7 @@ def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
     target = f"≤ {EXPORT_CP_GOAL:.0f}x"
     if largest and largest["per_byte_ratio"]:
         r = largest["per_byte_ratio"]
-        sec.goals.append(Goal(name, target, fmt_ratio(r), r <= EXPORT_CP_GOAL))
+        sec.goals.append(Goal(name, target, fmt_ratio(r), r <= EXPORT_CP_GOAL, r / EXPORT_CP_GOAL))
     else:
         sec.goals.append(Goal(name, target, "–", None))
     rss = [max(v["tool"]["max_rss_kb"]) for v in raw.values() if v["tool"]["max_rss_kb"]]
@@ -417,6 +419,7 @@ def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
                 f"< {EXPORT_RSS_GOAL_MB:.0f} MB",
                 measured,
                 peak < EXPORT_RSS_GOAL_MB,
+                peak / EXPORT_RSS_GOAL_MB,
             )
         )
     else:
@@ -549,7 +552,9 @@ def section_verify(ctx: Context) -> Section:
     name, target = "verify forward, NumPy float32 vs TF (worst size)", f"≤ {FORWARD_GOAL}x"
     if f32:
         worst = max(f32)
-        sec.goals.append(Goal(name, target, fmt_ratio(worst), worst <= FORWARD_GOAL))
+        sec.goals.append(
+            Goal(name, target, fmt_ratio(worst), worst <= FORWARD_GOAL, worst / FORWARD_GOAL)
+        )
     else:
         sec.goals.append(Goal(name, target, "–", None))
 
@@ -590,7 +595,11 @@ def section_scaling(ctx: Context) -> Section:
         sec.skipped = "nothing measured (run the list, stats or export sections)"
         return sec
     sizes = [f"{b}: {ctx.model(b)['parameters'] / 1e6:.1f} M parameters" for b in ctx.blocks]
-    table.notes = [f"Model sizes (blocks: parameters): {'; '.join(sizes)}."]
+    table.notes = [
+        f"Model sizes (blocks: parameters): {'; '.join(sizes)}.",
+        "The RSS of `cat` and `cp` is the harness's own (~20 MB), counted in the child's "
+        "ru_maxrss from before it executes the command.",
+    ]
     sec.tables.append(table)
     return sec
 
@@ -645,11 +654,18 @@ def machine_markdown(info: dict, blas: dict, blas_parent: dict | None) -> str:
 
 
 def write_results(
-    path: Path, header: list[str], sections: list[Section], goals: list[Goal], machine_md: str
+    path: Path,
+    header: list[str],
+    sections: list[Section],
+    goals: list[Goal],
+    machine_md: str,
+    worst_line: str = "",
 ) -> None:
     parts = ["# Benchmark results", "", *header, ""]
     if goals:
         parts += [goals_table(goals).to_markdown(), ""]
+    if worst_line:
+        parts += [worst_line, ""]
     parts += [machine_md, ""]
     for s in sections:
         parts += [s.to_markdown(), ""]
@@ -736,6 +752,15 @@ def main(argv: list[str] | None = None) -> int:
     goals = [g for s in sections for g in s.goals]
     if goals:
         print(goals_table(goals).to_markdown(), flush=True)
+    missed = sorted((g for g in goals if g.met is False and g.gap), key=lambda g: -g.gap)
+    worst_line = (
+        f"Furthest from its goal: {missed[0].name}, {missed[0].measured} against "
+        f"{missed[0].target} ({missed[0].gap:.1f}x off); profile it as bench/README.md shows."
+        if missed
+        else ""
+    )
+    if worst_line:
+        print(worst_line, flush=True)
     total = time.perf_counter() - started
 
     cache_bytes = sum(manifest["models"][str(b)]["disk_bytes"] for b in blocks)
@@ -746,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = [
         f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with `{cmd.strip()}`: "
-        f"blocks {', '.join(map(str, blocks))}, {runs} cold runs per command, "
+        f"blocks {', '.join(map(str, blocks))}, {runs} cold run{'s' if runs > 1 else ''} per command, "
         f"{total / 60:.1f} min in all.",
         "",
         f"Models (bench/generate.py, seed {generate.SEED}): "
@@ -773,7 +798,12 @@ def main(argv: list[str] | None = None) -> int:
     (generate.CACHE / "last-run.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
     if not args.no_results:
         write_results(
-            args.results, header, sections, goals, machine_markdown(info, blas, blas_parent)
+            args.results,
+            header,
+            sections,
+            goals,
+            machine_markdown(info, blas, blas_parent),
+            worst_line,
         )
         print(
             f"wrote {args.results.resolve().relative_to(REPO) if args.results.resolve().is_relative_to(REPO) else args.results}"
