@@ -234,7 +234,7 @@ def render_verify(report) -> None:
     out.print(f"original: {report.original}")
     out.print(f"weights:  {report.weights_source}")
     out.print(f"graph:    {report.graph_source}; NumPy in {report.precision}")
-    render_roles(report.roles)
+    render_roles(report.roles, report.variables)
     for line in report.settled:
         out.print(f"[cyan]settled[/] {line}")
     for run in report.runs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +118,16 @@ class _SavedModel(OriginalModel):
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         tf = self._tf
-        if self._signature is None:
-            result = self._serve(*[tf.constant(x) for x in inputs])
-        else:
-            result = self._signature(
-                **{s.name: tf.constant(x) for s, x in zip(self.input_specs, inputs, strict=True)}
-            )
+        tensors = [tf.constant(x) for x in inputs]
+        try:
+            if self._signature is None:  # `serve` takes the inputs in the model's structure
+                structure = tf.nest.pack_sequence_as(self._serve.input_signature, tensors)
+                result = self._serve(*structure)
+            else:
+                named = {s.name: t for s, t in zip(self.input_specs, tensors, strict=True)}
+                result = self._signature(**named)
+        except Exception as exc:
+            raise CkptToolError(f"TensorFlow failed to run the model: {_first_line(exc)}") from None
         return [np.asarray(t) for t in _ordered_outputs(result)]
 
 
@@ -194,8 +199,17 @@ class _KerasModel(OriginalModel):
             for t in self._model.inputs
         ]
 
+    @staticmethod
+    def _structured(inputs: Sequence[np.ndarray]) -> Any:
+        return inputs[0] if len(inputs) == 1 else list(inputs)
+
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        result = self._model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        with warnings.catch_warnings():  # Keras warns when a 1-input list arrives bare
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                result = self._model(self._structured(inputs), training=False)
+            except Exception as exc:
+                raise CkptToolError(f"Keras failed to run the model: {_first_line(exc)}") from None
         return [np.asarray(t) for t in _ordered_outputs(result)]
 
     def layer_outputs(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray] | None:
@@ -205,7 +219,9 @@ class _KerasModel(OriginalModel):
             out = layer.output
             outputs.append(out[0] if isinstance(out, (list, tuple)) else out)
         probe = self._keras.Model(self._model.inputs, outputs)
-        result = probe(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = probe(self._structured(inputs), training=False)
         if not isinstance(result, (list, tuple)):
             result = [result]
         return {layer.name: np.asarray(r) for layer, r in zip(layers, result, strict=True)}

@@ -22,7 +22,8 @@ from pathlib import Path
 from ckpt_tool.errors import UsageError
 from ckpt_tool.readers.base import WEIGHT, VariableInfo
 
-CONFIG, NAMES, SHAPE_ORDER, USER = "config", "names", "shape+order", "roles file"
+CONFIG, CONFIG_ORDER, NAMES = "config", "config+order", "names"
+SHAPE_ORDER, USER = "shape+order", "roles file"
 
 # Sub-layer names of MultiHeadAttention across Keras 3, Keras 3.0.x, tf-keras and BERT.
 _MHA_PARTS = {
@@ -114,6 +115,9 @@ def assign_roles(
     rest = weights
     if layer_configs:
         found, rest = _from_config(rest, layer_configs)
+        layers += found
+        named = {layer.name for layer in found}
+        found, rest = _from_config_order(rest, layer_configs, named)
         layers += found
     found, rest = _from_names(rest)
     layers += found
@@ -313,6 +317,32 @@ def _from_config(
         config = plain_config(spec["config"])
         layers.append(Layer(name, spec["class_name"], config, weights, CONFIG))
     return layers, rest
+
+
+def _from_config_order(
+    infos: list[VariableInfo], layer_configs: dict[str, dict], done: set[str]
+) -> tuple[list[Layer], list[VariableInfo]]:
+    """Anonymous variables with a config beside them: the config's layers, in order,
+    each taking as many variables as Keras creates for it. Only when the counts add up."""
+    from ckpt_tool.layers import LAYERS
+
+    plan = []
+    for name, spec in layer_configs.items():
+        kind = LAYERS.get(spec["class_name"])
+        if name in done or kind is None:
+            continue
+        config = plain_config(spec["config"])
+        roles = kind.weight_names(config)
+        if roles:
+            plan.append((name, spec["class_name"], config, roles))
+    if not infos or sum(len(roles) for *_, roles in plan) != len(infos):
+        return [], infos
+    layers, i = [], 0
+    for name, class_name, config, roles in plan:
+        weights = {role: infos[i + k].key for k, role in enumerate(roles)}
+        layers.append(Layer(name, class_name, config, weights, CONFIG_ORDER))
+        i += len(roles)
+    return layers, []
 
 
 # --------------------------------------------------------------------------- shape and order

@@ -3,6 +3,7 @@ original model run by TensorFlow."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class VerifyOptions:
     format: str | None = None
     weights: str | None = None  # another source of the weights to run in NumPy
     roles_file: str | None = None
+    config_file: str | None = None  # a Keras model config (model.to_json()) for files without one
     seed: int = 0
     batch: int = 2
     seq_len: int = 8
@@ -69,6 +71,7 @@ class VerifyReport:
     roles: RoleMap
     runs: list[Run]
     settled: list[str]  # what the numerical check decided among alternatives
+    variables: dict = field(default_factory=dict)  # key -> VariableInfo, for display
 
     @property
     def passed(self) -> bool:
@@ -97,13 +100,22 @@ def verify(
     with open_reader(path, options.format) as reader:
         reader.verify_crc = not options.no_crc
         infos = reader.variables()
-        config = reader.model_config()
+        config = (
+            load_model_config(options.config_file) if options.config_file else reader.model_config()
+        )
         roles = assign_roles(infos, config, options.roles_file)
         graph = build_graph(config, roles)
         weights = load_layer_weights(reader, roles)
         _check_graph_weights(graph, roles, Path(path))
         note(f"running the original model with TensorFlow ({reader.format_name})")
         original = load_original(Path(path), reader.format_name, unsafe=options.unsafe)
+    if len(original.input_specs) != len(graph.inputs):
+        raise UsageError(
+            f"the model takes {len(original.input_specs)} inputs and the file holds no Keras "
+            "config, so weights alone cannot tell how they are wired: pass the model's "
+            "config with --config FILE (the JSON of model.to_json())",
+            path,
+        )
     input_sets = make_inputs(original.input_specs, options)
     settled: list[str] = []
     configs = {layer.name: layer.config for layer in roles.layers}
@@ -143,10 +155,24 @@ def verify(
         roles=roles,
         runs=runs,
         settled=settled,
+        variables={info.key: info for info in infos},
     )
 
 
 # --------------------------------------------------------------------------- weights
+
+
+def load_model_config(path: str) -> dict:
+    """A Keras model config as written by model.to_json() (or a .keras config.json)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read the config: {exc.strerror}", path) from None
+    except ValueError as exc:
+        raise UsageError(f"the config is not JSON: {exc}", path) from None
+    if not isinstance(config, dict) or "config" not in config:
+        raise UsageError("not a Keras model config (no class_name/config)", path)
+    return config
 
 
 def load_layer_weights(reader: Reader, roles: RoleMap) -> dict[str, dict[str, np.ndarray]]:

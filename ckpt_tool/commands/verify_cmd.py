@@ -37,6 +37,12 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     metavar="FILE",
     help="JSON/YAML mapping of variable to role (or layer:role) overriding the detected roles.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="Keras model config (JSON of model.to_json()) for files that hold none, e.g. a SavedModel from model.export().",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random normal inputs.")
 @click.option(
     "--batch",

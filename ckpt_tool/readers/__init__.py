@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from ckpt_tool.errors import NotFoundError, UnsupportedFormatError, UsageError
+from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
 
 __all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
@@ -35,8 +36,34 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
     for cls in classes.values():
         if cls.sniff(path):
             return cls(path)
+    _check_readable(path)
+    if path.is_dir() or _names_checkpoint_file(path):
+        # Meant as a checkpoint or SavedModel: its reader says what is missing or broken
+        # (no .index, a `checkpoint` file naming a missing prefix, a damaged table).
+        return classes["checkpoint"](path)
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
+    )
+
+
+def _check_readable(path: Path) -> None:
+    """A path no reader recognised because it cannot be read is reported as such."""
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        elif path.exists():
+            with open(path, "rb"):
+                pass
+    except OSError as e:
+        raise CkptToolError(f"cannot read: {e.strerror or e}", path) from None
+
+
+def _names_checkpoint_file(path: Path) -> bool:
+    """A `.index` file, a `.data-*` shard or a prefix whose `.index` exists."""
+    return (
+        (path.name.endswith(".index") and path.is_file())
+        or ".data-" in path.name
+        or _is_checkpoint_prefix(path)
     )
 
 

@@ -343,7 +343,7 @@ def read_table(data: bytes) -> list[tuple[bytes, bytes]]:
     footer = len(data) - FOOTER_SIZE
     (magic,) = struct.unpack_from("<Q", data, len(data) - 8)
     if magic != TABLE_MAGIC:
-        raise _Corrupt("bad table magic: not a TensorFlow checkpoint index")
+        raise _Corrupt("bad table magic: not a TensorFlow checkpoint index, or a truncated one")
     _, _, pos = _block_handle(data, footer, footer + 40)  # metaindex: unused
     index_offset, index_size, _ = _block_handle(data, pos, footer + 40)
     index = _block_entries(_read_block(data, index_offset, index_size, footer, "index"), "index")

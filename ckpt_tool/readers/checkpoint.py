@@ -163,12 +163,16 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
 
 
 def _has_table_magic(index: Path) -> bool:
+    """The file ends with the table magic, or exists but cannot be read (permission
+    denied): then the reader, not format detection, says what is wrong."""
     try:
         with open(index, "rb") as f:
             if f.seek(0, 2) < 48:
                 return False
             f.seek(-8, 2)
             return int.from_bytes(f.read(8), "little") == TABLE_MAGIC
+    except PermissionError:
+        return index.is_file()
     except OSError:
         return False
 
@@ -221,6 +225,7 @@ class CheckpointReader(Reader):
 
     def __init__(self, path: str | Path, verify_crc: bool = True):
         super().__init__(path)
+        self._verify_crc = verify_crc
         self.prefix, self.saved_model_dir = resolve(path)
         self.bundle: BundleReader | None = (
             BundleReader(self.prefix, verify_crc=verify_crc) if self.prefix is not None else None
@@ -253,6 +258,17 @@ class CheckpointReader(Reader):
             return _has_table_magic(Path(f"{path}.index"))
         except OSError:
             return False
+
+    @property
+    def verify_crc(self) -> bool:
+        """Whether reads check each tensor's crc32c (`--no-crc` sets it False)."""
+        return self._verify_crc
+
+    @verify_crc.setter
+    def verify_crc(self, value: bool) -> None:
+        self._verify_crc = bool(value)
+        if getattr(self, "bundle", None) is not None:
+            self.bundle.verify_crc = self._verify_crc
 
     # -- metadata ----------------------------------------------------------------
 
