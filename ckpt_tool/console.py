@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.tree import Tree
@@ -26,7 +27,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def print_error(message: str) -> None:
     """One line on stderr: the file and what is wrong with it."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def print_note(message: str) -> None:
