@@ -1,0 +1,137 @@
+"""`verify` on every runnable fixture, and the failures it must catch."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from ckpt_tool.errors import CkptToolError
+from ckpt_tool.readers import open_reader
+from ckpt_tool.verify import VerifyOptions, verify
+from tests.support import FIXTURES, fixture, fixture_path, fixtures_where, run_cli
+
+RUNNABLE = [f["id"] for f in fixtures_where(runnable=True)]
+
+
+def _keras_twin_config(fixture_id: str, tmp_path) -> str | None:
+    """The config.json of the same model's .keras fixture, for SavedModels that take
+    several inputs (a model.export() keeps no Keras config)."""
+    family = fixture(fixture_id)["model"]
+    twins = [f for f in fixtures_where(model=family, format="keras")]
+    if len(fixture(fixture_id)["inputs"]) < 2 or fixture(fixture_id)["format"] == "keras":
+        return None
+    with zipfile.ZipFile(FIXTURES / twins[0]["path"]) as archive:
+        target = tmp_path / "config.json"
+        target.write_bytes(archive.read("config.json"))
+    return str(target)
+
+
+@pytest.mark.parametrize("fixture_id", RUNNABLE)
+def test_verify_agrees_on_every_runnable_fixture(fixture_id, tmp_path):
+    options = VerifyOptions(config_file=_keras_twin_config(fixture_id, tmp_path), scales=[0.1, 10])
+    report = verify(str(fixture_path(fixture_id)), options)
+    assert report.passed, [a for r in report.runs for a in r.outputs]
+    for run in report.runs:
+        for agreement in run.outputs:
+            # float32 model against a float64 reference: float32 rounding, no more
+            scale = 1.0 + max(abs(agreement.max_abs), 1.0)
+            assert agreement.max_abs < 1e-5 * scale * 10
+            assert agreement.cosine > 0.999999
+
+
+@pytest.mark.parametrize("fixture_id", ["seed_keras", "transformer_block_keras", "mha_gate_keras"])
+def test_float32_precision_and_per_layer(fixture_id):
+    report = verify(
+        str(fixture_path(fixture_id)), VerifyOptions(precision="float32", per_layer=True)
+    )
+    assert report.passed
+    run = report.runs[0]
+    assert run.layers and all(a.passed for a in run.layers)
+    assert run.first_divergent is None
+
+
+def test_user_inputs_file():
+    entry = fixture("seed_keras")
+    inputs = FIXTURES / entry["model"] / "inputs.npz"
+    x = np.load(inputs)["x"]
+    report = verify(str(fixture_path("seed_keras")), VerifyOptions(inputs_file=str(inputs)))
+    assert report.passed
+    assert report.runs[0].outputs[0].shape == (x.shape[0], x.shape[1], 1)
+    assert report.runs[0].label == "inputs.npz"
+
+
+def _swapped_npz(source_id: str, target, first: str, second: str) -> None:
+    """The source's weights under their resolved names, two tensors exchanged."""
+    with open_reader(fixture_path(source_id)) as reader:
+        arrays = {
+            i.name: np.array(reader.read(i.key)) for i in reader.variables() if i.kind == "weight"
+        }
+    a = next(n for n in arrays if first in n)
+    b = next(n for n in arrays if second in n)
+    arrays[a], arrays[b] = arrays[b], arrays[a]
+    np.savez(target, **arrays)
+
+
+def test_swapped_query_and_key_fail_and_per_layer_names_attention(tmp_path):
+    swapped = tmp_path / "swapped.npz"
+    _swapped_npz("seed_keras", swapped, "query_dense/kernel", "key_dense/kernel")
+    model = str(fixture_path("seed_keras"))
+    result = run_cli("verify", model, "--weights", str(swapped), "--per-layer", "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is False
+    assert report["runs"][0]["first_divergent_layer"] == "multi_head_attention"
+    # the same weights unswapped pass
+    same = tmp_path / "same.npz"
+    _swapped_npz("seed_keras", same, "dense/bias", "dense/bias")
+    assert run_cli("verify", model, "--weights", str(same)).returncode == 0
+
+
+def test_swapped_weights_fail_against_anonymous_savedmodel(tmp_path):
+    swapped = tmp_path / "swapped.npz"
+    _swapped_npz("seed_keras3_export", swapped, "variables/0", "variables/2")
+    result = run_cli("verify", str(fixture_path("seed_keras3_export")), "--weights", str(swapped))
+    assert result.returncode == 1, result.stderr
+    assert "FAIL" in result.stdout
+
+
+def test_wrong_roles_file_fails(tmp_path):
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps({"variables/0": "key.kernel", "variables/2": "query.kernel"}))
+    path = str(fixture_path("seed_keras3_export"))
+    result = run_cli("verify", path, "--roles", str(roles))
+    assert result.returncode == 1, result.stdout + result.stderr
+
+
+def test_verify_says_it_executes_the_model():
+    result = run_cli("verify", str(fixture_path("seed_keras")))
+    assert result.returncode == 0, result.stderr
+    assert "executes the model" in result.stderr
+
+
+def test_bare_checkpoint_is_a_clear_error():
+    result = run_cli("verify", str(fixture_path("seed_checkpoint")))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()[-1]) > 20
+    assert "--weights" in result.stderr
+
+
+def test_multi_input_savedmodel_without_config_asks_for_one():
+    with pytest.raises(CkptToolError, match="--config"):
+        verify(str(fixture_path("cross_attention_savedmodel")), VerifyOptions())
+
+
+def test_weights_from_another_format_pass():
+    """A porter's check: the .weights.h5 of the same weights against the SavedModel."""
+    report = verify(
+        str(fixture_path("seed_tfkeras_savedmodel")),
+        VerifyOptions(weights=str(fixture_path("seed_weights_h5"))),
+    )
+    assert report.passed
