@@ -89,7 +89,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _name_cell(t: ListedTensor) -> str:
     info = t.info
     lines = [info.name]
-    if info.key != info.name:
+    if info.key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE") != info.name:
         lines.append(f"[dim]{info.key}[/]")
     lines.extend(f"[dim]= {k}[/]" for k in t.duplicate_keys)
     return "\n".join(lines)

@@ -19,7 +19,8 @@ _CHUNK = 1 << 20  # elements per chunk when streaming statistics
 class ListedTensor:
     info: VariableInfo
     duplicate_keys: list[str] = field(default_factory=list)  # byte-identical copies folded in
-    stats: dict | None = None
+    stats: dict | None = None  # None for non-numeric tensors once stats_read
+    stats_read: bool = False
     role: dict | None = None  # {"layer", "role", "evidence"} when roles were asked for
 
     def to_json(self) -> dict:
@@ -38,7 +39,7 @@ class ListedTensor:
         }
         if self.role is not None:
             data["role"] = self.role
-        if self.stats is not None:
+        if self.stats_read:
             data["stats"] = self.stats
         return data
 
@@ -121,11 +122,22 @@ def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
     return list(listed.values())
 
 
+def _is_numeric(dtype: np.dtype) -> bool:
+    """Plain numbers, and the ml_dtypes floats (bfloat16, float8) that numpy sees as 'V'."""
+    if dtype.kind != "V":
+        return True
+    try:
+        np.zeros(1, dtype).astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    return dtype.names is None
+
+
 def tensor_stats(array: np.ndarray) -> dict | None:
     """min, max, mean, std and NaN/Inf counts over finite values, streamed in chunks
     (Chan et al.'s pairwise update of mean and M2); None for non-numeric tensors."""
     flat = array.reshape(-1)
-    if flat.dtype == object or flat.dtype.kind in "SUVb":
+    if flat.dtype == object or flat.dtype.kind in "SUb" or not _is_numeric(flat.dtype):
         return None
     lo, hi = np.inf, -np.inf
     count, mean, m2 = 0, 0.0, 0.0

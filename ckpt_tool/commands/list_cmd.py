@@ -55,7 +55,7 @@ def command(
             attach_roles(reader, listing)
         if stats:
             for t in console.track(listing.tensors, "statistics", len(listing.tensors)):
-                t.stats = tensor_stats(reader.read(t.info.key))
+                t.stats, t.stats_read = tensor_stats(reader.read(t.info.key)), True
     if as_json:
         console.print_json(listing.to_json())
     elif tree:
