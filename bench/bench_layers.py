@@ -11,7 +11,10 @@ are printed, with the largest difference between the two outputs.
 OpenBLAS picks its kernel from the CPU unless OPENBLAS_CORETYPE forces one:
 run the benchmark with that variable (and OPENBLAS_L2_SIZE) unset, e.g.
 `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_layers.py`.
-The BLAS that threadpoolctl reports (when installed) is printed first.
+The BLAS that threadpoolctl reports (when installed) is printed first, and
+the load average: on a machine whose cores are busy with other work,
+OpenBLAS's threads suffer far more than TensorFlow's and the ratio says
+little about the kernels; measure on a quiet machine.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def main() -> None:
     import tensorflow as tf
 
     print(f"BLAS: {blas_info()}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, NumPy {np.__version__}")
     b, t, d, n = args.batch, args.seq, args.width, args.heads
     h = d // n
@@ -127,6 +131,7 @@ def main() -> None:
             f"{label:<24} {t_np * 1e3:7.1f}ms {t_eager * 1e3:7.1f}ms {t_fn * 1e3:9.1f}ms "
             f"{ratio:6.2f}  {diff:.2e}"
         )
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     worst = max(ratios)
     verdict = "meets" if worst <= GOAL else "misses"
     print(f"\nratio = numpy / faster TensorFlow; worst {worst:.2f} {verdict} the goal <= {GOAL}")
