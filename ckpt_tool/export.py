@@ -73,7 +73,7 @@ class ExportOptions:
 class ExportResult:
     path: Path
     arrays: int
-    source_bytes: int  # tensor bytes read from the source
+    source_bytes: int  # the exported tensors' bytes as stored in the source (as `list`)
     file_bytes: int  # size of the written .npz
     manifest: dict = field(repr=False, default_factory=dict)
 
@@ -251,18 +251,16 @@ def write_npz(
     out = Path(out)
     check_target(out, plan.source, force=force)
     compression = zipfile.ZIP_DEFLATED if plan.compress else zipfile.ZIP_STORED
-    source_bytes = 0
     target = _AtomicTarget(out, force=force)
     with target as fh, zipfile.ZipFile(fh, "w", compression=compression) as zf:
         write_member(zf, MANIFEST_KEY, np.array(json.dumps(plan.manifest, sort_keys=True)))
         for arr, (dtype, stored) in zip(plan.arrays, plan.dtypes, strict=True):
             array = arr.produce()
-            source_bytes += array.nbytes
             write_member(zf, arr.name, _to_storable(array, dtype, stored, arr, plan.source))
             del array
             if on_array is not None:
                 on_array(arr)
-    return ExportResult(out, len(plan.arrays), source_bytes, out.stat().st_size, plan.manifest)
+    return ExportResult(out, len(plan.arrays), plan.source_bytes, out.stat().st_size, plan.manifest)
 
 
 def export_npz(
