@@ -689,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     blocks = sorted(args.blocks or ([1, 12] if args.quick else list(generate.ALL_BLOCKS)))
     runs = args.runs or (3 if args.quick else 5)
     only = set(args.only or SECTIONS)
@@ -772,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with `{cmd.strip()}`: "
         f"blocks {', '.join(map(str, blocks))}, {runs} cold run{'s' if runs > 1 else ''} per command, "
-        f"{total / 60:.1f} min in all.",
+        f"{total / 60:.1f} min in all. Load average (1 min) {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores: other work on the "
+        "machine slows both sides of every ratio alike, absolute times less so.",
         "",
         f"Models (bench/generate.py, seed {generate.SEED}): "
         + (
