@@ -29,5 +29,11 @@ fixtures:
 bench:
 	$(PY) bench/run.py
 
+# Long fuzz of the readers with damaged fixtures (>= 10 minutes on 2 cores):
+# CKPT_FUZZ_EXAMPLES cases per target; prints the outcomes per target at the end.
+CKPT_FUZZ_EXAMPLES ?= 2000
+fuzz:
+	CKPT_FUZZ_EXAMPLES=$(CKPT_FUZZ_EXAMPLES) $(PY) -m pytest -q -s tests/test_fuzz.py
+
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -57,6 +57,19 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 # Shared HDF5 helpers
 
 
+@contextlib.contextmanager
+def hdf5_errors(path: Path, doing: str):
+    """Any HDF5 error inside the block (a damaged file can fail on every access)
+    becomes one CorruptFileError line naming the file."""
+    try:
+        yield
+    except CkptToolError:
+        raise
+    except _H5_ERRORS as e:
+        reason = " ".join(str(e).split())  # h5py messages can span lines
+        raise CorruptFileError(f"{doing} ({reason})", path) from None
+
+
 def has_hdf5_magic(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -229,12 +242,8 @@ class _H5Reader(Reader):
 
     def variables(self) -> list[VariableInfo]:
         if self._listing is None:
-            try:
+            with hdf5_errors(self.path, "cannot list the HDF5 file"):
                 built = self._build()
-            except CkptToolError:
-                raise
-            except _H5_ERRORS as e:
-                raise CorruptFileError(f"cannot list the HDF5 file ({e})", self.path) from None
             self._dtypes = {info.key: dtype for info, dtype in built}
             self._listing = _make_names_unique([info for info, _ in built])
         return list(self._listing)
@@ -243,7 +252,8 @@ class _H5Reader(Reader):
         self.variables()
         if key not in self._dtypes or self._h5 is None:
             raise NotFoundError(f"no variable {key!r} in this file", self.path)
-        return _read_dataset(self._h5[key], self._dtypes[key], self.path)
+        with hdf5_errors(self.path, f"cannot read dataset {key!r}"):
+            return _read_dataset(self._h5[key], self._dtypes[key], self.path)
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -555,13 +565,18 @@ class WeightsH5Reader(_H5Reader):
         if not self.path.is_file():
             raise NotFoundError("no such file", self.path)
         self._h5 = open_h5(self.path, self.path)
-        if not _is_weights_layout(self._h5):
-            hint = " (a legacy Keras .h5: use format h5)" if _is_legacy_layout(self._h5) else ""
+        try:
+            with hdf5_errors(self.path, "cannot read the HDF5 file's groups"):
+                if not _is_weights_layout(self._h5):
+                    legacy = _is_legacy_layout(self._h5)
+                    hint = " (a legacy Keras .h5: use format h5)" if legacy else ""
+                    raise UnsupportedFormatError(
+                        f"HDF5 file holds no Keras 3 weights (no 'vars' or 'layers' groups){hint}",
+                        self.path,
+                    )
+        except BaseException:
             self.close()
-            raise UnsupportedFormatError(
-                f"HDF5 file holds no Keras 3 weights (no 'vars' or 'layers' groups){hint}",
-                self.path,
-            )
+            raise
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
@@ -664,33 +679,30 @@ class LegacyH5Reader(_H5Reader):
         if not self.path.is_file():
             raise NotFoundError("no such file", self.path)
         self._h5 = open_h5(self.path, self.path)
-        f = self._h5
+        self._config: dict | None = None
+        try:
+            with hdf5_errors(self.path, "cannot read the HDF5 file's groups"):
+                self._open_legacy(self._h5)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_legacy(self, f: h5py.File) -> None:
         if isinstance(f.get("model_weights"), h5py.Group):
             self._weights_group: h5py.Group = f["model_weights"]
         elif _has_list_attr(f, "layer_names"):
             self._weights_group = f  # save_weights("x.h5"): layers at the root
         else:
             hint = " (Keras 3 .weights.h5: use format weights-h5)" if _is_weights_layout(f) else ""
-            self.close()
             raise UnsupportedFormatError(
                 "HDF5 file holds no Keras weights (no 'model_weights' group or "
                 f"'layer_names' attribute){hint}",
                 self.path,
             )
-        self._config: dict | None = None
         if "model_config" in f.attrs:
-            try:
-                raw = f.attrs["model_config"]
-            except _H5_ERRORS as e:
-                self.close()
-                raise CorruptFileError(
-                    f"unreadable model_config attribute ({e})", self.path
-                ) from None
-            try:
-                self._config = _parse_json(_decode(raw), "the model_config attribute", self.path)
-            except CkptToolError:
-                self.close()
-                raise
+            with hdf5_errors(self.path, "unreadable model_config attribute"):
+                raw = _decode(f.attrs["model_config"])
+            self._config = _parse_json(raw, "the model_config attribute", self.path)
 
     @classmethod
     def sniff(cls, path: Path) -> bool:

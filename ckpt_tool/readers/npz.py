@@ -13,6 +13,7 @@ Every key starting with `__` is bookkeeping, not a weight.
 from __future__ import annotations
 
 import json
+import tokenize
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, Uns
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.zip_member import (
     MAX_MEMBER_BYTES,
+    MEMBER_READ_ERRORS,
     check_member,
     is_zip,
     open_zip,
@@ -36,7 +38,8 @@ MANIFEST_KEY = "__manifest__"
 BOOKKEEPING_PREFIX = "__"
 MAX_MANIFEST_BYTES = 64 << 20
 _KINDS = (WEIGHT, OPTIMIZER, BOOKKEEPING)
-_NP_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError)
+# np.lib.format raises TokenError for some malformed headers (a tokenizer fallback).
+_NP_ERRORS = (*MEMBER_READ_ERRORS, KeyError, TypeError, tokenize.TokenError)
 _READ_ERRORS = (*_NP_ERRORS, NotImplementedError, RuntimeError)
 
 

@@ -8,8 +8,10 @@ archive, so it can be read in place without copying it first.
 from __future__ import annotations
 
 import io
+import lzma
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
@@ -22,6 +24,18 @@ MAX_MEMBER_BYTES = 16 * GiB  # a declared size above this is refused outright
 # ratio is refused as a likely decompression bomb (the rule Keras uses).
 BOMB_FLOOR_BYTES = 256 * MiB
 BOMB_MAX_RATIO = 100
+
+# What reading a damaged member can raise: bad headers, bad crc, a broken deflate,
+# bzip2 (OSError) or lzma stream.
+MEMBER_READ_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    zlib.error,
+    lzma.LZMAError,
+)
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -74,7 +88,7 @@ def read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes
     try:
         with zf.open(info) as f:
             data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+    except MEMBER_READ_ERRORS as e:
         raise CorruptFileError(f"cannot read zip member {name!r} ({e})", path) from None
     if len(data) > limit:
         raise CorruptFileError(f"zip member {name!r} is larger than {limit} bytes", path)

@@ -1,0 +1,122 @@
+"""Fuzzing the readers with damaged copies of real fixtures (see fuzz_harness).
+
+`make test` runs a small, derandomized sample per target (a few seconds in all).
+`make fuzz` runs the long fuzz: CKPT_FUZZ_EXAMPLES random cases per target
+(hypothesis profile "fuzz", no deadline, failures shrunk and saved in .hypothesis/),
+then prints how many cases ended how, per target.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz_harness import INTERESTING, Worker, make_npz_sources, summary, targets
+
+LONG_EXAMPLES = int(os.environ.get("CKPT_FUZZ_EXAMPLES", "0"))  # > 0: the long fuzz
+
+settings.register_profile(
+    "suite",
+    max_examples=12,
+    deadline=timedelta(seconds=10),
+    derandomize=True,  # the same cases on every run: `make test` never flakes
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=max(LONG_EXAMPLES, 1),
+    deadline=None,  # the worker's timeout bounds each case
+    suppress_health_check=list(HealthCheck),
+)
+PROFILE = "fuzz" if LONG_EXAMPLES else "suite"
+CASE_TIMEOUT = 30.0 if LONG_EXAMPLES else 15.0
+
+_position = st.integers(min_value=0, max_value=(1 << 32) - 1)
+_small = st.integers(min_value=0, max_value=255)
+mutation = st.one_of(
+    st.tuples(st.just("flip"), _position, _small, st.just(b"")),
+    st.tuples(st.just("set"), _position, _small, st.just(b"")),
+    st.tuples(st.just("truncate"), _position, st.just(0), st.just(b"")),
+    st.tuples(st.just("overwrite"), _position, st.just(0), st.binary(min_size=1, max_size=32)),
+    st.tuples(st.just("insert"), _position, st.just(0), st.binary(min_size=1, max_size=32)),
+    st.tuples(st.just("delete"), _position, _small, st.just(b"")),
+    st.tuples(st.just("splice"), _position, _small, st.just(b"")),
+    st.tuples(
+        st.just("integer"),
+        _position,
+        st.integers(min_value=0, max_value=4 * len(INTERESTING) - 1),
+        st.just(b""),
+    ),
+)
+mutations = st.lists(mutation, min_size=1, max_size=4)
+
+
+@pytest.fixture(scope="module")
+def fuzz_targets(tmp_path_factory):
+    return targets(make_npz_sources(tmp_path_factory.mktemp("npz-sources")))
+
+
+@pytest.fixture(scope="module")
+def worker(fuzz_targets):
+    w = Worker(list(fuzz_targets.values()), timeout=CASE_TIMEOUT)
+    yield w
+    w.close()
+    if LONG_EXAMPLES:
+        print(f"\nfuzz cases by target (worker restarts: {w.restarts}):\n{summary(w.counts)}")
+
+
+def _target_names() -> list[str]:
+    # targets() needs a directory for the npz sources only to build paths
+    return list(targets(Path("npz-sources")))
+
+
+@pytest.mark.parametrize("name", _target_names())
+def test_damaged_file_gives_a_result_or_one_clear_error(worker, name: str) -> None:
+    @settings(settings.get_profile(PROFILE))
+    @given(ops=mutations, verify_crc=st.booleans())
+    def case(ops, verify_crc):
+        outcome, detail = worker.run(name, ops, verify_crc)
+        assert outcome in ("ok", "error"), f"{name} {ops!r} crc={verify_crc}:\n{detail}"
+
+    case()
+
+
+def test_pristine_targets_read_cleanly(worker, fuzz_targets) -> None:
+    """Without damage every target reads: failures under fuzz come from the damage."""
+    for name in fuzz_targets:
+        outcome, detail = worker.run(name, [], True)
+        assert outcome == "ok", (name, detail)
+
+
+def test_worker_reports_hangs_crashes_and_blow_ups(fuzz_targets) -> None:
+    """The harness itself: a hang, a dying process and a huge allocation are failed
+    cases (and the worker comes back), never a stuck or crashed test run."""
+    w = Worker(list(fuzz_targets.values()), timeout=30.0)
+    try:
+        assert w.run("keras-zip", [], True)[0] == "ok"
+        w.timeout = 0.5
+        assert w.run("__sleep__", 5.0, True) == ("bug", "hang: no answer within 0.5 s")
+        w.timeout = 30.0
+        outcome, detail = w.run("__abort__", None, True)
+        assert outcome == "bug" and detail.startswith("crash"), detail
+        assert w.run("__allocate__", 4 << 30, True) == ("bug", "MemoryError")
+        assert w.run("keras-zip", [], True)[0] == "ok"
+        assert w.restarts == 2
+    finally:
+        w.close()
+
+
+def test_mutations_are_total() -> None:
+    """Every mutation applies to any input, the empty one included."""
+    from tests.fuzz_harness import mutate
+
+    assert mutate(b"abcdef", [("truncate", 2, 0, b"")]) == b"ab"
+    assert mutate(b"abc", [("insert", 1, 0, b"XY")]) == b"aXYbc"
+    assert mutate(b"abc", [("integer", 0, 4 * 1, b"")]) == b"\x01bc"
+    ops = [(op, 7, 3, b"z") for op in ("flip", "set", "delete", "splice", "overwrite", "integer")]
+    assert isinstance(mutate(b"", ops), bytes)
