@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from ckpt_tool.console import err, human_bytes, out
@@ -9,10 +10,15 @@ from ckpt_tool.diff import EQUAL, DiffReport, PairDiff
 from ckpt_tool.export import ExportResult
 
 
-def render_export(result: ExportResult) -> None:
-    """One line on stderr: what was written where (stdout stays free for pipes)."""
+def render_export(result: ExportResult, notes: list[str] | None = None) -> None:
+    """On stderr (stdout stays free for pipes): the layout's notes, then one line saying
+    what was written where."""
+    for note in notes or ():
+        err.print(f"[dim]note:[/] {escape(note)}")
+    layout = result.manifest.get("layout", "keras")
+    how = "" if layout == "keras" else f" ({layout} layout)"
     err.print(
-        f"wrote [bold]{result.path}[/]: {result.arrays} arrays, "
+        f"wrote [bold]{escape(str(result.path))}[/]{how}: {result.arrays} arrays, "
         f"{human_bytes(result.source_bytes)} of tensors, {human_bytes(result.file_bytes)} on disk"
     )
 

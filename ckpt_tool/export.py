@@ -11,10 +11,12 @@ temporary file next to the target, which is fsynced and renamed onto the
 target only when complete; on any failure (including a full disk or Ctrl-C)
 the temporary file is removed and the target is left as it was.
 
-A *layout* decides the output names and arrays: a function from the selected
-(VariableInfo, role) pairs to a list of `ExportArray` (an output name and a
-producer of its array). `keras` (identity: the resolved names) is the only one
-so far; ported layouts (torch, haiku) will build on the role parser.
+A *layout* (see `ckpt_tool.layouts`) decides the output names and arrays: from the
+selected tensors and the role parser's layer and role for each, a list of
+`ExportArray` (an output name, shape, dtype, sources and a producer of the array).
+`keras` keeps every tensor as it is; `torch`, `torch-mha` and `haiku` rename, reshape
+and pack them for those frameworks, or refuse (LayoutRefused) before anything is
+written when the source cannot be expressed there.
 """
 
 from __future__ import annotations
@@ -25,22 +27,49 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UsageError
+from ckpt_tool.layouts import (
+    LAYOUTS,
+    ExportArray,
+    LayoutInput,
+    LayoutRefused,
+    npz_name,
+    numpy_dtype,
+    unique_names,
+)
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
+from ckpt_tool.roles import RoleMap, assign_roles
+
+__all__ = [
+    "CAST_DTYPES",
+    "LAYOUTS",
+    "MANIFEST_KEY",
+    "ExportArray",
+    "ExportInterrupted",
+    "ExportOptions",
+    "ExportPlan",
+    "ExportResult",
+    "LayoutRefused",
+    "export_npz",
+    "npz_name",
+    "plan_export",
+    "select_variables",
+    "source_roles",
+    "unique_names",
+    "write_npz",
+]
 
 MANIFEST_KEY = "__manifest__"
 MANIFEST_SCHEMA = "ckpt-tool.npz-manifest/1"
 CAST_DTYPES = ("float32", "float16")
 _CHUNK_BYTES = 16 << 20  # bytes per write when casting a tensor chunk by chunk
-
-Producer = Callable[[], np.ndarray]
 
 
 class ExportInterrupted(CkptToolError):
@@ -50,23 +79,15 @@ class ExportInterrupted(CkptToolError):
 
 
 @dataclass
-class ExportArray:
-    """One array of the output: its npz name, how to produce it, and where it came from."""
-
-    name: str
-    produce: Producer
-    source: VariableInfo
-    role: dict | None = None
-
-
-@dataclass
 class ExportOptions:
     pattern: str | None = None  # glob over names, keys and aliases (as `list --filter`)
     include_optimizer: bool = False
     compress: bool = False
     dtype: str | None = None  # "float32" | "float16": cast floating tensors
     force: bool = False
-    layout: str = "keras"
+    layout: str = "keras"  # a key of LAYOUTS
+    roles_file: str | None = None  # role overrides (as `verify --roles`)
+    config_file: str | None = None  # a Keras model config for files that hold none
 
 
 @dataclass
@@ -76,59 +97,6 @@ class ExportResult:
     source_bytes: int  # the exported tensors' bytes as stored in the source (as `list`)
     file_bytes: int  # size of the written .npz
     manifest: dict = field(repr=False, default_factory=dict)
-
-
-# --- layouts -------------------------------------------------------------------------------
-
-Layout = Callable[[Reader, list[tuple[VariableInfo, dict | None]]], list[ExportArray]]
-
-
-def keras_layout(
-    reader: Reader, pairs: list[tuple[VariableInfo, dict | None]]
-) -> list[ExportArray]:
-    """Identity: every tensor under its resolved name, made unique and zip-safe."""
-    names = unique_names([npz_name(info.name) for info, _ in pairs])
-    return [
-        ExportArray(name, _reader_producer(reader, info.key), info, role)
-        for name, (info, role) in zip(names, pairs, strict=True)
-    ]
-
-
-LAYOUTS: dict[str, Layout] = {"keras": keras_layout}
-
-
-def _reader_producer(reader: Reader, key: str) -> Producer:
-    return lambda: reader.read(key)
-
-
-def npz_name(name: str) -> str:
-    """A member name that np.load gives back unchanged and that cannot escape a directory
-    when unzipped: no empty, "." or ".." segments, no leading "/", no "__" prefix
-    (reserved for bookkeeping such as the manifest)."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    parts = ["_" if p == ".." else p for p in parts]
-    out = "/".join(parts) or "tensor"
-    if out.startswith("__"):
-        out = "_" + out.lstrip("_")
-    return out
-
-
-def unique_names(names: Iterable[str]) -> list[str]:
-    """Keep names in order; the second and later uses of a name get `_1`, `_2`, ..."""
-    names = list(names)
-    taken = set(names)
-    seen: set[str] = set()
-    result = []
-    for name in names:
-        if name in seen:
-            i = 1
-            while f"{name}_{i}" in taken:
-                i += 1
-            name = f"{name}_{i}"
-            taken.add(name)
-        seen.add(name)
-        result.append(name)
-    return result
 
 
 # --- selection and manifest ---------------------------------------------------------------
@@ -153,28 +121,53 @@ def stored_dtype(source_dtype: str, cast: str | None) -> tuple[str, np.dtype | N
     if source_dtype == "string":
         return "string", None
     logical = cast if cast and _is_floating(source_dtype) else source_dtype
-    dtype = _numpy_dtype(logical)
+    dtype = numpy_dtype(logical)
     if not _npy_native(dtype):
         return logical, np.dtype(f"u{dtype.itemsize}")
     return logical, dtype
 
 
 def manifest_entry(arr: ExportArray, position: int, dtype: str, stored: np.dtype | None) -> dict:
-    """What the manifest says about one array (field names as the npz reader reads them)."""
-    info = arr.source
+    """What the manifest says about one array (field names as the npz reader reads them).
+
+    `name` is the array's name in the layout (the resolved source name for `keras`,
+    unless that was anonymous); `source_key` and `aliases` only for an array that is one
+    source tensor unchanged; `source_keys`/`source_names` list every tensor it was made
+    from and `transform` how (null: unchanged)."""
+    first = arr.source
     return {
         "key": arr.name,  # the array's key in the .npz
-        "name": info.name,
-        "source_key": info.key,
-        "aliases": list(info.aliases),
+        "name": arr.label or arr.name,
+        "source_key": first.key if arr.verbatim else None,
+        "aliases": list(first.aliases) if arr.verbatim else [],
+        "source_keys": [s.key for s in arr.sources],
+        "source_names": [s.name for s in arr.sources],
         "dtype": dtype,
-        "source_dtype": info.dtype,
+        "source_dtype": first.dtype if first else arr.dtype,
         "stored_dtype": "bytes" if stored is None else stored.name,
-        "shape": list(info.shape),
-        "kind": info.kind,
+        "shape": list(arr.shape),
+        "kind": first.kind if first else WEIGHT,
         "order": position,
         "role": arr.role,
+        "transform": arr.transform,
     }
+
+
+def source_roles(reader: Reader, options: ExportOptions) -> RoleMap:
+    """The role parser's layers over all of the reader's variables. A model config that
+    cannot be read only matters to ported layouts: `keras` then names by weights alone."""
+    from ckpt_tool.verify import load_model_config
+
+    if options.config_file:
+        config = load_model_config(options.config_file)
+    else:
+        try:
+            config = reader.model_config()
+        except CkptToolError:
+            if options.layout != "keras":
+                raise
+            config = None
+    return assign_roles(reader.variables(), config, options.roles_file)
 
 
 # --- export --------------------------------------------------------------------------------
@@ -204,15 +197,19 @@ class ExportPlan:
     dtypes: list[tuple[str, np.dtype | None]]  # (logical dtype, stored numpy dtype)
     manifest: dict
     compress: bool = False
+    notes: list[str] = field(default_factory=list)  # what the layout kept, assumed, made
 
     @property
     def source_bytes(self) -> int:
-        return sum(arr.source.nbytes for arr in self.arrays)
+        """Bytes of the source tensors exported (each counted once), as `list` counts."""
+        sources = {s.key: s.nbytes for arr in self.arrays for s in arr.sources}
+        return sum(sources.values())
 
 
 def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
-    """Select tensors, name them through the layout and build the manifest; reads no data
-    (except to confirm that copies `list` folds are byte-identical)."""
+    """Select tensors, assign roles, name them through the layout and build the manifest.
+    Reads no data, except to confirm that copies `list` folds are byte-identical and
+    what a layout must check before refusing (the haiku layout's q/k/v biases)."""
     if options.dtype is not None and options.dtype not in CAST_DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(CAST_DTYPES)}")
     if options.layout not in LAYOUTS:
@@ -223,9 +220,9 @@ def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
     if not infos:
         what = f"matching {options.pattern!r}" if options.pattern else "to export"
         raise UsageError(f"no tensors {what}", reader.path)
-    # The role parser will supply roles here; until then every role is None.
-    arrays = LAYOUTS[options.layout](reader, [(info, None) for info in infos])
-    dtypes = [stored_dtype(arr.source.dtype, options.dtype) for arr in arrays]
+    layout_input = LayoutInput(reader, infos, source_roles(reader, options))
+    arrays = LAYOUTS[options.layout](layout_input)
+    dtypes = [stored_dtype(arr.dtype, options.dtype) for arr in arrays]
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "source": {"path": reader.path.name, "format": reader.format_name},
@@ -236,7 +233,13 @@ def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
             for i, (arr, (dt, st)) in enumerate(zip(arrays, dtypes, strict=True))
         ],
     }
-    return ExportPlan(reader.path, arrays, dtypes, manifest, options.compress)
+    if options.layout != "keras":
+        manifest["modules"] = layout_input.modules
+    if layout_input.notes:
+        manifest["notes"] = layout_input.notes
+    return ExportPlan(
+        reader.path, arrays, dtypes, manifest, options.compress, notes=layout_input.notes
+    )
 
 
 def write_npz(
@@ -328,14 +331,14 @@ def _to_storable(
 ) -> np.ndarray | _Cast:
     """The array as it goes into the .npy: unchanged, its bit pattern (bfloat16 & co),
     cast to the requested float type, or a bytes array for strings."""
-    if tuple(array.shape) != tuple(arr.source.shape):
+    if tuple(array.shape) != tuple(arr.shape):
+        what = arr.source.name if arr.verbatim else arr.name
         raise CkptToolError(
-            f"tensor {arr.source.name!r} has shape {array.shape}, expected {arr.source.shape}",
-            source,
+            f"tensor {what!r} has shape {array.shape}, expected {arr.shape}", source
         )
     if stored is None:
         return _string_array(array, arr, source)
-    logical = _numpy_dtype(dtype)
+    logical = numpy_dtype(dtype)
     if array.dtype != logical:  # an explicit --dtype cast (always to a .npy-native float)
         return _Cast(array, logical)
     if stored != logical:
@@ -352,7 +355,7 @@ def _string_array(array: np.ndarray, arr: ExportArray, source: Path) -> np.ndarr
         values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.flat]
     if any(v.endswith(b"\x00") for v in values):
         raise CkptToolError(
-            f"string tensor {arr.source.name!r} has values ending in NUL bytes, which a "
+            f"string tensor {arr.label or arr.name!r} has values ending in NUL bytes, which a "
             "numpy bytes array cannot hold; exclude it with --filter",
             source,
         )
@@ -486,15 +489,6 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _is_floating(dtype: str) -> bool:
     return dtype.startswith("float") or dtype == "bfloat16"
-
-
-def _numpy_dtype(name: str) -> np.dtype:
-    try:
-        return np.dtype(name)
-    except TypeError:
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, name))
 
 
 def _npy_native(dtype: np.dtype) -> bool:

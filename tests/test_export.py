@@ -29,6 +29,8 @@ from ckpt_tool.export import (
     select_variables,
     unique_names,
 )
+from ckpt_tool.layouts.keras import is_anonymous
+from ckpt_tool.listing import attach_roles, build_listing
 from ckpt_tool.readers import open_reader
 from tests.support import ROOT, fixture, fixture_index, fixture_path, run_cli
 
@@ -92,22 +94,36 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 # --- round trip ----------------------------------------------------------------------------
 
 
+def source_roles(reader) -> dict[str, dict]:
+    """Key -> {layer, class, role, evidence} as `list` shows roles for the source."""
+    listing = build_listing(reader, show_all=True)
+    attach_roles(reader, listing)
+    return {t.info.key: t.role for t in listing.tensors if t.role and t.role["role"]}
+
+
 @pytest.mark.parametrize("fixture_id", ALL_FIXTURES)
 def test_round_trip_bitwise(fixture_id: str, exported: dict[str, Path]) -> None:
     manifest, arrays = load_npz(exported[fixture_id])
     entries = manifest["variables"]
     with open_reader(fixture_path(fixture_id)) as reader:
         infos = select_variables(reader, include_optimizer=True)
-        assert [e["name"] for e in entries] == [i.name for i in infos]
+        roles = source_roles(reader)
+        assert [e["source_names"] for e in entries] == [[i.name] for i in infos]
         assert [e["source_key"] for e in entries] == [i.key for i in infos]
         assert set(arrays) == {e["key"] for e in entries}
-        assert [e["key"] for e in entries] == unique_names(npz_name(i.name) for i in infos)
+        assert [e["key"] for e in entries] == unique_names(npz_name(e["name"]) for e in entries)
         for entry, info in zip(entries, infos, strict=True):
             stored = arrays[entry["key"]]
             assert stored.dtype != object
             assert entry["dtype"] == info.dtype and entry["shape"] == list(info.shape)
-            assert entry["kind"] == info.kind and entry["role"] is None
+            assert entry["kind"] == info.kind and entry["transform"] is None
             assert entry["aliases"] == list(info.aliases)
+            assert entry["role"] == roles.get(info.key)
+            if not is_anonymous(info.name):
+                assert entry["name"] == info.name
+            elif entry["role"] is not None:  # `variables/3` named by its layer and role
+                assert entry["name"].startswith(entry["role"]["layer"] + "/")
+                assert entry["name"].endswith("/" + entry["role"]["role"].split(".")[-1])
             source = reader.read(info.key)
             assert same_bits(logical(stored, entry), np.asarray(source)), info.name
             reference = reference_read(fixture_id, info.key)
@@ -122,13 +138,22 @@ def test_round_trip_bitwise(fixture_id: str, exported: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("fixture_id", ALL_FIXTURES)
 def test_npz_reader_reads_export_back(fixture_id: str, exported: dict[str, Path]) -> None:
+    manifest, _arrays = load_npz(exported[fixture_id])
     with open_reader(exported[fixture_id]) as back, open_reader(fixture_path(fixture_id)) as src:
         infos = select_variables(src, include_optimizer=True)
         back_infos = select_variables(back, include_optimizer=True)
-        assert [i.name for i in back_infos] == [i.name for i in infos]
+        assert [i.name for i in back_infos] == [e["name"] for e in manifest["variables"]]
         for b, s in zip(back_infos, infos, strict=True):
             assert (b.dtype, b.shape, b.kind) == (s.dtype, s.shape, s.kind)
             assert same_bits(np.asarray(back.read(b.key)), np.asarray(src.read(s.key)))
+
+
+def test_roles_of_weights_only(exported: dict[str, Path]) -> None:
+    manifest, _arrays = load_npz(exported["seed_keras"])
+    entries = manifest["variables"]
+    assert {e["kind"] for e in entries} == {"weight", "optimizer"}
+    assert all(e["role"] is None for e in entries if e["kind"] == "optimizer")
+    assert all(e["role"]["evidence"] == "config" for e in entries if e["kind"] == "weight")
 
 
 def test_weights_only_by_default(tmp_path: Path) -> None:

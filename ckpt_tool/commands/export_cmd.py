@@ -11,7 +11,14 @@ import click
 
 from ckpt_tool import console, console_diff
 from ckpt_tool.commands.options import format_option, no_crc_option
-from ckpt_tool.export import CAST_DTYPES, ExportOptions, check_target, plan_export, write_npz
+from ckpt_tool.export import (
+    CAST_DTYPES,
+    LAYOUTS,
+    ExportOptions,
+    check_target,
+    plan_export,
+    write_npz,
+)
 from ckpt_tool.readers import open_reader
 
 # A progress bar is worth drawing only for exports this large (in tensors or bytes).
@@ -55,6 +62,26 @@ def _terminate_as_interrupt() -> Iterator[None]:
     default=None,
     help="Cast floating tensors to this dtype (default: keep every dtype).",
 )
+@click.option(
+    "--layout",
+    type=click.Choice(list(LAYOUTS)),
+    default="keras",
+    show_default=True,
+    help="Names and shapes for: keras (as stored), torch (state_dict, nn.Linear per "
+    "projection), torch-mha (nn.MultiheadAttention), haiku (AlphaFold's Attention).",
+)
+@click.option(
+    "--roles",
+    "roles_file",
+    type=click.Path(path_type=str),
+    help="JSON/YAML overriding role assignments (as verify --roles).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=str),
+    help="A Keras model config (model.to_json()) for files that hold none.",
+)
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @no_crc_option
 def command(
@@ -65,15 +92,20 @@ def command(
     include_optimizer: bool,
     compress: bool,
     dtype: str | None,
+    layout: str,
+    roles_file: str | None,
+    config_file: str | None,
     force: bool,
     no_crc: bool,
 ) -> None:
-    """Export the weights in SRC to OUT (.npz) under their resolved names.
+    """Export the weights in SRC to OUT (.npz) under meaningful names.
 
     OUT holds one array per tensor plus `__manifest__` (JSON: source, names, keys,
-    aliases, dtypes, shapes). bfloat16 is stored as its uint16 bit pattern; strings as
-    bytes arrays. OUT is written to a temporary file and renamed into place when
-    complete: an error or Ctrl-C leaves no partial file.
+    aliases, dtypes, shapes, layer roles). `--layout torch|torch-mha|haiku` renames,
+    transposes and packs the weights for those frameworks, or refuses (exit 2, nothing
+    written) with the reason when a layer cannot be expressed there. bfloat16 is stored
+    as its uint16 bit pattern; strings as bytes arrays. OUT is written to a temporary
+    file and renamed into place when complete: an error or Ctrl-C leaves no partial file.
     """
     options = ExportOptions(
         pattern=pattern,
@@ -81,6 +113,9 @@ def command(
         compress=compress,
         dtype=dtype,
         force=force,
+        layout=layout,
+        roles_file=roles_file,
+        config_file=config_file,
     )
     check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
     with _terminate_as_interrupt(), open_reader(src, format_) as reader:
@@ -89,4 +124,4 @@ def command(
         big = len(plan.arrays) >= _PROGRESS_MIN_ARRAYS or plan.source_bytes >= _PROGRESS_MIN_BYTES
         with console.progress("export", len(plan.arrays) if big else 0) as advance:
             result = write_npz(plan, out, force=force, on_array=lambda _arr: advance())
-    console_diff.render_export(result)
+    console_diff.render_export(result, plan.notes)

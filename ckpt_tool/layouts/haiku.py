@@ -1,0 +1,244 @@
+"""The `haiku` layout: AlphaFold's Haiku parameter names (alphafold/model/modules.py).
+
+Keys are `<scope>//<param>`, the flat form AlphaFold's parameter files use and
+`alphafold.model.utils.flat_params_to_haiku` splits on `//`:
+
+    MultiHeadAttention -> Attention: <layer>//query_w (Dq,N,H), key_w (Dm,N,H),
+                          value_w (Dm,N,Hv), [gating_w (Dq,N,Hv), gating_b (N,Hv)],
+                          output_w (N,Hv,Dout), output_b (Dout,)
+    Dense              -> common_modules.Linear: <layer>//weights (I,O), <layer>//bias
+    LayerNormalization -> common_modules.LayerNorm: <layer>//scale, <layer>//offset
+    Embedding          -> hk.Embed: <layer>//embeddings
+
+AlphaFold's Attention has the Keras einsums with three differences the layout
+checks: no query/key/value biases (refused unless they are all zero), keys and
+values projected from the same memory `m_data` (key and value input dims must be
+equal), and a gate with a bias whenever `gating` is on. A Keras layer without a
+gate exports without gating_w/gating_b: AlphaFold's Attention with
+`config.gating=False` (the manifest's `modules` says so). A missing gate or
+output bias (use_bias=False) is written as zeros, which computes the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ckpt_tool.layouts.base import (
+    ExportArray,
+    LayerTensors,
+    LayoutInput,
+    LayoutRefused,
+    role_dict,
+    verbatim,
+    zeros,
+)
+from ckpt_tool.layouts.common import module_entry, port
+from ckpt_tool.roles import Layer
+
+SEP = "//"
+_INSTEAD = "use --layout torch (or keras) instead"
+
+
+def haiku_layout(inp: LayoutInput) -> list[ExportArray]:
+    handlers = {
+        "MultiHeadAttention": _attention,
+        "Dense": _linear,
+        "LayerNormalization": _layer_norm,
+        "Embedding": _embedding,
+    }
+    return port(inp, "haiku", handlers, _by_role, _loose_name)
+
+
+def scope(layer: Layer) -> str:
+    return layer.name
+
+
+def _key(layer: Layer, param: str) -> str:
+    return f"{scope(layer)}{SEP}{param}"
+
+
+def _loose_name(name: str) -> str:
+    """A tensor without a role: its last path part becomes the parameter name."""
+    parent, _, leaf = name.rpartition("/")
+    return f"{parent}{SEP}{leaf}" if parent else name
+
+
+def _rename(inp: LayoutInput, lt: LayerTensors, names: dict[str, str]) -> list[ExportArray]:
+    return [
+        verbatim(inp, _key(lt.layer, names[role]), info)
+        for role, info in sorted(lt.tensors.items(), key=lambda item: item[1].order)
+        if role in names
+    ]
+
+
+def _linear(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    kernel = lt.tensors.get("kernel")
+    if kernel is not None:
+        inp.modules.append(
+            module_entry(
+                lt.layer,
+                scope(lt.layer),
+                "alphafold.model.common_modules.Linear",
+                {
+                    "num_output": kernel.shape[-1],
+                    "use_bias": "bias" in lt.tensors,
+                    "activation": lt.layer.config.get("activation", "linear"),
+                },
+            )
+        )
+    return _rename(inp, lt, {"kernel": "weights", "bias": "bias"})
+
+
+def _layer_norm(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    inp.modules.append(
+        module_entry(
+            lt.layer,
+            scope(lt.layer),
+            "alphafold.model.common_modules.LayerNorm",
+            {
+                "axis": [-1],
+                "create_scale": "gamma" in lt.tensors,
+                "create_offset": "beta" in lt.tensors,
+                "eps": lt.layer.config.get("epsilon", 1e-3),
+            },
+        )
+    )
+    return _rename(inp, lt, {"gamma": "scale", "beta": "offset"})
+
+
+def _embedding(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    return _rename(inp, lt, {"embeddings": "embeddings"})
+
+
+def _by_role(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    inp.notes.append(
+        f"{lt.layer.name!r} ({lt.layer.class_name}) has no AlphaFold module here: "
+        f"kept as {scope(lt.layer)}{SEP}<role>, values unchanged"
+    )
+    return _rename(inp, lt, {role: role for role in lt.tensors})
+
+
+# --- Attention -------------------------------------------------------------------------------
+
+
+def _attention(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    layer, t = lt.layer, lt.tensors
+    full = {role: key for role, key in layer.weights.items()}
+    _check_attention(inp, lt, full)
+    arrays = [
+        verbatim(inp, _key(layer, "query_w"), t["query.kernel"]),
+        verbatim(inp, _key(layer, "key_w"), t["key.kernel"]),
+        verbatim(inp, _key(layer, "value_w"), t["value.kernel"]),
+    ]
+    gated = "gate.kernel" in t
+    if gated:
+        arrays.append(verbatim(inp, _key(layer, "gating_w"), t["gate.kernel"]))
+        if "gate.bias" in t:
+            arrays.append(verbatim(inp, _key(layer, "gating_b"), t["gate.bias"]))
+        else:
+            shape = t["gate.kernel"].shape[1:]
+            why = "the Keras gate has no bias"
+            arrays.append(
+                zeros(
+                    _key(layer, "gating_b"),
+                    shape,
+                    t["gate.kernel"].dtype,
+                    _role(layer, "gate.bias"),
+                    why,
+                )
+            )
+    output = t["output.kernel"]
+    arrays.append(verbatim(inp, _key(layer, "output_w"), output))
+    if "output.bias" in t:
+        arrays.append(verbatim(inp, _key(layer, "output_b"), t["output.bias"]))
+    else:
+        why = "the Keras output projection has no bias"
+        arrays.append(
+            zeros(
+                _key(layer, "output_b"),
+                output.shape[2:],
+                output.dtype,
+                _role(layer, "output.bias"),
+                why,
+            )
+        )
+    q, v = t["query.kernel"].shape, t["value.kernel"].shape
+    dropped = [r for r in ("query.bias", "key.bias", "value.bias") if r in full]
+    if dropped:
+        inp.notes.append(
+            f"{layer.name!r}: {', '.join(dropped)} are all zero and left out "
+            "(AlphaFold's Attention has no query/key/value biases)"
+        )
+    inp.modules.append(
+        module_entry(
+            layer,
+            scope(layer),
+            "alphafold.model.modules.Attention",
+            {
+                "num_head": q[1],
+                "key_dim": q[1] * q[2],  # AlphaFold's config gives totals over heads
+                "value_dim": v[1] * v[2],
+                "gating": gated,
+                "output_dim": output.shape[2],
+            },
+        )
+    )
+    return arrays
+
+
+def _role(layer: Layer, role: str) -> dict:
+    return role_dict(layer, role)
+
+
+def _check_attention(inp: LayoutInput, lt: LayerTensors, full: dict[str, str]) -> None:
+    """Refuse what AlphaFold's Attention cannot compute."""
+    layer, t = lt.layer, lt.tensors
+    name = layer.name
+
+    def refuse(why: str) -> None:
+        raise LayoutRefused(f"--layout haiku: layer {name!r} {why}; {_INSTEAD}", inp.path)
+
+    for role in ("query.kernel", "key.kernel", "value.kernel", "output.kernel"):
+        if role not in full:
+            refuse(f"has no {role.split('.')[0]} projection, which AlphaFold's Attention needs")
+        if role not in t:
+            refuse(f"is only partly selected by --filter (not {role})")
+    kernels = {
+        p: t[f"{p}.kernel"].shape
+        for p in ("query", "key", "value", "gate", "output")
+        if f"{p}.kernel" in t
+    }
+    if any(len(s) != 3 for p, s in kernels.items() if p != "output") or len(kernels["output"]) != 3:
+        shapes = ", ".join(f"{p} {list(s)}" for p, s in kernels.items())
+        refuse(
+            f"has kernels of shapes {shapes}; AlphaFold's Attention needs (D, heads, head_dim) "
+            "projections and a (heads, head_dim, output_dim) output"
+        )
+    if kernels["key"][0] != kernels["value"][0]:
+        refuse(
+            f"projects keys from dim {kernels['key'][0]} and values from dim "
+            f"{kernels['value'][0]}; AlphaFold's Attention projects both from one m_data"
+        )
+    _refuse_nonzero_biases(inp, layer, full)
+
+
+def _refuse_nonzero_biases(inp: LayoutInput, layer: Layer, full: dict[str, str]) -> None:
+    """Read the query/key/value biases (small) and refuse unless every one is zero."""
+    worst: tuple[float, str] | None = None
+    for role in ("query.bias", "key.bias", "value.bias"):
+        key = full.get(role)
+        if key is None:
+            continue
+        values = np.asarray(inp.read(key), dtype=np.float64)
+        peak = float(np.max(np.abs(values), initial=0.0))
+        if np.isnan(values).any():
+            peak = float("nan")
+        if peak != 0 and (worst is None or not peak <= worst[0]):
+            worst = (peak, role)
+    if worst is not None:
+        peak, role = worst
+        raise LayoutRefused(
+            f"--layout haiku: layer {layer.name!r} has a non-zero {role} (max |b| = {peak:.4g}); "
+            f"AlphaFold's Attention has no query/key/value biases; {_INSTEAD}",
+            inp.path,
+        )
