@@ -4,6 +4,13 @@ A graph is a list of nodes in topological order. Each node calls one layer on
 tensors produced by earlier nodes (or on model inputs) and yields one or more
 output tensors, referred to as `(layer name, node index, tensor index)` like
 Keras's own `keras_history`.
+
+Keras masks travel with the tensors as Keras propagates them: an
+`Embedding(mask_zero=True)` emits `ids != 0`; layers that support masking (Dense,
+LayerNormalization, Dropout, Activation) pass their first input's mask on; merge
+layers OR their inputs' masks; attention layers receive their inputs' masks
+(`mask=[query_mask, value_mask]` for Attention, `query_mask`/`value_mask`/`key_mask`
+for MultiHeadAttention) and emit the query's mask on their first output.
 """
 
 from __future__ import annotations
@@ -41,13 +48,19 @@ class Graph:
     outputs: list[Ref]
     source: str  # "config" or "chain"
     input_names: list[str] = field(default_factory=list)
+    output_names: list[str] | None = None  # when the model names its outputs
 
 
 # --------------------------------------------------------------------------- building
 
 
 def build_graph(model_config: dict | None, role_map: RoleMap) -> Graph:
-    """The graph of a Keras functional model config, else the chain of mapped layers."""
+    """The graph of a Keras functional model config, BERT's graph for Google BERT
+    names, else the chain of mapped layers."""
+    from ckpt_tool.bert import bert_graph, is_bert
+
+    if is_bert(role_map):
+        return bert_graph(role_map)
     if model_config:
         inner = _functional_config(model_config)
         if inner is not None:
@@ -231,6 +244,14 @@ def chain_graph(role_map: RoleMap, residual: str = "none") -> Graph:
 
 # Call arguments that carry tensors into a layer, in the order of its inputs list.
 _TENSOR_KWARGS = ("query", "value", "key")
+# Layers whose call receives the Keras masks of its inputs.
+_MASK_LIST_LAYERS = ("Attention", "AdditiveAttention")  # mask=[query_mask, value_mask, ...]
+_MASK_ARG_LAYERS = ("MultiHeadAttention",)  # query_mask=, value_mask=, key_mask=
+# Layers that pass their first input's mask on (Keras `supports_masking`).
+_PASS_MASK_LAYERS = ("Dense", "LayerNormalization", "Dropout", "Activation")
+_MERGE_LAYERS = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+
+Mask = np.ndarray | None
 
 
 def run_graph(
@@ -246,41 +267,133 @@ def run_graph(
     from ckpt_tool.layers import get_layer_kind
 
     values: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
+    masks: dict[tuple[str, int], tuple[Mask, ...]] = {}
     for ref, array in zip(graph.inputs, inputs, strict=True):
         values[(ref[0], ref[1])] = (np.asarray(array),)
+        masks[(ref[0], ref[1])] = (None,)
     per_layer: dict[str, np.ndarray] = {}
     for node in graph.nodes:
         kind = get_layer_kind(node.class_name)
         config = (configs or {}).get(node.layer, node.config)
-        tensors, call_kwargs = _call_arguments(node, values)
+        tensors, tensor_masks, call_kwargs = _call_arguments(node, values, masks)
+        _add_input_masks(node, tensor_masks, call_kwargs)
         result = kind.apply(
             config, dict(weights.get(node.layer, {})), tensors, dtype=dtype, **call_kwargs
         )
         outputs = result if isinstance(result, tuple) else (result,)
         values[(node.layer, node.node_index)] = outputs
+        masks[(node.layer, node.node_index)] = _output_masks(
+            node, config, tensors, tensor_masks, call_kwargs, len(outputs)
+        )
         per_layer.setdefault(node.layer, outputs[0])
     model_outputs = [values[(r[0], r[1])][r[2]] for r in graph.outputs]
     return model_outputs, per_layer
 
 
-def _call_arguments(node: Node, values: dict) -> tuple[list[np.ndarray], dict[str, Any]]:
-    def resolve(value: Any) -> Any:
+def _call_arguments(
+    node: Node, values: dict, masks: dict
+) -> tuple[list[np.ndarray], list[Mask], dict[str, Any]]:
+    def resolve(value: Any, table: dict) -> Any:
         if isinstance(value, tuple):
-            return values[(value[0], value[1])][value[2]]
+            return table[(value[0], value[1])][value[2]]
         if isinstance(value, list):
-            return [resolve(v) for v in value]
+            return [resolve(v, table) for v in value]
         return value
 
     tensors: list[np.ndarray] = []
+    tensor_masks: list[Mask] = []
     for arg in node.args:
-        resolved = resolve(arg)
+        resolved, mask = resolve(arg, values), resolve(arg, masks)
         tensors.extend(resolved if isinstance(resolved, list) else [resolved])
+        tensor_masks.extend(mask if isinstance(mask, list) else [mask])
     kwargs = {}
     for name in _TENSOR_KWARGS:  # tensor keywords join the inputs in call order
         if name in node.kwargs and node.kwargs[name] is not None:
-            tensors.append(resolve(node.kwargs[name]))
+            tensors.append(resolve(node.kwargs[name], values))
+            tensor_masks.append(resolve(node.kwargs[name], masks))
     for name, value in node.kwargs.items():
         if name in _TENSOR_KWARGS or name == "training" or value is None:
             continue
-        kwargs[name] = resolve(value)
-    return tensors, kwargs
+        kwargs[name] = resolve(value, values)
+    return tensors, tensor_masks, kwargs
+
+
+def _add_input_masks(node: Node, tensor_masks: list[Mask], kwargs: dict[str, Any]) -> None:
+    """The mask arguments Keras fills in from the inputs' Keras masks."""
+    if all(m is None for m in tensor_masks):
+        return
+    if node.class_name in _MASK_LIST_LAYERS and kwargs.get("mask") is None:
+        kwargs["mask"] = list(tensor_masks)
+    elif node.class_name in _MASK_ARG_LAYERS:
+        for name, mask in zip(_TENSOR_KWARGS, tensor_masks, strict=False):
+            if kwargs.get(f"{name}_mask") is None and mask is not None:
+                kwargs[f"{name}_mask"] = mask
+        if tensor_masks[0] is not None:  # MultiHeadAttention always uses the query's own
+            kwargs["query_mask"] = tensor_masks[0]
+
+
+def _output_masks(
+    node: Node,
+    config: dict,
+    tensors: list[np.ndarray],
+    tensor_masks: list[Mask],
+    kwargs: dict[str, Any],
+    n_outputs: int,
+) -> tuple[Mask, ...]:
+    """The Keras masks of a node's outputs (only the first output ever carries one)."""
+    from ckpt_tool.layers.op_embedding import embedding_mask
+
+    cls = node.class_name
+    mask: Mask = None
+    if cls == "Embedding":
+        mask = embedding_mask(tensors[0], config)
+    elif cls in _MASK_LIST_LAYERS:
+        given = kwargs.get("mask")
+        mask = given[0] if isinstance(given, list) and given else None
+    elif cls in _MASK_ARG_LAYERS:
+        mask = tensor_masks[0] if tensor_masks else None
+    elif cls in _MERGE_LAYERS:
+        if tensor_masks and all(m is not None for m in tensor_masks):
+            mask = tensor_masks[0]
+            for m in tensor_masks[1:]:
+                mask = mask | m
+    elif cls in _PASS_MASK_LAYERS:
+        mask = tensor_masks[0] if tensor_masks else None
+    if mask is not None:
+        mask = np.asarray(mask) != 0 if np.asarray(mask).dtype != np.bool_ else np.asarray(mask)
+    return (mask,) + (None,) * (n_outputs - 1)
+
+
+def graph_input_kinds(
+    graph: Graph, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """What each model input feeds, for making inputs that exercise it: token ids
+    (`{"kind": "ids", "vocab": V, "mask_zero": bool}`), token types
+    (`{"kind": "types", "vocab": V}`), attention masks (`{"kind": "mask"}`)."""
+    weights = weights or {}
+
+    def rows(layer: str, role: str) -> int | None:
+        table = weights.get(layer, {}).get(role)
+        return None if table is None else int(table.shape[0])
+
+    kinds: dict[str, dict[str, Any]] = {}
+    for node in graph.nodes:
+        refs = [a for a in node.args if isinstance(a, tuple)]
+        if node.class_name == "Embedding" and refs:
+            kinds[refs[0][0]] = {
+                "kind": "ids",
+                "vocab": rows(node.layer, "embeddings") or node.config.get("input_dim"),
+                "mask_zero": bool(node.config.get("mask_zero")),
+            }
+        elif node.class_name == "BertEmbeddings" and refs:
+            vocab = rows(node.layer, "word_embeddings")
+            kinds[refs[0][0]] = {"kind": "ids", "vocab": vocab, "mask_zero": False}
+            if len(refs) > 1:
+                types = rows(node.layer, "token_type_embeddings")
+                kinds[refs[1][0]] = {"kind": "types", "vocab": types}
+        elif node.class_name == "BertSelfAttention" and len(refs) > 1:
+            kinds[refs[1][0]] = {"kind": "mask"}
+        mask = node.kwargs.get("attention_mask")
+        if isinstance(mask, tuple):
+            kinds[mask[0]] = {"kind": "mask"}
+    return {name: kind for name, kind in kinds.items() if name in graph.input_names}

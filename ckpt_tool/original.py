@@ -3,8 +3,11 @@ only `verify` uses it, and it says so."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,12 +31,18 @@ class OriginalModel:
 
     description = ""
     input_specs: list[InputSpec]
+    # Names of the outputs, in the order __call__ returns them, when the model names
+    # them (a SavedModel signature); None when they are positional.
+    output_names: list[str] | None = None
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def layer_outputs(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray] | None:
-        """Every layer's (first) output by layer name, when the model is a Keras model."""
+    def layer_outputs(
+        self, inputs: Sequence[np.ndarray], names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray] | None:
+        """Layer outputs by layer name: every layer of a Keras model, or the layers in
+        `names` found as name scopes of a TF1 graph. None when the model has neither."""
         return None
 
 
@@ -56,7 +65,15 @@ def _quiet_tensorflow():
     return tf
 
 
-def load_original(path: Path, format_name: str, *, unsafe: bool = False) -> OriginalModel:
+def load_original(
+    path: Path,
+    format_name: str,
+    *,
+    unsafe: bool = False,
+    custom_objects: Sequence[str] = (),
+) -> OriginalModel:
+    """The model at `path`, ready to run. `custom_objects` are Python files or module
+    names to import first: they define (and register) a model's custom Keras layers."""
     if format_name == "checkpoint":
         savedmodel = path if path.is_dir() else path.parent
         if not (savedmodel / "saved_model.pb").exists():
@@ -67,9 +84,10 @@ def load_original(path: Path, format_name: str, *, unsafe: bool = False) -> Orig
             )
         return _SavedModel(savedmodel)
     if format_name == "keras":
-        return _KerasModel(path, legacy=False, unsafe=unsafe)
+        return _KerasModel(path, legacy=False, unsafe=unsafe, custom_objects=custom_objects)
     if format_name == "h5":
-        return _KerasModel(path, legacy=_is_tf_keras_h5(path), unsafe=unsafe)
+        legacy = _is_tf_keras_h5(path)
+        return _KerasModel(path, legacy=legacy, unsafe=unsafe, custom_objects=custom_objects)
     raise UnsupportedFormatError(
         f"{format_name} files hold weights only, no model to run: pass them with --weights", path
     )
@@ -88,10 +106,44 @@ def _is_tf_keras_h5(path: Path) -> bool:
 # --------------------------------------------------------------------------- SavedModel
 
 
+def import_custom_objects(sources: Sequence[str]) -> dict[str, Any]:
+    """Import each source (a .py file or a module name) and return the classes and
+    functions it defines by name. Importing runs the file: trusted code only."""
+    found: dict[str, Any] = {}
+    for source in sources:
+        try:
+            if source.endswith(".py") or os.sep in source:
+                file = Path(source)
+                if not file.is_file():
+                    raise CkptToolError("no such custom-objects file", source)
+                name = file.stem
+                spec = importlib.util.spec_from_file_location(name, file)
+                if spec is None or spec.loader is None:
+                    raise CkptToolError("cannot import this custom-objects file", source)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(source)
+        except CkptToolError:
+            raise
+        except Exception as exc:
+            raise CkptToolError(
+                f"importing the custom objects failed: {type(exc).__name__}: {_first_line(exc)}",
+                source,
+            ) from None
+        for attr, value in vars(module).items():
+            own = getattr(value, "__module__", None) == module.__name__
+            if own and not attr.startswith("_") and callable(value):
+                found[attr] = value
+    return found
+
+
 class _SavedModel(OriginalModel):
     def __init__(self, path: Path):
         tf = _quiet_tensorflow()
         self._tf = tf
+        self._path = path
         try:
             self._loaded = tf.saved_model.load(str(path))
         except Exception as exc:
@@ -110,6 +162,7 @@ class _SavedModel(OriginalModel):
         elif signatures:
             name = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
             self._signature = signatures[name]
+            self._signature_name = name
             kw = self._signature.structured_input_signature[1]
             self.input_specs = [_spec_from_tf(kw[k], k) for k in kw]
             self.description = f"SavedModel {path.name}, signature {name}"
@@ -128,7 +181,88 @@ class _SavedModel(OriginalModel):
                 result = self._signature(**named)
         except Exception as exc:
             raise CkptToolError(f"TensorFlow failed to run the model: {_first_line(exc)}") from None
+        if isinstance(result, dict):
+            self.output_names = _ordered_names(result)
         return [np.asarray(t) for t in _ordered_outputs(result)]
+
+    def layer_outputs(
+        self, inputs: Sequence[np.ndarray], names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray] | None:
+        """A TF1 graph (a SavedModel without an object graph of Keras layers): each
+        name in `names` that is a name scope (or an op) of the graph, fetched at the
+        tensor that leaves the scope last (e.g. `bert/encoder/layer_0/output/LayerNorm`
+        -> `.../LayerNorm/batchnorm/add_1`)."""
+        prune = getattr(self._loaded, "prune", None)
+        graph = getattr(self._loaded, "graph", None)
+        if prune is None or graph is None or self._signature is None or not names:
+            return None
+        feeds = self._signature_feeds()
+        if feeds is None:
+            return None
+        operations = graph.get_operations()
+        fetches = {}
+        for name in names:
+            tensor = _scope_output(operations, name)
+            if tensor is not None:
+                fetches[name] = tensor.name
+        if not fetches:
+            return None
+        tf = self._tf
+        try:
+            pruned = prune([feeds[s.name] for s in self.input_specs], list(fetches.values()))
+            results = pruned(*[tf.constant(x) for x in inputs])
+        except Exception as exc:
+            raise CkptToolError(
+                f"TensorFlow failed to run the graph's layers: {_first_line(exc)}"
+            ) from None
+        return {name: np.asarray(r) for name, r in zip(fetches, results, strict=True)}
+
+    def _signature_feeds(self) -> dict[str, str] | None:
+        """Signature input name -> graph tensor name, from saved_model.pb."""
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        try:
+            proto.ParseFromString((self._path / "saved_model.pb").read_bytes())
+        except Exception:
+            return None
+        for meta in proto.meta_graphs:
+            signature = meta.signature_def.get(self._signature_name)
+            if signature is not None:
+                return {key: value.name for key, value in signature.inputs.items()}
+        return None
+
+
+# Ops that hold or read weights, not activations.
+_WEIGHT_OPS = ("Const", "ReadVariableOp", "VarHandleOp", "VariableV2", "Identity")
+
+
+def _scope_output(operations: Sequence[Any], scope: str) -> Any:
+    """The last floating-point activation made inside `scope` and read outside it (or
+    by nothing: a model output). Weight reads and the saver's ops do not count."""
+
+    def inside(op_name: str) -> bool:
+        return op_name == scope or op_name.startswith(scope + "/")
+
+    found = None
+    for op in operations:
+        if not inside(op.name) or op.type in _WEIGHT_OPS:
+            continue
+        for tensor in op.outputs:
+            if not tensor.dtype.is_floating:
+                continue
+            readers = [c for c in tensor.consumers() if not c.name.startswith("save/")]
+            if not readers or any(not inside(c.name) for c in readers):
+                found = tensor
+    return found
+
+
+def _ordered_names(result: dict) -> list[str]:
+    def key(name: str) -> tuple:
+        m = re.fullmatch(r"output_(\d+)", name)
+        return (0, int(m.group(1)), "") if m else (1, 0, name)
+
+    return sorted(result, key=key)
 
 
 def _ordered_outputs(result: Any) -> list[Any]:
@@ -166,27 +300,40 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _KerasModel(OriginalModel):
-    def __init__(self, path: Path, *, legacy: bool, unsafe: bool):
+    def __init__(
+        self, path: Path, *, legacy: bool, unsafe: bool, custom_objects: Sequence[str] = ()
+    ):
         _quiet_tensorflow()
         try:
             if legacy:
                 import tf_keras as keras
 
-                self._model = keras.models.load_model(str(path), compile=False)
+                objects = import_custom_objects(custom_objects)
+                self._model = keras.models.load_model(
+                    str(path), compile=False, custom_objects=objects or None
+                )
             else:
                 import keras
 
+                objects = import_custom_objects(custom_objects)
                 self._model = keras.saving.load_model(
-                    str(path), compile=False, safe_mode=not unsafe
+                    str(path), compile=False, safe_mode=not unsafe, custom_objects=objects or None
                 )
         except ImportError as exc:
             raise CkptToolError(
                 f"verify needs {exc.name} to load this model: pip install 'ckpt-tool[tf]'"
             ) from None
+        except CkptToolError:
+            raise
         except Exception as exc:
             hint = (
                 " (--unsafe allows lambdas from trusted files)" if "safe_mode" in str(exc) else ""
             )
+            if "Could not locate class" in str(exc):
+                hint = (
+                    " (a custom layer: import its code with --custom-objects FILE.py, "
+                    "trusted code only)"
+                )
             raise CkptToolError(
                 f"Keras cannot load this model: {_first_line(exc)}{hint}", path
             ) from None
@@ -212,7 +359,9 @@ class _KerasModel(OriginalModel):
                 raise CkptToolError(f"Keras failed to run the model: {_first_line(exc)}") from None
         return [np.asarray(t) for t in _ordered_outputs(result)]
 
-    def layer_outputs(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray] | None:
+    def layer_outputs(
+        self, inputs: Sequence[np.ndarray], names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray] | None:
         layers = [layer for layer in self._model.layers if type(layer).__name__ != "InputLayer"]
         outputs = []
         for layer in layers:

@@ -9,6 +9,10 @@ Evidence, strongest first (each assignment records which one decided):
    `(D,N,H),(N,H)` for query, key, [gate], value, then `(N,Hv,Dout),(Dout,)`.
 Where the evidence leaves alternatives (equal q/k/v shapes ordered only by position,
 a gate with the value's shape), the layer lists them and `verify` settles them.
+
+Google BERT's TF1 names (`bert/encoder/layer_N/attention/self/query/kernel`, ...) are
+read by `ckpt_tool.bert` before the generic name rules; the number of heads comes
+from a `bert_config.json`, since (D, D) kernels do not tell it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,20 @@ _MHA_PARTS = {
     "_output_dense": "output",
     "output_dense": "output",
 }
-_PARAMS = ("kernel", "bias", "gamma", "beta", "scale", "concat_score_weight", "embeddings")
+# Sub-layers of the Synthesizer layers (DenseSynthesizer w1, w2, value).
+_SUBLAYER_PARTS = {**_MHA_PARTS, "w1": "w1", "w2": "w2"}
+_PARAMS = (
+    "kernel",
+    "bias",
+    "gamma",
+    "beta",
+    "scale",
+    "concat_score_weight",
+    "embeddings",
+    "logits",
+)
+# A weight's own name that our role for it spells differently.
+_ROLE_ALIASES = {"logits": "random.logits"}
 _ANONYMOUS_LISTS = {"variables", "_all_variables", "trainable_variables", "non_trainable_variables"}
 
 
@@ -107,23 +124,44 @@ def assign_roles(
     infos: Sequence[VariableInfo],
     model_config: dict | None = None,
     roles_file: str | Path | None = None,
+    *,
+    bert_config: dict | None = None,
+    ignore_names: bool = False,
 ) -> RoleMap:
-    """Assign every WEIGHT variable (in model order) to a layer and a role."""
+    """Assign every WEIGHT variable (in model order) to a layer and a role.
+
+    `bert_config` is a Google `bert_config.json` (for BERT names: the number of heads);
+    `ignore_names` uses shapes and order alone, as if every variable were anonymous.
+    """
     weights = sorted((i for i in infos if i.kind == WEIGHT), key=lambda i: i.order)
-    layer_configs = _layer_configs(model_config) if model_config else {}
+    layer_configs = _layer_configs(model_config) if model_config and not ignore_names else {}
     layers: list[Layer] = []
+    bert_found: list[Layer] = []
     rest = weights
     if layer_configs:
-        found, rest = _from_config(rest, layer_configs)
+        found, rest = _from_config(rest, layer_configs, _keras_paths(model_config))
         layers += found
         named = {layer.name for layer in found}
         found, rest = _from_config_order(rest, layer_configs, named)
         layers += found
-    found, rest = _from_names(rest)
-    layers += found
+    if not ignore_names:
+        from ckpt_tool.bert import bert_layers
+
+        bert_found, rest = bert_layers(rest, bert_config)
+        layers += bert_found
+        found, rest = _from_names(rest)
+        layers += found
     found, unassigned = _from_shapes(rest)
     layers += found
-    layers.sort(key=lambda layer: min(_order(weights, k) for k in layer.weights.values()))
+    # Model order: by first variable; BERT's layers keep their forward order as a block
+    # (TF1 checkpoints list variables by name).
+    first = {id(layer): min(_order(weights, k) for k in layer.weights.values()) for layer in layers}
+    bert = [layer for layer in layers if layer.evidence == NAMES and layer in bert_found]
+    if bert:
+        start = min(first[id(layer)] for layer in bert)
+        for i, layer in enumerate(bert):
+            first[id(layer)] = start + i / (len(bert) + 1)
+    layers.sort(key=lambda layer: first[id(layer)])
     _dedupe_layer_names(layers)
     role_map = RoleMap(layers, unassigned)
     if roles_file is not None:
@@ -154,23 +192,30 @@ def _dedupe_layer_names(layers: list[Layer]) -> None:
 class _Parsed:
     info: VariableInfo
     layer_path: str
-    part: str | None  # MHA sub-layer ("query", ...) or None
-    param: str
+    part: str | None  # sub-layer role prefix ("query", "w1", ...) or None
+    param: str  # "kernel", ..., or "#<i>" for the i-th weight of a Keras `vars` group
+    sub: str | None = None  # the sub-layer as spelled in the name ("_query_dense")
 
 
-def _parse_name(name: str) -> _Parsed | None:
-    """Split `.../<layer>/[<sub-layer>/]<param>` into its parts; None if anonymous."""
+def _parse_name(name: str, *, indexed: bool = False) -> _Parsed | None:
+    """Split `.../<layer>/[<sub-layer>/]<param>` into its parts; None if anonymous.
+
+    `indexed`: also accept `.../<layer>/[<sub-layer>/]<i>`, the i-th weight of a layer
+    whose class the reader does not know (a custom layer in a `.keras` file)."""
     name = re.sub(r":\d+$", "", name)
     parts = [p for p in name.split("/") if p]
     if parts and parts[-1].lstrip("_") in _PARAMS:
         parts[-1] = parts[-1].lstrip("_")  # Keras 3 tracks EinsumDense's kernel as `_kernel`
-    if len(parts) < 2 or parts[-1] not in _PARAMS:
+    if indexed and len(parts) >= 2 and parts[-1].isdigit():
+        parts[-1] = f"#{parts[-1]}"
+    elif len(parts) < 2 or parts[-1] not in _PARAMS:
         return None
     if parts[0] in _ANONYMOUS_LISTS:
         return None
     param = parts[-1]
-    if len(parts) >= 3 and parts[-2] in _MHA_PARTS:
-        return _Parsed(None, "/".join(parts[:-2]), _MHA_PARTS[parts[-2]], param)  # type: ignore[arg-type]
+    if len(parts) >= 3 and parts[-2] in _SUBLAYER_PARTS:
+        part = _SUBLAYER_PARTS[parts[-2]]
+        return _Parsed(None, "/".join(parts[:-2]), part, param, parts[-2])  # type: ignore[arg-type]
     return _Parsed(None, "/".join(parts[:-1]), None, param)  # type: ignore[arg-type]
 
 
@@ -197,16 +242,26 @@ def _from_names(infos: list[VariableInfo]) -> tuple[list[Layer], list[VariableIn
         else:
             groups.setdefault(parsed.layer_path, []).append(parsed)
     layers = []
-    for path, members in groups.items():
-        roles = {_role(p): p.info.key for p in members}
+    pending = list(groups.items())
+    while pending:
+        path, members = pending.pop(0)
+        roles = {_ROLE_ALIASES.get(_role(p), _role(p)): p.info.key for p in members}
         if len(roles) != len(members):  # names collide (e.g. `model/kernel` twice)
             rest += [p.info for p in members]
             continue
         class_name = _class_from_roles(roles, [p.info for p in members])
+        if class_name is None and any(p.sub for p in members):
+            # Not a known layer with sub-layers: read each sub-layer as a layer of its own.
+            split: dict[str, list[_Parsed]] = {}
+            for p in members:
+                own = f"{path}/{p.sub}" if p.sub else path
+                split.setdefault(own, []).append(_Parsed(p.info, own, None, p.param))
+            pending += list(split.items())
+            continue
         if class_name is None:
             rest += [p.info for p in members]
             continue
-        shapes = {_role(p): p.info.shape for p in members}
+        shapes = {_ROLE_ALIASES.get(_role(p), _role(p)): p.info.shape for p in members}
         layer = Layer(
             name=_short_layer_name(path),
             class_name=class_name,
@@ -236,11 +291,13 @@ def _class_from_roles(roles: dict[str, str], infos: list[VariableInfo]) -> str |
     names = set(roles)
     rank = {r: len(i.shape) for r, i in zip(roles, infos, strict=True)}
     if any("." in r for r in names):
-        return (
-            "MultiHeadAttention"
-            if {"query.kernel", "key.kernel", "value.kernel"} <= names
-            else None
-        )
+        if {"query.kernel", "key.kernel", "value.kernel"} <= names:
+            return "MultiHeadAttention"
+        if {"w1.kernel", "w2.kernel", "value.kernel"} <= names:
+            return "DenseSynthesizer"
+        if {"random.logits", "value.kernel"} <= names:
+            return "RandomSynthesizer"
+        return None
     if names <= {"gamma", "beta"}:
         return "LayerNormalization"
     if names <= {"kernel", "bias"} and "kernel" in names:
@@ -289,34 +346,95 @@ def plain_config(value: object) -> object:
     return value
 
 
+def _keras_paths(model_config: dict) -> dict[str, str]:
+    """Keras 3 weight-file paths of a functional model's layers -> layer names:
+    `layers/<snake_case class name>[_k]`, numbered per class in config order."""
+    config = model_config.get("config", model_config)
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        return {}
+    seen: dict[str, int] = {}
+    paths = {}
+    for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
+            continue
+        cfg = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        name = layer.get("name") or cfg.get("name")
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", layer["class_name"]).lower()
+        n = seen.get(snake, 0)
+        seen[snake] = n + 1
+        if isinstance(name, str):
+            paths[snake if n == 0 else f"{snake}_{n}"] = name
+    return paths
+
+
 def _from_config(
-    infos: list[VariableInfo], layer_configs: dict[str, dict]
+    infos: list[VariableInfo], layer_configs: dict[str, dict], paths: dict[str, str]
 ) -> tuple[list[Layer], list[VariableInfo]]:
-    by_layer: dict[str, dict[str, str]] = {}
+    by_layer: dict[str, list[_Parsed]] = {}
     rest = []
     for info in infos:
         placed = False
         known_layer = info.extra.get("layer_name")  # readers that know it say so
         for name in (info.name, *info.aliases):
-            parsed = _parse_name(name)
+            parsed = _parse_name(name, indexed=True)
             segments = re.sub(r":\d+$", "", name).split("/")
             layer_name = next((s for s in reversed(segments) if s in layer_configs), None)
             if known_layer in layer_configs:
                 layer_name = known_layer
+            if layer_name is None:  # a custom layer's weights under its class's path
+                layer_name = next(
+                    (paths[s] for s in segments if paths.get(s) in layer_configs), None
+                )
             if parsed is None or layer_name is None:
                 continue
             parsed.info = info
-            by_layer.setdefault(layer_name, {})[_role(parsed)] = info.key
+            by_layer.setdefault(layer_name, []).append(parsed)
             placed = True
             break
         if not placed:
             rest.append(info)
     layers = []
-    for name, weights in by_layer.items():
+    for name, members in by_layer.items():
         spec = layer_configs[name]
         config = plain_config(spec["config"])
+        weights = _config_roles(spec["class_name"], config, members)
+        if weights is None:
+            rest += [p.info for p in members]
+            continue
         layers.append(Layer(name, spec["class_name"], config, weights, CONFIG))
+    rest.sort(key=lambda i: i.order)
     return layers, rest
+
+
+def _config_roles(class_name: str, config: dict, members: list[_Parsed]) -> dict[str, str] | None:
+    """role -> key for one configured layer; `#i` (the i-th weight of a `vars` group)
+    becomes the i-th of the class's roles for that sub-layer. None if roles collide."""
+    from ckpt_tool.layers import LAYERS, LayerConfigError
+
+    expected: list[str] = []
+    if class_name in LAYERS:
+        try:
+            expected = LAYERS[class_name].weight_names(config)
+        except LayerConfigError:
+            expected = []
+    subs = {p.part for p in members if p.part}
+    weights: dict[str, str] = {}
+    for p in members:
+        role = _role(p)
+        if p.param.startswith("#"):
+            index = int(p.param[1:])
+            if p.part:
+                candidates = [r for r in expected if r.rpartition(".")[0] == p.part]
+            else:
+                candidates = [r for r in expected if r.partition(".")[0] not in subs]
+            if index < len(candidates):
+                role = candidates[index]
+        role = _ROLE_ALIASES.get(role, role) if role not in expected else role
+        if role in weights:
+            return None
+        weights[role] = p.info.key
+    return weights
 
 
 def _from_config_order(
@@ -513,7 +631,72 @@ def _match_additive(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] 
     return layer, 1
 
 
-_MATCHERS = (_match_mha, _match_layer_norm, _match_dense, _match_attention, _match_additive)
+def _match_dense_synthesizer(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """w1 (D,D) [(D,)], w2 (D,L) [(L,)], value (D,U) [(U,)], with L != D: a chain of
+    three Dense layers could not take (D,U) after an output of width L."""
+    k1 = _shape(infos, i)
+    if k1 is None or len(k1) != 2 or k1[0] != k1[1]:
+        return None
+    d = k1[0]
+    use_bias = _shape(infos, i + 1) == (d,)
+    step = 2 if use_bias else 1
+    k2, kv = _shape(infos, i + step), _shape(infos, i + 2 * step)
+    if k2 is None or kv is None or len(k2) != 2 or len(kv) != 2:
+        return None
+    if k2[0] != d or kv[0] != d or k2[1] == d:
+        return None
+    parts = ["w1", "w2", "value"]
+    shapes = {"w1.kernel": k1, "w2.kernel": k2, "value.kernel": kv}
+    if use_bias:
+        shapes.update({"w1.bias": (d,), "w2.bias": (k2[1],), "value.bias": (kv[1],)})
+        for k, part in enumerate(parts):
+            if _shape(infos, i + 2 * k + 1) != shapes[f"{part}.bias"]:
+                return None
+    weights = {}
+    for k, part in enumerate(parts):
+        weights[f"{part}.kernel"] = infos[i + k * step].key
+        if use_bias:
+            weights[f"{part}.bias"] = infos[i + k * step + 1].key
+    layer = Layer(
+        "dense_synthesizer",
+        "DenseSynthesizer",
+        infer_config("DenseSynthesizer", shapes),
+        weights,
+        SHAPE_ORDER,
+    )
+    layer.alternatives = _equal_shape_permutations(weights, shapes, ["w1", "value"])
+    if layer.alternatives:
+        layer.notes.append("w1 and value have the same shape: creation order says w1 first")
+    return layer, 3 * step
+
+
+def _match_random_synthesizer(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+    """random (L,L) with no bias, then value (D,U) [(U,)] with D != L (a Dense (L,L)
+    would hand width L to the next layer)."""
+    r, kv = _shape(infos, i), _shape(infos, i + 1)
+    if r is None or kv is None or len(r) != 2 or r[0] != r[1] or len(kv) != 2:
+        return None
+    if kv[0] == r[0]:
+        return None
+    shapes = {"random.logits": r, "value.kernel": kv}
+    weights = {"random.logits": infos[i].key, "value.kernel": infos[i + 1].key}
+    if _shape(infos, i + 2) == (kv[1],):
+        shapes["value.bias"] = (kv[1],)
+        weights["value.bias"] = infos[i + 2].key
+    config = infer_config("RandomSynthesizer", shapes)
+    layer = Layer("random_synthesizer", "RandomSynthesizer", config, weights, SHAPE_ORDER)
+    return layer, len(weights)
+
+
+_MATCHERS = (
+    _match_mha,
+    _match_layer_norm,
+    _match_dense_synthesizer,
+    _match_random_synthesizer,
+    _match_dense,
+    _match_attention,
+    _match_additive,
+)
 
 
 # --------------------------------------------------------------------------- configs
@@ -549,6 +732,21 @@ def infer_config(class_name: str, shapes: dict[str, tuple[int, ...]]) -> dict:
         }
     if class_name == "AdditiveAttention":
         return {"use_scale": "scale" in shapes}
+    if class_name == "DenseSynthesizer":
+        return {
+            "seq_len": shapes["w2.kernel"][-1],
+            "units": shapes["value.kernel"][-1],
+            "use_bias": "w1.bias" in shapes,
+        }
+    if class_name == "RandomSynthesizer":
+        return {
+            "seq_len": shapes["random.logits"][0],
+            "units": shapes["value.kernel"][-1],
+            "use_bias": "value.bias" in shapes,
+        }
+    if class_name == "Embedding":
+        table = shapes["embeddings"]
+        return {"input_dim": table[0], "output_dim": table[1], "mask_zero": False}
     return {}
 
 
@@ -563,6 +761,9 @@ def _add_unknown_settings(layer: Layer) -> None:
     elif layer.class_name == "LayerNormalization":
         layer.config_alternatives += [{"epsilon": e} for e in (1e-5, 1e-6, 1e-12)]
         layer.notes.append("epsilon is not stored in the weights: assumed 1e-3")
+    elif layer.class_name == "Embedding":
+        layer.config_alternatives.append({"mask_zero": True})
+        layer.notes.append("mask_zero is not stored in the weights: assumed False")
 
 
 # --------------------------------------------------------------------------- user overrides

@@ -10,14 +10,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ckpt_tool.bert import find_bert_config, load_bert_config, missing_heads, set_num_heads
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL, Agreement, compare
 from ckpt_tool.errors import CkptToolError, UsageError
-from ckpt_tool.graph import RESIDUALS, Graph, build_graph, chain_graph, run_graph
+from ckpt_tool.graph import (
+    RESIDUALS,
+    Graph,
+    build_graph,
+    chain_graph,
+    graph_input_kinds,
+    run_graph,
+)
 from ckpt_tool.original import InputSpec, OriginalModel, load_original
 from ckpt_tool.readers import Reader, open_reader
 from ckpt_tool.roles import SHAPE_ORDER, Layer, RoleMap, assign_roles
 
 PRECISIONS = {"float64": np.float64, "float32": np.float32}
+# How generated inputs exercise masks (token-id inputs of Embedding(mask_zero=True),
+# attention-mask inputs): see make_inputs.
+MASK_MODES = ("padding", "random", "none")
 
 
 @dataclass
@@ -37,6 +48,12 @@ class VerifyOptions:
     per_layer: bool = False
     unsafe: bool = False
     no_crc: bool = False
+    against: str | None = None  # run this model with TensorFlow instead of PATH's own
+    custom_objects: list[str] = field(default_factory=list)  # .py files / modules to import
+    ignore_names: bool = False  # roles by shape and order alone
+    num_heads: int | None = None  # BERT: heads of the 2-D attention kernels
+    bert_config: str | None = None  # BERT: bert_config.json (default: beside PATH)
+    mask: str = "padding"  # how generated inputs fill masks: one of MASK_MODES
 
 
 @dataclass
@@ -97,33 +114,59 @@ def verify(
     path: str, options: VerifyOptions, note: Callable[[str], None] = lambda _: None
 ) -> VerifyReport:
     dtype = PRECISIONS[options.precision]
+    if options.mask not in MASK_MODES:
+        raise UsageError(f"--mask {options.mask!r}: choose from {', '.join(MASK_MODES)}")
     with open_reader(path, options.format) as reader:
         reader.verify_crc = not options.no_crc
         infos = reader.variables()
         config = (
             load_model_config(options.config_file) if options.config_file else reader.model_config()
         )
-        roles = assign_roles(infos, config, options.roles_file)
+        bert_config = _bert_config(path, options)
+        roles = assign_roles(
+            infos,
+            config,
+            options.roles_file,
+            bert_config=bert_config,
+            ignore_names=options.ignore_names,
+        )
+        if options.num_heads is not None:
+            if options.num_heads <= 0:
+                raise UsageError(f"--num-heads {options.num_heads} must be positive")
+            set_num_heads(roles, options.num_heads)
+        problem = missing_heads(roles)
+        if problem:
+            raise UsageError(problem, path)
         graph = build_graph(config, roles)
         weights = load_layer_weights(reader, roles)
         _check_graph_weights(graph, roles, Path(path))
-        note(f"running the original model with TensorFlow ({reader.format_name})")
-        original = load_original(Path(path), reader.format_name, unsafe=options.unsafe)
-    if len(original.input_specs) != len(graph.inputs):
-        raise UsageError(
-            f"the model takes {len(original.input_specs)} inputs and the file holds no Keras "
-            "config, so weights alone cannot tell how they are wired: pass the model's "
-            "config with --config FILE (the JSON of model.to_json())",
-            path,
-        )
-    input_sets = make_inputs(original.input_specs, options)
+        format_name = reader.format_name
+    model_path, model_format = Path(path), format_name
+    if options.against:
+        model_path = Path(options.against)
+        with open_reader(model_path) as other:
+            model_format = other.format_name
+    note(f"running the original model with TensorFlow ({model_format})")
+    original = load_original(
+        model_path, model_format, unsafe=options.unsafe, custom_objects=options.custom_objects
+    )
+    order = _input_order(original.input_specs, graph, path, against=bool(options.against))
+    kinds = graph_input_kinds(graph, weights)
+    input_sets = make_inputs(original.input_specs, options, _spec_kinds(order, graph, kinds))
     settled: list[str] = []
     configs = {layer.name: layer.config for layer in roles.layers}
     first_inputs = input_sets[0][1]
     expected = original(first_inputs)
     if not options.roles_file:  # settled on the model's own weights, then kept for OTHER
         graph, settled = _settle_alternatives(
-            graph, roles, weights, configs, first_inputs, expected, dtype, options
+            graph,
+            roles,
+            weights,
+            configs,
+            [first_inputs[i] for i in order],
+            _aligned_expected(original, graph, expected),
+            dtype,
+            options,
         )
     weights_source = str(path)
     if options.weights:
@@ -131,23 +174,30 @@ def verify(
         weights_source = options.weights
     runs = []
     for label, arrays in input_sets:
-        expected = original(arrays)
-        actual, per_layer = run_graph(graph, weights, arrays, dtype=dtype, configs=configs)
-        outputs = [
-            compare(f"output_{i}", a, e, atol=options.atol, rtol=options.rtol)
-            for i, (a, e) in enumerate(zip(actual, expected, strict=False))
-        ]
+        expected = _aligned_expected(original, graph, original(arrays))
+        ours = [arrays[i] for i in order]
+        actual, per_layer = run_graph(graph, weights, ours, dtype=dtype, configs=configs)
         if len(actual) != len(expected):
             raise CkptToolError(
                 f"the model has {len(expected)} outputs but the rebuilt graph {len(actual)}", path
             )
+        names = graph.output_names or [f"output_{i}" for i in range(len(actual))]
+        outputs = [
+            compare(name, a, e, atol=options.atol, rtol=options.rtol)
+            for name, a, e in zip(names, actual, expected, strict=True)
+        ]
         run = Run(label, outputs)
         if options.per_layer:
             _compare_layers(run, original, graph, per_layer, arrays, options)
+            if run.layers is None and label == input_sets[0][0]:
+                note(
+                    "--per-layer needs a Keras model or a TF1 graph with the layers' name "
+                    f"scopes; {original.description} has neither"
+                )
         runs.append(run)
     return VerifyReport(
         path=str(path),
-        format=reader.format_name,
+        format=format_name,
         original=original.description,
         weights_source=weights_source,
         graph_source=graph.source,
@@ -157,6 +207,59 @@ def verify(
         settled=settled,
         variables={info.key: info for info in infos},
     )
+
+
+def _bert_config(path: str, options: VerifyOptions) -> dict | None:
+    if options.bert_config:
+        return load_bert_config(options.bert_config)
+    found = find_bert_config(path)
+    return load_bert_config(found) if found else None
+
+
+def _input_order(
+    specs: Sequence[InputSpec], graph: Graph, path: str, *, against: bool
+) -> list[int]:
+    """For each graph input, the index of the original's input that feeds it: by name
+    when every graph input has a namesake, else by position."""
+    if len(specs) != len(graph.inputs):
+        if against:
+            raise UsageError(
+                f"the model to compare with takes {len(specs)} inputs, the rebuilt graph "
+                f"{len(graph.inputs)}"
+            )
+        raise UsageError(
+            f"the model takes {len(specs)} inputs and the file holds no Keras "
+            "config, so weights alone cannot tell how they are wired: pass the model's "
+            "config with --config FILE (the JSON of model.to_json())",
+            path,
+        )
+    names = [_base_name(s.name) for s in specs]
+    if sorted(names) == sorted(graph.input_names) and len(set(names)) == len(names):
+        return [names.index(n) for n in graph.input_names]
+    return list(range(len(specs)))
+
+
+def _base_name(name: str) -> str:
+    return name.split(":")[0]
+
+
+def _spec_kinds(order: list[int], graph: Graph, kinds: dict[str, dict]) -> dict[int, dict]:
+    """Input kinds by the original's input index."""
+    return {
+        order[k]: kinds[name]
+        for k, name in enumerate(graph.input_names)
+        if name in kinds and k < len(order)
+    }
+
+
+def _aligned_expected(
+    original: OriginalModel, graph: Graph, expected: list[np.ndarray]
+) -> list[np.ndarray]:
+    """The original's outputs in the graph's output order (by name when both name them)."""
+    theirs, ours = original.output_names, graph.output_names
+    if theirs and ours and sorted(theirs) == sorted(ours) and len(theirs) == len(expected):
+        return [expected[theirs.index(name)] for name in ours]
+    return expected
 
 
 # --------------------------------------------------------------------------- weights
@@ -259,29 +362,98 @@ def _by_position(other: RoleMap, index: int, layer: Layer, role: str) -> str | N
 
 
 def make_inputs(
-    specs: Sequence[InputSpec], options: VerifyOptions
+    specs: Sequence[InputSpec],
+    options: VerifyOptions,
+    kinds: dict[int, dict] | None = None,
 ) -> list[tuple[str, list[np.ndarray]]]:
+    """Input sets in the original's input order: the user's file, or random normal
+    floats (plus constant ones at --scales). `kinds` (by input index) says which inputs
+    are token ids, token types or attention masks; those get valid ids and masks that
+    exercise the model's masking as --mask says:
+
+    - padding: each batch row keeps a prefix of random length (at least 1) and pads or
+      masks the rest (id 0 for Embedding(mask_zero=True), 0/False in masks);
+    - random: about 30% of the positions after the first are padded or masked;
+    - none: nothing is masked (ids never 0, masks all ones).
+    """
     if options.inputs_file:
         return [(Path(options.inputs_file).name, _load_inputs(options.inputs_file, specs))]
+    kinds = kinds or {}
     shapes = [_concrete_shape(spec, options) for spec in specs]
     rng = np.random.default_rng(options.seed)
-    sets = [
-        (
-            f"random normal, seed {options.seed}",
-            [_random(rng, s, spec) for s, spec in zip(shapes, specs, strict=True)],
-        )
-    ]
+    keep = _keep_pattern(rng, options.mask)
+    first = []
+    for i, (shape, spec) in enumerate(zip(shapes, specs, strict=True)):
+        first.append(_make_input(rng, shape, spec, kinds.get(i), keep))
+    label = f"random normal, seed {options.seed}"
+    if any(k.get("kind") in ("ids", "mask") for k in kinds.values()):
+        label += f", masks {options.mask}"
+    sets = [(label, first)]
     for scale in options.scales:
-        sets.append(
-            (
-                f"constant {scale:g}",
-                [
-                    np.full(s, scale, dtype=spec.dtype)
-                    for s, spec in zip(shapes, specs, strict=True)
-                ],
-            )
-        )
+        arrays = []
+        for i, (shape, spec) in enumerate(zip(shapes, specs, strict=True)):
+            if i in kinds or not spec.dtype.startswith(("float", "bfloat", "half")):
+                arrays.append(first[i])  # ids and masks stay as they are
+            else:
+                arrays.append(np.full(shape, scale, dtype=spec.dtype))
+        sets.append((f"constant {scale:g}", arrays))
     return sets
+
+
+def _keep_pattern(rng: np.random.Generator, mode: str) -> dict[tuple[int, int], np.ndarray]:
+    """(batch, length) -> bool keep pattern, shared by all inputs of that size so that
+    the ids and the masks of one sequence agree."""
+
+    def make(batch: int, length: int) -> np.ndarray:
+        if mode == "none" or length == 0:
+            keep = np.ones((batch, length), bool)
+        elif mode == "padding":
+            lengths = rng.integers(1, length + 1, size=batch)
+            lengths[0] = length  # one full row, the others padded
+            keep = np.arange(length)[None, :] < lengths[:, None]
+        else:
+            keep = rng.random((batch, length)) >= 0.3
+            keep[:, 0] = True
+        return keep
+
+    return _KeepPatterns(make)
+
+
+class _KeepPatterns(dict):
+    """(batch, length) -> keep pattern, made once per size on first use."""
+
+    def __init__(self, make: Callable[[int, int], np.ndarray]):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: tuple[int, int]) -> np.ndarray:
+        self[key] = self._make(*key)
+        return self[key]
+
+
+def _make_input(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    spec: InputSpec,
+    kind: dict | None,
+    keep: dict[tuple[int, int], np.ndarray],
+) -> np.ndarray:
+    if kind is None:
+        return _random(rng, shape, spec)
+    batch, length = (shape[0], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
+    pattern = keep[(batch, length)].reshape((batch,) + (1,) * (len(shape) - 2) + (length,))
+    pattern = np.broadcast_to(pattern, shape)
+    if kind["kind"] == "mask":
+        return pattern.astype(spec.dtype)
+    vocab = kind.get("vocab") or 8
+    if kind["kind"] == "types":  # segments: 0 then 1 (BERT's sentence A, sentence B)
+        half = np.arange(shape[-1]) >= shape[-1] // 2
+        return np.broadcast_to(half.astype(spec.dtype) * min(1, vocab - 1), shape).copy()
+    low = 1 if vocab > 1 else 0
+    ids = rng.integers(low, max(vocab, low + 1), size=shape)
+    if kind.get("mask_zero"):
+        ids = np.where(pattern, ids, 0)
+    return ids.astype(spec.dtype)
 
 
 def _concrete_shape(spec: InputSpec, options: VerifyOptions) -> tuple[int, ...]:
@@ -292,6 +464,8 @@ def _concrete_shape(spec: InputSpec, options: VerifyOptions) -> tuple[int, ...]:
 
 
 def _random(rng: np.random.Generator, shape: tuple[int, ...], spec: InputSpec) -> np.ndarray:
+    if spec.dtype == "bool":
+        return rng.random(shape) >= 0.3
     if spec.dtype.startswith(("int", "uint")):
         return rng.integers(0, 8, size=shape).astype(spec.dtype)
     return rng.standard_normal(shape).astype(spec.dtype)
@@ -420,20 +594,18 @@ def _compare_layers(
     inputs: list[np.ndarray],
     options: VerifyOptions,
 ) -> None:
-    reference = original.layer_outputs(inputs)
+    names = [node.layer for node in graph.nodes]
+    reference = original.layer_outputs(inputs, names)
     if reference is None:
         return
     run.layers = []
     for node in graph.nodes:
         if node.layer not in reference or node.layer not in per_layer or node.node_index:
             continue
-        agreement = compare(
-            node.layer,
-            per_layer[node.layer],
-            reference[node.layer],
-            atol=options.atol,
-            rtol=options.rtol,
-        )
+        ours, theirs = per_layer[node.layer], np.asarray(reference[node.layer])
+        if ours.shape != theirs.shape and ours.size == theirs.size:
+            theirs = theirs.reshape(ours.shape)  # e.g. BERT's 2-D (B*T, D) activations
+        agreement = compare(node.layer, ours, theirs, atol=options.atol, rtol=options.rtol)
         run.layers.append(agreement)
         if not agreement.passed and run.first_divergent is None:
             run.first_divergent = node.layer

@@ -10,7 +10,7 @@ from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
 from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
-from ckpt_tool.verify import PRECISIONS, VerifyOptions, verify
+from ckpt_tool.verify import MASK_MODES, PRECISIONS, VerifyOptions, verify
 
 
 def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[float]:
@@ -36,6 +36,48 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "roles_file",
     metavar="FILE",
     help="JSON/YAML mapping of variable to role (or layer:role) overriding the detected roles.",
+)
+@click.option(
+    "--against",
+    metavar="MODEL",
+    help="Run MODEL with TensorFlow as the reference instead of PATH's own model (e.g. a "
+    "bare checkpoint against the graph it came from, or one model against another that "
+    "should compute the same function).",
+)
+@click.option(
+    "--custom-objects",
+    "custom_objects",
+    metavar="FILE.py|MODULE",
+    multiple=True,
+    help="Import this Python file or module before loading a .keras/.h5 model: it defines "
+    "(and registers) the model's custom layers. Runs that code: trusted files only.",
+)
+@click.option(
+    "--ignore-names",
+    is_flag=True,
+    help="Assign roles by shapes and order alone, as if every variable were anonymous.",
+)
+@click.option(
+    "--num-heads",
+    type=int,
+    metavar="N",
+    help="BERT checkpoints: attention heads of the 2-D (D, D) kernels (the weights cannot "
+    "tell; default: num_attention_heads of a bert_config.json beside PATH).",
+)
+@click.option(
+    "--bert-config",
+    "bert_config",
+    metavar="FILE",
+    help="BERT checkpoints: the model's bert_config.json when it is not beside PATH.",
+)
+@click.option(
+    "--mask",
+    type=click.Choice(list(MASK_MODES)),
+    default="padding",
+    show_default=True,
+    help="How generated inputs fill token ids of Embedding(mask_zero=True) layers and "
+    "attention-mask inputs: padding (a kept prefix of random length per row), random "
+    "(about 30%% masked, never the first position), none (nothing masked).",
 )
 @click.option(
     "--config",
@@ -103,6 +145,7 @@ def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **optio
     for float32 models checked against the float64 NumPy reference.
     """
     console.print_note("verify executes the model with TensorFlow (list and export never do)")
+    options["custom_objects"] = list(options["custom_objects"])
     opts = VerifyOptions(format=format_, no_crc=no_crc, **options)
     report = verify(path, opts, note=console.print_note)
     if as_json:

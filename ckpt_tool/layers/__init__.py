@@ -28,8 +28,10 @@ from ckpt_tool.layers.base import (
     UnknownLayerError,
 )
 from ckpt_tool.layers.op_attention import AdditiveAttentionKind, AttentionKind
+from ckpt_tool.layers.op_bert import BertEmbeddingsKind, BertPoolerKind, BertSelfAttentionKind
 from ckpt_tool.layers.op_dense import DenseKind
 from ckpt_tool.layers.op_einsum_dense import EinsumDenseKind
+from ckpt_tool.layers.op_embedding import EmbeddingKind
 from ckpt_tool.layers.op_layer_normalization import LayerNormalizationKind
 from ckpt_tool.layers.op_multi_head_attention import MultiHeadAttentionKind
 from ckpt_tool.layers.op_simple import ActivationKind, AddKind, DropoutKind
@@ -52,10 +54,14 @@ LAYERS: dict[str, LayerKind] = {
         AddKind(),
         AdditiveAttentionKind(),
         AttentionKind(),
+        BertEmbeddingsKind(),
+        BertPoolerKind(),
+        BertSelfAttentionKind(),
         DenseKind(),
         DenseSynthesizerKind(),
         DropoutKind(),
         EinsumDenseKind(),
+        EmbeddingKind(),
         LayerNormalizationKind(),
         MultiHeadAttentionKind(),
         RandomSynthesizerKind(),
