@@ -49,7 +49,7 @@ def _pair_row(p: PairDiff) -> list[str]:
         _num(None if v is None else v.max_abs),
         _num(None if v is None else v.max_rel),
         mismatched,
-        p.matched_by,
+        p.matched_by if p.role is None else f"{p.matched_by}: {p.role}",
     ]
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckpt_tool.errors import CkptToolError
 from ckpt_tool.export import select_variables
 from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.roles import RoleMap, assign_roles
 
 SCHEMA = "ckpt-tool.diff/1"
 _CHUNK = 1 << 20  # elements per chunk when comparing
@@ -81,7 +83,8 @@ _VARS_INDEX = re.compile(r"^(?P<layer>.*)/vars/(?P<index>\d+)$")
 class Match:
     a: VariableInfo
     b: VariableInfo
-    how: str  # name | alias | key | normalized | model-prefix | position
+    how: str  # role | name | alias | key | normalized | model-prefix | position
+    role: str | None = None  # for `role`: "<Class>#<i> <role>", e.g. "Dense#1 kernel"
 
 
 def match_tensors(
@@ -100,8 +103,8 @@ def match_tensors(
       6. position:     `<layer>/vars/<i>` is the i-th tensor (in model order) of the
                        other side's tensors under the same layer path
 
-    A later `--by-role` mode will pair tensors by the role parser's (layer, role)
-    instead; it plugs in here as another matcher with this signature.
+    `match_by_role` pairs by the role parser's layers and roles first, then hands what
+    is left to these stages.
     """
     left, right = list(a), list(b)
     matches: list[Match] = []
@@ -133,6 +136,60 @@ def match_tensors(
     _remove(left, right, found)
     matches.sort(key=lambda m: (m.a.order, m.a.name))
     return matches, left, right
+
+
+RoleId = tuple[str, int, str]  # (layer class, index among the layers of that class, role)
+
+
+def role_ids(infos: list[VariableInfo], role_map: RoleMap) -> dict[str, RoleId]:
+    """Key -> (class, i, role) for the tensors among `infos` that have a role: the i-th
+    layer of its class (in model order, counting only layers with a tensor in `infos`)."""
+    by_key = role_map.by_key()
+    wanted = {info.key for info in infos}
+    ids: dict[str, RoleId] = {}
+    seen: dict[str, int] = defaultdict(int)
+    for layer in role_map.layers:
+        keys = [k for k in layer.weights.values() if k in wanted]
+        if not keys:
+            continue
+        index = seen[layer.class_name]
+        seen[layer.class_name] += 1
+        for key in keys:
+            _, role = by_key[key]
+            ids[key] = (layer.class_name, index, role)
+    return ids
+
+
+def match_by_role(
+    a: list[VariableInfo], b: list[VariableInfo], roles_a: RoleMap, roles_b: RoleMap
+) -> tuple[list[Match], list[VariableInfo], list[VariableInfo]]:
+    """Pair tensors that play the same role in the same layer: the i-th layer of a class
+    on one side with the i-th of that class on the other, role by role. This pairs a
+    `.keras` with its anonymous `model.export()` (`variables/N`), whatever the names.
+    Tensors without a role (or whose counterpart has none) go through `match_tensors`."""
+    ids_a, ids_b = role_ids(a, roles_a), role_ids(b, roles_b)
+    by_id_b = {rid: info for info in b if (rid := ids_b.get(info.key)) is not None}
+    matches, left = [], []
+    for info in a:
+        other = by_id_b.pop(ids_a[info.key], None) if info.key in ids_a else None
+        if other is None:
+            left.append(info)
+            continue
+        cls, index, role = ids_a[info.key]
+        matches.append(Match(info, other, "role", f"{cls}#{index} {role}"))
+    taken = {id(m.b) for m in matches}
+    rest, only_a, only_b = match_tensors(left, [i for i in b if id(i) not in taken])
+    matches = sorted(matches + rest, key=lambda m: (m.a.order, m.a.name))
+    return matches, only_a, only_b
+
+
+def reader_roles(reader: Reader) -> RoleMap:
+    """The role parser over a reader's variables, with its model config when readable."""
+    try:
+        config = reader.model_config()
+    except CkptToolError:
+        config = None
+    return assign_roles(reader.variables(), config)
 
 
 def _names(info: VariableInfo) -> set[str]:
@@ -351,6 +408,7 @@ class PairDiff:
     matched_by: str
     status: str
     values: ValueDiff | None  # None when shapes differ or the values cannot be compared
+    role: str | None = None  # "<Class>#<i> <role>" when paired by role
 
     def to_json(self) -> dict:
         v = self.values
@@ -360,6 +418,7 @@ class PairDiff:
             "a_key": self.a.key,
             "b_key": self.b.key,
             "matched_by": self.matched_by,
+            "role": self.role,
             "status": self.status,
             "shape_a": list(self.a.shape),
             "shape_b": list(self.b.shape),
@@ -383,6 +442,7 @@ class DiffReport:
     rtol: float
     include_optimizer: bool
     pairs: list[PairDiff] = field(default_factory=list)
+    by_role: bool = False
     only_a: list[VariableInfo] = field(default_factory=list)
     only_b: list[VariableInfo] = field(default_factory=list)
 
@@ -411,6 +471,7 @@ class DiffReport:
             "atol": self.atol,
             "rtol": self.rtol,
             "include_optimizer": self.include_optimizer,
+            "by_role": self.by_role,
             "match": self.ok,
             "summary": self.summary,
             "pairs": [p.to_json() for p in self.pairs],
@@ -439,13 +500,19 @@ def diff_readers(
     include_optimizer: bool = False,
     pattern: str | None = None,
     progress: ProgressFactory | None = None,
+    by_role: bool = False,
 ) -> DiffReport:
-    """Match the two readers' tensors by name and compare each pair, one pair in memory
-    at a time. progress(pairs, bytes), when given, returns a context manager that yields
-    advance() (console.progress fits); it is called once the pairs are known."""
+    """Match the two readers' tensors by name (with by_role: by layer and role first) and
+    compare each pair, one pair in memory at a time. progress(pairs, bytes), when given,
+    returns a context manager that yields advance() (console.progress fits); it is called
+    once the pairs are known."""
     infos_a = select_variables(reader_a, pattern=pattern, include_optimizer=include_optimizer)
     infos_b = select_variables(reader_b, pattern=pattern, include_optimizer=include_optimizer)
-    matches, only_a, only_b = match_tensors(infos_a, infos_b)
+    if by_role:
+        roles_a, roles_b = reader_roles(reader_a), reader_roles(reader_b)
+        matches, only_a, only_b = match_by_role(infos_a, infos_b, roles_a, roles_b)
+    else:
+        matches, only_a, only_b = match_tensors(infos_a, infos_b)
     report = DiffReport(
         str(reader_a.path),
         reader_a.format_name,
@@ -456,6 +523,7 @@ def diff_readers(
         include_optimizer,
         only_a=only_a,
         only_b=only_b,
+        by_role=by_role,
     )
     total_bytes = sum(m.a.nbytes + m.b.nbytes for m in matches)
     bar = progress(len(matches), total_bytes) if progress else contextlib.nullcontext(_no_op)
@@ -475,12 +543,12 @@ def compare_pair(
 ) -> PairDiff:
     a, b = match.a, match.b
     if tuple(a.shape) != tuple(b.shape):
-        return PairDiff(a, b, match.how, SHAPE_MISMATCH, None)
+        return PairDiff(a, b, match.how, SHAPE_MISMATCH, None, match.role)
     text_a, text_b = a.dtype == "string", b.dtype == "string"
     if text_a != text_b:
-        return PairDiff(a, b, match.how, DTYPE_MISMATCH, None)
+        return PairDiff(a, b, match.how, DTYPE_MISMATCH, None, match.role)
     values = compare_arrays(reader_a.read(a.key), reader_b.read(b.key), atol=atol, rtol=rtol)
     status = DIFFER if values.mismatched else EQUAL
     if a.dtype != b.dtype:
         status = DTYPE_MISMATCH
-    return PairDiff(a, b, match.how, status, values)
+    return PairDiff(a, b, match.how, status, values, match.role)

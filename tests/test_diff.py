@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import google_crc32c
 import ml_dtypes
 import numpy as np
 import pytest
@@ -13,12 +15,15 @@ from ckpt_tool.diff import (
     SCHEMA,
     compare_arrays,
     diff_readers,
+    match_by_role,
     match_tensors,
     normalize_name,
 )
 from ckpt_tool.export import ExportOptions, export_npz, select_variables
 from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import VariableInfo
+from ckpt_tool.roles import Layer, RoleMap
+from tests.bundle_writer import entry_of, mask, rewrite_index
 from tests.support import fixture_path, run_cli
 
 
@@ -98,6 +103,101 @@ def test_unnamed_export_is_not_paired_by_guesswork() -> None:
     )
     assert code == 1 and report["pairs"] == []
     assert len(report["only_in_a"]) == len(report["only_in_b"]) == 10
+
+
+# --- --by-role --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "count"),
+    [
+        ("seed_keras", "seed_keras3_export", 10),
+        ("transformer_block_keras", "transformer_block_savedmodel", 16),
+        ("mha_gate_keras", "mha_gate_savedmodel", 10),
+    ],
+)
+def test_by_role_pairs_a_keras_file_with_its_anonymous_export(a: str, b: str, count: int) -> None:
+    code, report = diff_json(str(fixture_path(a)), str(fixture_path(b)), "--by-role")
+    assert code == 0, report["summary"]
+    assert report["by_role"] is True and report["summary"]["compared"] == count
+    assert {p["matched_by"] for p in report["pairs"]} == {"role"}
+    assert all(p["max_abs"] == 0 for p in report["pairs"])
+    query = next(p for p in report["pairs"] if p["role"] == "MultiHeadAttention#0 query.kernel")
+    assert "query" in query["a"] and query["b_key"].startswith("variables/")
+
+
+def _perturbed_savedmodel(src: Path, dst: Path, key: str, index: int, delta: float) -> Path:
+    """A copy of a SavedModel with one float32 of one variable changed and its checksum
+    recomputed (diff verifies checksums: a wrong one would exit 2, not 1)."""
+    shutil.copytree(src, dst)
+    prefix = dst / "variables" / "variables"
+    entry = entry_of(prefix, key)
+    (shard,) = (dst / "variables").glob("variables.data-*")
+    data = bytearray(shard.read_bytes())
+    values = np.frombuffer(data, np.float32, entry.size // 4, entry.offset).copy()
+    values[index] += delta
+    data[entry.offset : entry.offset + entry.size] = values.tobytes()
+    shard.write_bytes(bytes(data))
+    crc = mask(google_crc32c.value(values.tobytes()))
+
+    def fix(k: bytes, e) -> None:
+        if k == key.encode():
+            e.crc32c = crc
+
+    rewrite_index(prefix, edit_entry=fix)
+    return dst
+
+
+def test_by_role_perturbed_export_exits_1_and_names_the_pair(tmp_path: Path) -> None:
+    key = "variables/4/.ATTRIBUTES/VARIABLE_VALUE"  # the value kernel (3, 2, 4)
+    copy = _perturbed_savedmodel(
+        fixture_path("seed_keras3_export"), tmp_path / "perturbed", key, 5, 0.25
+    )
+    code, report = diff_json(str(fixture_path("seed_keras")), str(copy), "--by-role")
+    assert code == 1 and report["summary"]["compared"] == 10
+    (bad,) = [p for p in report["pairs"] if p["status"] != "equal"]
+    assert bad["a"] == "multi_head_attention/value_dense/kernel" and bad["b_key"] == key
+    assert bad["role"] == "MultiHeadAttention#0 value.kernel"
+    assert bad["mismatched"] == 1 and bad["max_abs"] == pytest.approx(0.25, rel=1e-5)
+    human = run_cli("diff", str(fixture_path("seed_keras")), str(copy), "--by-role")
+    assert human.returncode == 1 and "value.kernel" in human.stdout
+
+
+def test_match_by_role_counts_layers_per_class() -> None:
+    """The i-th Dense pairs with the i-th Dense whatever the names; the rest by name."""
+    a = [
+        _info("enc/dense/kernel", shape=(4, 8), order=0),
+        _info("enc/norm/gamma", shape=(8,), order=1),
+        _info("enc/dense_1/kernel", shape=(8, 4), order=2),
+        _info("step", shape=(), order=3),
+    ]
+    b = [
+        _info("variables/0", shape=(4, 8), order=0),
+        _info("variables/1", shape=(8, 4), order=1),
+        _info("step", shape=(), order=2),
+    ]
+    roles_a = RoleMap(
+        [
+            Layer("dense", "Dense", {}, {"kernel": "enc/dense/kernel"}, "names"),
+            Layer("norm", "LayerNormalization", {}, {"gamma": "enc/norm/gamma"}, "names"),
+            Layer("dense_1", "Dense", {}, {"kernel": "enc/dense_1/kernel"}, "names"),
+        ],
+        [],
+    )
+    roles_b = RoleMap(
+        [
+            Layer("dense", "Dense", {}, {"kernel": "variables/0"}, "shape+order"),
+            Layer("dense_1", "Dense", {}, {"kernel": "variables/1"}, "shape+order"),
+        ],
+        [],
+    )
+    matches, only_a, only_b = match_by_role(a, b, roles_a, roles_b)
+    assert {(m.a.name, m.b.name, m.how, m.role) for m in matches} == {
+        ("enc/dense/kernel", "variables/0", "role", "Dense#0 kernel"),
+        ("enc/dense_1/kernel", "variables/1", "role", "Dense#1 kernel"),
+        ("step", "step", "name", None),
+    }
+    assert [i.name for i in only_a] == ["enc/norm/gamma"] and only_b == []
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -192,6 +292,7 @@ def test_json_schema_is_stable(tmp_path: Path, seed_arrays) -> None:
         "atol",
         "rtol",
         "include_optimizer",
+        "by_role",
         "match",
         "summary",
         "pairs",
@@ -214,6 +315,7 @@ def test_json_schema_is_stable(tmp_path: Path, seed_arrays) -> None:
         "a_key",
         "b_key",
         "matched_by",
+        "role",
         "status",
         "shape_a",
         "shape_b",

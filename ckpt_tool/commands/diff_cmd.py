@@ -41,6 +41,12 @@ def _progress(pairs: int, nbytes: int):
 )
 @click.option("--filter", "pattern", metavar="GLOB", help="Only names (or keys) matching GLOB.")
 @click.option("--include-optimizer", is_flag=True, help="Also compare optimizer state.")
+@click.option(
+    "--by-role",
+    is_flag=True,
+    help="Pair tensors by layer and role (the i-th layer of a class on each side), "
+    "whatever their names: a .keras against its anonymous SavedModel export.",
+)
 @click.option("--all", "show_all", is_flag=True, help="Show equal pairs too.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema ckpt-tool.diff/1).")
 @no_crc_option
@@ -53,6 +59,7 @@ def command(
     rtol: float,
     pattern: str | None,
     include_optimizer: bool,
+    by_role: bool,
     show_all: bool,
     as_json: bool,
     no_crc: bool,
@@ -61,11 +68,10 @@ def command(
 
     Tensors are matched by resolved name, aliases and keys, ignoring spelling
     differences between formats (`:0` suffixes, `layers/`, a leading model name,
-    `vars/<i>`). Elements agree when |a - b| <= atol + rtol * |b|. Exit 0 when every
-    tensor agrees and none is missing, 1 otherwise, 2 on errors.
+    `vars/<i>`); with --by-role, first by the role parser's layer and role. Elements agree
+    when |a - b| <= atol + rtol * |b|. Exit 0 when every tensor agrees and none is
+    missing, 1 otherwise, 2 on errors.
     """
-    # Pairing by layer role (--by-role) will come with the role parser: it replaces
-    # match_tensors inside diff_readers; the comparison and report stay the same.
     for option, value in (("--atol", atol), ("--rtol", rtol)):
         if not value >= 0:  # also rejects NaN
             raise UsageError(f"{option} must be a number >= 0, not {value}")
@@ -79,6 +85,7 @@ def command(
             include_optimizer=include_optimizer,
             pattern=pattern,
             progress=_progress,
+            by_role=by_role,
         )
     if as_json:
         console.print_json(report.to_json())
