@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import torch
 from torch import nn
 
@@ -30,7 +31,7 @@ from ckpt_tool.layouts.pytorch import mha_misfit
 from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.roles import Layer
-from tests.support import FIXTURES, fixture_path, run_cli
+from tests.support import FIXTURES, fixture, fixture_path, run_cli
 
 # float32 rounding: the exported weights are the same float32 numbers, only the order
 # of the sums differs between frameworks.
@@ -234,6 +235,94 @@ def test_torch_cross_attention_with_other_dims(tmp_path: Path) -> None:
     t = {k: torch.from_numpy(v) for k, v in feed.items()}
     actual = model.attention(t["query"], t["value"], t["key"])
     assert_close(actual, keras_output(src, feed))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x, mask):
+        q, k, v = (
+            f(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for f in (self.query, self.key, self.value)
+        )
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        scores = scores + (1.0 - mask[:, None, None, :].float()) * -10000.0  # Google BERT
+        return (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
+
+
+class DenseNorm(nn.Module):
+    def __init__(self, d_in: int, d: int):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d)
+        self.LayerNorm = nn.LayerNorm(d, eps=1e-12)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, d: int, heads: int, inner: int):
+        super().__init__()
+        self.attention = nn.Module()
+        self.attention.self = BertSelfAttention(d, heads)
+        self.attention.output = DenseNorm(d, d)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(d, inner)
+        self.output = DenseNorm(inner, d)
+
+    def forward(self, x, mask):
+        a = self.attention.output
+        h = a.LayerNorm(x + a.dense(self.attention.self(x, mask)))
+        f = nn.functional.gelu(self.intermediate.dense(h), approximate="tanh")
+        return self.output.LayerNorm(h + self.output.dense(f))
+
+
+class Bert(nn.Module):
+    """Google's BERT (modeling.py) with Hugging Face's module names."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        d, n = config["hidden_size"], config["num_attention_heads"]
+        self.embeddings = nn.Module()
+        e = self.embeddings
+        e.word_embeddings = nn.Embedding(config["vocab_size"], d)
+        e.position_embeddings = nn.Embedding(config["max_position_embeddings"], d)
+        e.token_type_embeddings = nn.Embedding(config["type_vocab_size"], d)
+        e.LayerNorm = nn.LayerNorm(d, eps=1e-12)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(
+            BertLayer(d, n, config["intermediate_size"]) for _ in range(config["num_hidden_layers"])
+        )
+        self.pooler = nn.Module()
+        self.pooler.dense = nn.Linear(d, d)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        e = self.embeddings
+        positions = torch.arange(input_ids.shape[1])
+        x = e.word_embeddings(input_ids) + e.token_type_embeddings(token_type_ids)
+        x = e.LayerNorm(x + e.position_embeddings(positions))
+        for layer in self.encoder.layer:
+            x = layer(x, attention_mask)
+        return x, torch.tanh(self.pooler.dense(x[:, 0]))
+
+
+def test_torch_bert_uses_hugging_face_names(tmp_path: Path) -> None:
+    """A Google BERT TF1 checkpoint exports under Hugging Face's state_dict names; a BERT
+    built from those modules reproduces the TF1 SavedModel of the same weights."""
+    manifest, arrays = export(fixture_path("bert_tf1"), tmp_path / "bert.npz", "torch")
+    assert "bert.encoder.layer.1.attention.self.query.weight" in arrays
+    assert any("Hugging Face" in note for note in manifest["notes"])
+    assert arrays["bert.encoder.layer.0.intermediate.dense.weight"].shape == (16, 8)
+    config_path = FIXTURES / fixture("bert_tf1")["config"]
+    model = wrapped("bert", Bert(json.loads(config_path.read_text())))
+    model.load_state_dict(state_dict(arrays), strict=True)
+    feed = inputs("bert_tf1")
+    feed = {k: feed[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    serve = tf.saved_model.load(str(fixture_path("bert_tf1_savedmodel")))
+    expected = serve.signatures["serving_default"](**{k: tf.constant(v) for k, v in feed.items()})
+    sequence, pooled = model.bert(*(torch.from_numpy(v.astype("int64")) for v in feed.values()))
+    assert_close(sequence, expected["sequence_output"].numpy())
+    assert_close(pooled, expected["pooled_output"].numpy())
 
 
 # --- torch-mha ------------------------------------------------------------------------------

@@ -43,7 +43,16 @@ _PROJ = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "gate": "gate_pr
 
 
 def torch_layout(inp: LayoutInput) -> list[ExportArray]:
-    return port(inp, "torch", _handlers(_mha_linears), _by_role, _dotted)
+    handlers, fallback = _handlers(_mha_linears), _by_role
+    hf_names = _hugging_face_bert_names(inp)
+    if hf_names:
+        handlers = {cls: _bert_first(hf_names, h) for cls, h in handlers.items()}
+        fallback = _bert_first(hf_names, fallback)
+        inp.notes.append(
+            "Google BERT names: keys follow Hugging Face's BERT state_dict "
+            "(bert.encoder.layer.0.attention.self.query.weight, ...)"
+        )
+    return port(inp, "torch", handlers, fallback, _dotted)
 
 
 def torch_mha_layout(inp: LayoutInput) -> list[ExportArray]:
@@ -185,6 +194,37 @@ def _by_role(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
 
 def _in_order(lt: LayerTensors):
     return sorted(lt.tensors.items(), key=lambda item: item[1].order)
+
+
+# --- Google BERT -> Hugging Face -------------------------------------------------------------
+
+
+def _hugging_face_bert_names(inp: LayoutInput) -> dict[str, str]:
+    """Variable key -> Hugging Face BERT state_dict name, when the roles are BERT's."""
+    from ckpt_tool.bert import hf_bert_state_dict_names, is_bert
+
+    return hf_bert_state_dict_names(inp.roles) if is_bert(inp.roles) else {}
+
+
+def _bert_first(hf_names: dict[str, str], handler):
+    """A handler that names a layer as Hugging Face's BERT does when every one of its
+    tensors has such a name, and leaves other layers to `handler`."""
+
+    def handle(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+        if not all(info.key in hf_names for info in lt.tensors.values()):
+            return handler(inp, lt)
+        return [_hf_bert_array(inp, hf_names[info.key], info) for _, info in _in_order(lt)]
+
+    return handle
+
+
+def _hf_bert_array(inp: LayoutInput, name: str, info) -> ExportArray:
+    from ckpt_tool.bert import hf_bert_is_linear_weight
+
+    if hf_bert_is_linear_weight(name) and len(info.shape) == 2:
+        shape = (info.shape[1], info.shape[0])
+        return derived(inp, name, [info], np.transpose, shape, "transpose")
+    return verbatim(inp, name, info)
 
 
 # --- MultiHeadAttention --------------------------------------------------------------------
