@@ -639,6 +639,17 @@ def test_keras_layout_roles_from_config(tmp_path: Path) -> None:
     assert all(v["transform"] is None for v in manifest["variables"])
 
 
+@pytest.mark.parametrize("layout", ["torch-mha", "haiku"])
+def test_partial_attention_layer_is_refused(layout: str, tmp_path: Path) -> None:
+    """--filter picking only some projections of an attention layer that these layouts
+    must see whole (packed q/k/v; AlphaFold's fixed parameter set)."""
+    src = fixture_path("transformer_block_keras")
+    options = ExportOptions(layout=layout, pattern="*query*")
+    with open_reader(src) as reader, pytest.raises(LayoutRefused, match="part"):
+        export_npz(reader, tmp_path / "p.npz", options)
+    assert not (tmp_path / "p.npz").exists()
+
+
 def test_ported_layouts_refuse_optimizer_state(tmp_path: Path) -> None:
     with open_reader(fixture_path("seed_keras")) as reader, pytest.raises(LayoutRefused):
         options = ExportOptions(layout="torch", include_optimizer=True)

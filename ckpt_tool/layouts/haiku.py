@@ -37,6 +37,7 @@ from ckpt_tool.roles import Layer
 
 SEP = "//"
 _INSTEAD = "use --layout torch (or keras) instead"
+_QKV_BIASES = ("query.bias", "key.bias", "value.bias")  # checked to be zero, never written
 
 
 def haiku_layout(inp: LayoutInput) -> list[ExportArray]:
@@ -163,7 +164,7 @@ def _attention(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
             )
         )
     q, v = t["query.kernel"].shape, t["value.kernel"].shape
-    dropped = [r for r in ("query.bias", "key.bias", "value.bias") if r in full]
+    dropped = [r for r in _QKV_BIASES if r in full]
     if dropped:
         inp.notes.append(
             f"{layer.name!r}: {', '.join(dropped)} are all zero and left out "
@@ -201,8 +202,9 @@ def _check_attention(inp: LayoutInput, lt: LayerTensors, full: dict[str, str]) -
     for role in ("query.kernel", "key.kernel", "value.kernel", "output.kernel"):
         if role not in full:
             refuse(f"has no {role.split('.')[0]} projection, which AlphaFold's Attention needs")
-        if role not in t:
-            refuse(f"is only partly selected by --filter (not {role})")
+    missing = [role for role in full if role not in t and role not in _QKV_BIASES]
+    if missing:
+        refuse(f"is only partly selected by --filter (not {', '.join(missing)})")
     kernels = {
         p: t[f"{p}.kernel"].shape
         for p in ("query", "key", "value", "gate", "output")
@@ -225,7 +227,7 @@ def _check_attention(inp: LayoutInput, lt: LayerTensors, full: dict[str, str]) -
 def _refuse_nonzero_biases(inp: LayoutInput, layer: Layer, full: dict[str, str]) -> None:
     """Read the query/key/value biases (small) and refuse unless every one is zero."""
     worst: tuple[float, str] | None = None
-    for role in ("query.bias", "key.bias", "value.bias"):
+    for role in _QKV_BIASES:
         key = full.get(role)
         if key is None:
             continue
