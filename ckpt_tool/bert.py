@@ -99,6 +99,8 @@ def bert_layers(
             return None
         used.update(info.key for info in found.values())
         weights = {role: info.key for role, info in found.items()}
+        if "kernel" in found:  # the width the kernel has, whatever a config says
+            cfg = {**cfg, "units": int(found["kernel"].shape[-1])} if "units" in cfg else cfg
         entry = Layer(layer.rstrip("/"), class_name, cfg, weights, NAMES)
         layers.append(entry)
         return entry
