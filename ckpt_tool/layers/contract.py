@@ -9,6 +9,12 @@ transpose, which hands the work to one batched GEMM:
     y: (batch..., summed..., y_free...)  ->  (Bt, K, N)
     out = x @ y                          ->  (Bt, M, N) -> output order
 
+A batch of small products (attention's per-head (T, H) @ (H, S)) is further
+split by rows so that each GEMM stays within 2^18 multiply-adds: OpenBLAS
+runs such a GEMM on one thread, where a two-thread GEMM this small gains
+nothing and waits on a thread hand-off per call, which costs dearly on a
+machine whose cores are busy.
+
 Letters that appear in one operand only and not in the output are summed away
 first; anything else unusual (a letter repeated inside one operand, ellipsis
 broadcasting between operands of different sizes) falls back to `np.einsum`
@@ -27,6 +33,10 @@ from ckpt_tool.layers.base import LayerConfigError
 
 Shape = tuple[int, ...]
 
+# OpenBLAS computes a GEMM of at most 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
+# multiply-adds on the calling thread.
+_ONE_THREAD_GEMM = 1 << 18
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -38,6 +48,7 @@ class _Plan:
     shape_y3: Shape  # (Bt, K, N)
     shape_out: Shape  # (batch..., x_free..., y_free...)
     perm_out: tuple[int, ...] | None  # -> output letter order (None: already there)
+    row_chunks: int = 1  # batched small GEMMs: M split into this many one-thread GEMMs
 
 
 def expand_ellipsis(equation: str, *ndims: int) -> str:
@@ -107,6 +118,11 @@ def _plan(eq: str, sx: Shape, sy: Shape) -> _Plan | None:
     perm_y = tuple(b2.index(c) for c in batch + summed + y_free)
     got = batch + x_free + y_free
     perm_out = tuple(got.index(c) for c in out)
+    bt, m, k, n = prod(batch), prod(x_free), prod(summed), prod(y_free)
+    chunks = 1
+    if bt > 1 and m * n * k > _ONE_THREAD_GEMM:
+        small = (c for c in range(2, m + 1) if m % c == 0 and (m // c) * n * k <= _ONE_THREAD_GEMM)
+        chunks = next(small, 1)
     return _Plan(
         pre_sum_x=pre_x,
         pre_sum_y=pre_y,
@@ -116,6 +132,7 @@ def _plan(eq: str, sx: Shape, sy: Shape) -> _Plan | None:
         shape_y3=(prod(batch), prod(summed), prod(y_free)),
         shape_out=tuple(size[c] for c in got),
         perm_out=None if perm_out == tuple(range(len(got))) else perm_out,
+        row_chunks=chunks,
     )
 
 
@@ -144,5 +161,10 @@ def contract(equation: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         y = y.sum(axis=plan.pre_sum_y)
     x3 = _transpose(x, plan.perm_x).reshape(plan.shape_x3)
     y3 = _transpose(y, plan.perm_y).reshape(plan.shape_y3)
+    if plan.row_chunks > 1:
+        # (Bt, c, M/c, K) @ (Bt, 1, K, N): c one-thread GEMMs per batch entry
+        bt, m, k = plan.shape_x3
+        x3 = x3.reshape(bt, plan.row_chunks, m // plan.row_chunks, k)
+        y3 = y3[:, None]
     out = np.matmul(x3, y3).reshape(plan.shape_out)
     return out if plan.perm_out is None else np.ascontiguousarray(out.transpose(plan.perm_out))

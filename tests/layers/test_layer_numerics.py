@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ckpt_tool.layers import LayerConfigError
-from ckpt_tool.layers.contract import contract, expand_ellipsis
+from ckpt_tool.layers.contract import _plan, contract, expand_ellipsis
 from ckpt_tool.layers.special import erfc
 
 EQUATIONS = [
@@ -27,6 +27,8 @@ EQUATIONS = [
     ("...b,bc->...c", (7, 5), (5, 6)),
     ("aab,bc->ac", (3, 3, 4), (4, 2)),  # a diagonal: np.einsum's job
     ("ab,ab->ab", (1, 4), (3, 4)),  # broadcasting a size-1 dim
+    ("bth,bhs->bts", (3, 128, 64), (3, 64, 128)),  # split into one-thread GEMMs
+    ("BTNH,BSNH->BNTS", (2, 96, 3, 64), (2, 80, 3, 64)),
 ]
 
 
@@ -78,3 +80,10 @@ def test_erfc_special_values():
     got = erfc(np.array([np.inf, -np.inf, np.nan, 30.0, -30.0]))
     assert got[0] == 0.0 and got[1] == 2.0 and np.isnan(got[2])
     assert got[3] == 0.0 and got[4] == 2.0
+
+
+def test_batched_small_gemms_are_split_by_rows():
+    plan = _plan("bth,bhs->bts", (3, 128, 64), (3, 64, 128))
+    assert plan.row_chunks == 4  # 32 x 64 x 128 = 2^18 multiply-adds each
+    assert _plan("bth,bhs->bts", (1, 128, 64), (1, 64, 128)).row_chunks == 1  # one GEMM
+    assert _plan("ab,bc->ac", (1024, 768), (768, 768)).row_chunks == 1
