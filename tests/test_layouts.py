@@ -199,6 +199,26 @@ def test_torch_anonymous_savedmodel_gives_the_same_arrays(tmp_path: Path) -> Non
     assert {v["role"]["evidence"] for v in manifest["variables"]} == {"shape+order"}
 
 
+def test_torch_savedmodel_with_config_matches_keras_file(tmp_path: Path) -> None:
+    """A SavedModel export holds no config: its torch arrays still equal the .keras file's,
+    and --config supplies the settings weights cannot tell (gelu, epsilon)."""
+    keras_file = fixture_path("transformer_block_keras")
+    config = tmp_path / "config.json"
+    config.write_text(keras_model(keras_file).to_json())  # what users pass to --config
+    _, expected = export(keras_file, tmp_path / "a.npz", "torch")
+    with open_reader(fixture_path("transformer_block_savedmodel")) as reader:
+        options = ExportOptions(layout="torch", config_file=str(config))
+        export_npz(reader, tmp_path / "b.npz", options)
+    with np.load(tmp_path / "b.npz") as z:
+        manifest = json.loads(str(z[MANIFEST_KEY]))
+        assert [k for k in z.files if k != MANIFEST_KEY] == list(expected)
+        for key, value in expected.items():
+            assert z[key].tobytes() == value.tobytes(), key
+    modules = {m["layer"]: m for m in manifest["modules"]}
+    assert modules["ffn_in"]["args"]["activation"] == "gelu"
+    assert {m["settings_from"] for m in modules.values()} == {"config"}
+
+
 def test_torch_transformer_block(tmp_path: Path) -> None:
     src = fixture_path("transformer_block_keras")
     manifest, arrays = export(src, tmp_path / "block.npz", "torch")

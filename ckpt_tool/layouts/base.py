@@ -71,6 +71,7 @@ class LayoutInput:
     roles: RoleMap
     notes: list[str] = field(default_factory=list)
     modules: list[dict] = field(default_factory=list)  # ported layouts: module per layer
+    dropped: set[str] = field(default_factory=set)  # keys left out on purpose (zero biases)
 
     def __post_init__(self) -> None:
         self._by_key = self.roles.by_key()

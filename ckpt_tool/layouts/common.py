@@ -40,7 +40,8 @@ def port(
             loose.append(item.name)
             continue
         handler = handlers.get(item.layer.class_name, fallback)
-        arrays += handler(inp, item)
+        made = handler(inp, item)
+        arrays += made + _leftovers(inp, item, made, fallback)
         if item.layer.alternatives and item.layer.evidence != USER:
             inp.notes.append(
                 f"roles in {item.layer.name!r} follow Keras's creation order "
@@ -49,7 +50,24 @@ def port(
     if loose:
         shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
         inp.notes.append(f"{len(loose)} tensors have no layer role and keep their names: {shown}")
+    guessed = [m["layer"] for m in inp.modules if m["settings_from"] != "config"]
+    if guessed:
+        shown = ", ".join(guessed[:3]) + (", ..." if len(guessed) > 3 else "")
+        inp.notes.append(
+            f"no model config for {shown}: settings the weights do not hold (activations, "
+            "epsilons, attention axes) are Keras's defaults in `modules`; pass --config"
+        )
     return make_unique(arrays)
+
+
+def _leftovers(
+    inp: LayoutInput, lt: LayerTensors, made: list[ExportArray], fallback: Handler
+) -> list[ExportArray]:
+    """Tensors of the layer its handler did not use (roles it does not know, e.g. from a
+    roles file), exported by the fallback so nothing selected is silently lost."""
+    used = {s.key for arr in made for s in arr.sources} | inp.dropped
+    rest = {role: info for role, info in lt.tensors.items() if info.key not in used}
+    return fallback(inp, LayerTensors(lt.layer, rest)) if rest else []
 
 
 def refuse_optimizer(inp: LayoutInput, layout: str) -> None:

@@ -165,6 +165,7 @@ def _attention(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
         )
     q, v = t["query.kernel"].shape, t["value.kernel"].shape
     dropped = [r for r in _QKV_BIASES if r in full]
+    inp.dropped.update(full[r] for r in dropped)
     if dropped:
         inp.notes.append(
             f"{layer.name!r}: {', '.join(dropped)} are all zero and left out "

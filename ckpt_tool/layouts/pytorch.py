@@ -149,7 +149,9 @@ def _layer_norm(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
         arrays.append(verbatim(inp, f"{p}.weight", gamma))
     if beta is not None:
         arrays.append(verbatim(inp, f"{p}.bias", beta))
-    shape = (gamma or beta).shape
+    if gamma is None and beta is None:
+        return []
+    shape = (gamma if gamma is not None else beta).shape
     inp.modules.append(
         module_entry(
             lt.layer,
@@ -311,7 +313,7 @@ def mha_misfit(lt: LayerTensors) -> str | None:
             "nn.MultiheadAttention has one bias switch"
         )
     axes = config.get("attention_axes")
-    if axes is not None and list(np.atleast_1d(axes)) not in ([1], [-2]):
+    if axes is not None and (axes if isinstance(axes, list) else [axes]) not in ([1], [-2]):
         return f"it attends over axes {axes}; nn.MultiheadAttention over one sequence axis"
     return None
 
