@@ -137,7 +137,8 @@ def verify(
         problem = missing_heads(roles)
         if problem:
             raise UsageError(problem, path)
-        graph = build_graph(config, roles)
+        # Shapes and order alone: no config either, the layers run as a chain.
+        graph = build_graph(None if options.ignore_names else config, roles)
         weights = load_layer_weights(reader, roles)
         _check_graph_weights(graph, roles, Path(path))
         format_name = reader.format_name
@@ -239,8 +240,18 @@ def _input_order(
     return list(range(len(specs)))
 
 
+# Other spellings of BERT's inputs (Google's run_classifier exports, TF Hub encoders).
+_INPUT_ALIASES = {
+    "input_mask": "attention_mask",
+    "segment_ids": "token_type_ids",
+    "input_word_ids": "input_ids",
+    "input_type_ids": "token_type_ids",
+}
+
+
 def _base_name(name: str) -> str:
-    return name.split(":")[0]
+    name = name.split(":")[0]
+    return _INPUT_ALIASES.get(name, name)
 
 
 def _spec_kinds(order: list[int], graph: Graph, kinds: dict[str, dict]) -> dict[int, dict]:

@@ -55,7 +55,8 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option(
     "--ignore-names",
     is_flag=True,
-    help="Assign roles by shapes and order alone, as if every variable were anonymous.",
+    help="Assign roles by shapes and order alone, as if every variable were anonymous "
+    "(no names, no model config: the layers run as a chain).",
 )
 @click.option(
     "--num-heads",
