@@ -79,7 +79,8 @@ def load_original(
         if not (savedmodel / "saved_model.pb").exists():
             raise UnsupportedFormatError(
                 "a bare checkpoint holds weights but no model to run: verify needs a "
-                "SavedModel, .keras or .h5 model (or pass this one with --weights)",
+                "SavedModel, .keras or .h5 model (pass this one with --weights, or name "
+                "the model to compare with by --against MODEL)",
                 path,
             )
         return _SavedModel(savedmodel)

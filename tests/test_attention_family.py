@@ -51,6 +51,7 @@ PERTURBED = [
     ("luong_masked_keras", "concat_score_weight", "concat_attention", {}),
     ("luong_masked_keras", "embedding_1/embeddings", "query_embedding", {}),
     ("luong_masked_savedmodel", "key_proj/kernel", None, {}),
+    ("attention_dot_keras", "dense_2/kernel", "key_proj", {}),
     ("attention_concat_keras", "concat_score_weight", "attention", {}),
     ("additive_attention_keras", "attention/scale", "attention", {}),
     ("mha_gate_keras", "_gate_dense/bias", "attention", {}),

@@ -78,7 +78,7 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     show_default=True,
     help="How generated inputs fill token ids of Embedding(mask_zero=True) layers and "
     "attention-mask inputs: padding (a kept prefix of random length per row), random "
-    "(about 30%% masked, never the first position), none (nothing masked).",
+    "(about 30% masked, never the first position), none (nothing masked).",
 )
 @click.option(
     "--config",
@@ -125,7 +125,8 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option(
     "--per-layer",
     is_flag=True,
-    help="Compare every layer's output and name the first that diverges (Keras models).",
+    help="Compare every layer's output and name the first that diverges (Keras models; "
+    "TF1 graphs through name scopes that match the layer names, e.g. BERT).",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckpt-tool.verify/1)."
