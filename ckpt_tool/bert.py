@@ -205,8 +205,14 @@ def missing_heads(role_map: RoleMap) -> str | None:
 
 
 def set_num_heads(role_map: RoleMap, num_heads: int) -> None:
+    """Use `num_heads` for every BERT attention layer (the user's --num-heads)."""
     for layer in role_map.layers:
         if layer.class_name == "BertSelfAttention":
+            d = layer.config.get("hidden_size")
+            if num_heads <= 0 or (d and d % num_heads):
+                raise UsageError(
+                    f"--num-heads {num_heads} does not divide the hidden size {d} of {layer.name}"
+                )
             layer.config = {**layer.config, "num_heads": num_heads}
             layer.notes = [n for n in layer.notes if "heads" not in n]
             layer.notes.append(f"num_heads {num_heads} given by the user")

@@ -74,6 +74,8 @@ def load_original(
 ) -> OriginalModel:
     """The model at `path`, ready to run. `custom_objects` are Python files or module
     names to import first: they define (and register) a model's custom Keras layers."""
+    if custom_objects and format_name not in ("keras", "h5"):
+        import_custom_objects(custom_objects)  # a SavedModel needs none; a typo still shows
     if format_name == "checkpoint":
         savedmodel = path if path.is_dir() else path.parent
         if not (savedmodel / "saved_model.pb").exists():

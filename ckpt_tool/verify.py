@@ -131,8 +131,6 @@ def verify(
             ignore_names=options.ignore_names,
         )
         if options.num_heads is not None:
-            if options.num_heads <= 0:
-                raise UsageError(f"--num-heads {options.num_heads} must be positive")
             set_num_heads(roles, options.num_heads)
         problem = missing_heads(roles)
         if problem:
