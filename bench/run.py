@@ -403,9 +403,9 @@ def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
     table.notes = [
         "Time ratio = export median / cp median. cp copies the whole data files (a "
         "checkpoint's shard holds the weights and two Adam slots), export writes the "
-        "weights only, so the goal is judged per byte (cp GB/s / export GB/s) at the "
-        "largest size: at small sizes both are dominated by start-up (Python's ~0.3 s "
-        "against cp's few ms).",
+        "weights only, so the goal is judged both ways, by time and per byte (cp GB/s / "
+        "export GB/s), at the largest size: at small sizes both are dominated by start-up "
+        "(Python's ~0.3 s against cp's few ms). export also fsyncs its output; cp does not.",
         "Peak RSS is each child's own ru_maxrss (os.wait4), the maximum over runs; it "
         "counts the pages of memory-mapped files the process touched. anon is the sampled "
         "peak (every 10 ms) of RssAnon, the process's own memory without mapped files.",
@@ -420,13 +420,23 @@ def section_export(ctx: Context, formats=("checkpoint",)) -> Section:
     )
 
     largest = raw.get(f"checkpoint/{max(ctx.blocks)}")
-    name = f"export vs cp, per byte ({max(ctx.blocks)}-block checkpoint)"
+    where = f"{max(ctx.blocks)}-block checkpoint"
     target = f"≤ {EXPORT_CP_GOAL:.0f}x"
-    if largest and largest["per_byte_ratio"]:
-        r = largest["per_byte_ratio"]
-        sec.goals.append(Goal(name, target, fmt_ratio(r), r <= EXPORT_CP_GOAL, r / EXPORT_CP_GOAL))
-    else:
-        sec.goals.append(Goal(name, target, "–", None))
+    ok = largest and largest["per_byte_ratio"]
+    # Time: export (the weights) against cp of the whole shard (weights and slots), as a
+    # user compares them; per byte: against cp of as many bytes as export writes.
+    t = largest["tool"]["median"] / largest["cp"]["median"] if ok else None
+    r = largest["per_byte_ratio"] if ok else None
+    for name, x in (
+        (f"export vs cp of the shard, time ({where})", t),
+        (f"export vs cp, per byte ({where})", r),
+    ):
+        if x is None:
+            sec.goals.append(Goal(name, target, "–", None))
+        else:
+            sec.goals.append(
+                Goal(name, target, fmt_ratio(x), x <= EXPORT_CP_GOAL, x / EXPORT_CP_GOAL)
+            )
     rss = [max(v["tool"]["max_rss_kb"]) for v in raw.values() if v["tool"]["max_rss_kb"]]
     anon = [max(v["tool"]["anon_kb"]) for v in raw.values() if v["tool"]["anon_kb"]]
     if rss and len(rss) == len(raw):
