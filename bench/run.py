@@ -726,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
+    run_date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks = sorted(args.blocks or ([1, 12] if args.quick else list(generate.ALL_BLOCKS)))
     runs = args.runs or (3 if args.quick else 5)
     only = set(args.only or SECTIONS)
@@ -807,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     )
     header = [
-        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with `{cmd.strip()}`: "
+        f"Run {run_date} with `{cmd.strip()}`: "
         f"blocks {', '.join(map(str, blocks))}, {runs} cold run{'s' if runs > 1 else ''} per command, "
         f"{total / 60:.1f} min in all. Load average (1 min) {load_before:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores: other work on the "
