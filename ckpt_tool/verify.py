@@ -212,6 +212,8 @@ def _bert_config(path: str, options: VerifyOptions) -> dict | None:
     if options.bert_config:
         return load_bert_config(options.bert_config)
     found = find_bert_config(path)
+    if found is None and options.against:  # the graph the checkpoint belongs to
+        found = find_bert_config(options.against)
     return load_bert_config(found) if found else None
 
 
