@@ -560,6 +560,53 @@ def test_hostile_member_names_are_never_extracted(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# A damaged HDF5 global heap: HDF5 itself would spin forever reading a string
+# attribute, so the reader must refuse the file before any attribute is read
+
+
+def _stall_global_heap(data: bytes) -> bytes:
+    """Turn the first object of the first global heap collection into free space of
+    size 0: HDF5's walk over the collection (p = begin + size) no longer advances."""
+    pos = data.index(b"GCOL")
+    obj = pos + 16  # after "GCOL", version, 3 reserved bytes, 8-byte collection size
+    out = bytearray(data)
+    out[obj : obj + 2] = b"\x00\x00"  # object index 0: free space
+    out[obj + 8 : obj + 16] = bytes(8)  # size 0
+    return bytes(out)
+
+
+def _stalled_weights_h5(tmp: Path) -> Path:
+    path = tmp / "model.weights.h5"
+    path.write_bytes(_stall_global_heap(fixture_path("seed_weights_h5").read_bytes()))
+    return path
+
+
+def _stalled_keras(tmp: Path) -> Path:
+    members = _keras_members()
+    members["model.weights.h5"] = _stall_global_heap(members["model.weights.h5"])
+    return _write_zip(tmp / "model.keras", members)
+
+
+@pytest.mark.parametrize(
+    "build", [_stalled_weights_h5, _stalled_keras], ids=["weights-h5", "keras"]
+)
+def test_damaged_global_heap_is_refused_not_hung(build, tmp_path: Path) -> None:
+    path = build(tmp_path)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ckpt_tool", "list", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"},
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("list hung on a damaged global heap")
+    assert_one_line_error(result.returncode, result.stderr, path, ("global heap",))
+
+
+# --------------------------------------------------------------------------
 # Permission denied: root ignores file modes, so the CLI runs in a child that
 # has dropped CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (then modes apply to root)
 

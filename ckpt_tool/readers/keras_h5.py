@@ -23,6 +23,7 @@ import numpy as np
 from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import keras_weight_names as kwn
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.hdf5_guard import check_global_heaps
 from ckpt_tool.readers.zip_member import (
     MemberFile,
     MiB,
@@ -81,13 +82,19 @@ def has_hdf5_magic(path: Path) -> bool:
 def open_h5(source: Any, path: Path, what: str = "file") -> h5py.File:
     """Open an HDF5 file (a path or a file object) read-only, or raise CorruptFileError."""
     try:
-        return h5py.File(source, "r")
+        f = h5py.File(source, "r")
     except FileNotFoundError:
         raise NotFoundError("no such file", path) from None
     except _H5_ERRORS as e:
         raise CorruptFileError(
-            f"{what} is not a readable HDF5 file (truncated? {e})", path
+            f"{what} is not a readable HDF5 file (truncated? {' '.join(str(e).split())})", path
         ) from None
+    try:
+        check_global_heaps(f, source, path)  # before any string attribute is read
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _h5_layout(path: Path) -> str | None:

@@ -143,9 +143,14 @@ class FileSlice(io.RawIOBase):
     def __init__(self, path: Path, start: int, size: int):
         super().__init__()
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._path = path
         self._start = start
         self._size = size
         self._pos = 0
+
+    def span(self) -> tuple[Path, int, int]:
+        """(archive path, offset of the member's bytes, their size)."""
+        return self._path, self._start, self._size
 
     def readable(self) -> bool:
         return True

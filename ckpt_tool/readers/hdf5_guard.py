@@ -1,0 +1,144 @@
+"""Refuse HDF5 files whose global heap would send the HDF5 library into an endless loop.
+
+Variable-length strings (Keras' `name` attributes, for one) live in *global heap
+collections*: "GCOL", version 1, 3 reserved bytes, the collection size, then
+objects `uint16 index, uint16 refcount, 4 reserved, size` padded to 8 bytes.
+HDF5 (1.14.6 as shipped with h5py) walks a collection by `p = begin + need`,
+where `need` is the object size for index 0 (free space) and header plus the
+aligned size otherwise. A damaged size that makes `need` zero (or wraps it
+backwards) makes that walk spin forever, inside C, where no timeout reaches.
+So before any attribute is read, every collection in the file is walked here
+the same way, and a walk that would not advance is reported as a damaged file.
+
+Collections are found by their signature; byte ranges holding the raw data of
+contiguous datasets (tensor values) are skipped, so weights can never be
+mistaken for a heap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ckpt_tool.errors import CorruptFileError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HEAP_SIGNATURE = b"GCOL"
+_MAX_NEED = 1 << 63  # an object "larger" than this wraps HDF5's pointer arithmetic
+
+
+def check_global_heaps(f: h5py.File, source: Any, path: Path) -> None:
+    """Raise CorruptFileError if a global heap collection of the open file `f`
+    (opened from `source`: a path, a zip_member.FileSlice or a BytesIO) is damaged
+    in a way that would make HDF5 loop forever."""
+    with _image(source) as (image, start, end):
+        if image is None:
+            return
+        base = _superblock(image, start, end)
+        if base is None:
+            return
+        lengths = _sizeof_lengths(image, base, end)
+        if lengths is None:
+            return
+        skip = _raw_data_ranges(f)
+        pos = image.find(HEAP_SIGNATURE, base, end)
+        while pos != -1:
+            if not any(lo <= pos - base < hi for lo, hi in skip):
+                _check_collection(image, pos, end, lengths, path)
+            pos = image.find(HEAP_SIGNATURE, pos + 1, end)
+
+
+@contextlib.contextmanager
+def _image(source: Any):
+    """(buffer with .find, start, end) of the HDF5 bytes; (None, 0, 0) if unavailable."""
+    span = getattr(source, "span", None)
+    if isinstance(source, str | Path) or span is not None:
+        file_path, start, size = (Path(source), 0, None) if span is None else span()
+        try:
+            with open(file_path, "rb") as fh:
+                total = fh.seek(0, 2)
+                if total == 0:
+                    yield None, 0, 0
+                    return
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    end = total if size is None else min(total, start + size)
+                    yield mm, start, end
+        except (OSError, ValueError):
+            yield None, 0, 0
+        return
+    getvalue = getattr(source, "getvalue", None)
+    if getvalue is not None:
+        data = getvalue()
+        yield data, 0, len(data)
+        return
+    yield None, 0, 0
+
+
+def _superblock(image, start: int, end: int) -> int | None:
+    """Offset of the superblock: at 0, 512, 1024, ... (after a user block)."""
+    offset = 0
+    while start + offset + len(HDF5_SIGNATURE) <= end:
+        if image[start + offset : start + offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+            return start + offset
+        offset = 512 if offset == 0 else offset * 2
+    return None
+
+
+def _sizeof_lengths(image, base: int, end: int) -> int | None:
+    """The file's "size of lengths" from the superblock (2, 4 or 8), else None."""
+    if base + 16 > end:
+        return None
+    version = image[base + 8]
+    lengths = image[base + 14] if version in (0, 1) else image[base + 10]
+    return lengths if lengths in (2, 4, 8) else None
+
+
+def _raw_data_ranges(f: h5py.File) -> list[tuple[int, int]]:
+    """[start, stop) of every contiguous dataset's raw data, relative to the superblock."""
+    ranges: list[tuple[int, int]] = []
+
+    def visit(_name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            with contextlib.suppress(Exception):
+                offset, size = obj.id.get_offset(), obj.id.get_storage_size()
+                if offset is not None and size:
+                    ranges.append((offset, offset + size))
+
+    with contextlib.suppress(Exception):
+        f.visititems(visit)
+    return ranges
+
+
+def _check_collection(image, pos: int, end: int, lengths: int, path: Path) -> None:
+    """Walk one collection the way HDF5 does; refuse it if the walk cannot finish."""
+    header = 8 + lengths  # signature, version, 3 reserved, collection size
+    if pos + header > end or image[pos + 4] != 1:
+        return  # HDF5 reports a bad version itself
+    size = int.from_bytes(image[pos + 8 : pos + header], "little")
+    stop = pos + size
+    if stop > end:
+        raise CorruptFileError(
+            f"damaged HDF5 global heap at byte {pos}: its size {size} runs past the end "
+            "of the file",
+            path,
+        )
+    object_header = 8 + lengths  # index, refcount, 4 reserved, object size
+    p = pos + header
+    steps = 0
+    while p < stop and p + object_header <= stop:
+        index = int.from_bytes(image[p : p + 2], "little")
+        obj_size = int.from_bytes(image[p + 8 : p + object_header], "little")
+        need = obj_size if index == 0 else object_header + ((obj_size + 7) & ~7)
+        need &= (1 << 64) - 1
+        steps += 1
+        if need == 0 or need >= _MAX_NEED or steps > size // 8 + 16:
+            raise CorruptFileError(
+                f"damaged HDF5 global heap at byte {pos} (object at byte {p} has size "
+                f"{obj_size}): HDF5 would loop forever reading it",
+                path,
+            )
+        p += need
