@@ -107,7 +107,7 @@ def bert_layers(
 
     emb = f"{prefix}embeddings"
     d = _hidden_size(infos, prefix, config)
-    take(
+    embeddings = take(
         emb,
         "BertEmbeddings",
         {
@@ -119,6 +119,9 @@ def bert_layers(
         },
         {"epsilon": EPSILON, "hidden_size": d},
     )
+    if embeddings is not None:  # some BERTs have no token types
+        types = by_name[f"{emb}/token_type_embeddings"]
+        embeddings.config["type_vocab_size"] = int(types.shape[0]) if types else 0
     act = config.get("hidden_act", "gelu")
     activation = _ACTIVATIONS.get(act, act)
     for index in _layer_indices(infos, prefix):
