@@ -135,10 +135,7 @@ def verify(
         problem = missing_heads(roles)
         if problem:
             raise UsageError(problem, path)
-        # Shapes and order alone: no config either, the layers run as a chain.
-        graph = build_graph(None if options.ignore_names else config, roles)
         weights = load_layer_weights(reader, roles)
-        _check_graph_weights(graph, roles, Path(path))
         format_name = reader.format_name
     model_path, model_format = Path(path), format_name
     if options.against:
@@ -149,6 +146,15 @@ def verify(
     original = load_original(
         model_path, model_format, unsafe=options.unsafe, custom_objects=options.custom_objects
     )
+    # After the model loaded (Keras's safe mode speaks first): the graph to rebuild.
+    # Shapes and order alone (--ignore-names): no config either, the layers run as a chain.
+    try:
+        graph = build_graph(None if options.ignore_names else config, roles)
+        _check_graph_weights(graph, roles, Path(path))
+    except CkptToolError as exc:
+        if exc.path is None:
+            raise type(exc)(exc.message, path) from None
+        raise
     order = _input_order(original.input_specs, graph, path, against=bool(options.against))
     kinds = graph_input_kinds(graph, weights)
     input_sets = make_inputs(original.input_specs, options, _spec_kinds(order, graph, kinds))

@@ -206,11 +206,6 @@ def test_keras_safe_mode_refuses_the_lambda(lambda_keras: Path, tmp_path: Path) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify builds the NumPy graph before loading the model, so it stops at "
-    "'no NumPy kernel for layer kind Lambda' (naming no file) instead of safe mode",
-)
 def test_verify_refuses_lambda_under_safe_mode(lambda_keras: Path, tmp_path: Path) -> None:
     result = run_cli("verify", str(lambda_keras), cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
