@@ -31,7 +31,7 @@ bench:
 
 # Long fuzz of the readers with damaged fixtures (>= 10 minutes on 2 cores):
 # CKPT_FUZZ_EXAMPLES cases per target; prints the outcomes per target at the end.
-CKPT_FUZZ_EXAMPLES ?= 2000
+CKPT_FUZZ_EXAMPLES ?= 5000
 fuzz:
 	CKPT_FUZZ_EXAMPLES=$(CKPT_FUZZ_EXAMPLES) $(PY) -m pytest -q -s tests/test_fuzz.py
 

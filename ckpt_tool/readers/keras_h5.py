@@ -30,6 +30,7 @@ from ckpt_tool.readers.zip_member import (
     is_zip,
     open_zip,
     read_member,
+    reason,
 )
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -67,8 +68,7 @@ def hdf5_errors(path: Path, doing: str):
     except CkptToolError:
         raise
     except _H5_ERRORS as e:
-        reason = " ".join(str(e).split())  # h5py messages can span lines
-        raise CorruptFileError(f"{doing} ({reason})", path) from None
+        raise CorruptFileError(f"{doing} ({reason(e)})", path) from None
 
 
 def has_hdf5_magic(path: Path) -> bool:
@@ -87,7 +87,7 @@ def open_h5(source: Any, path: Path, what: str = "file") -> h5py.File:
         raise NotFoundError("no such file", path) from None
     except _H5_ERRORS as e:
         raise CorruptFileError(
-            f"{what} is not a readable HDF5 file (truncated? {' '.join(str(e).split())})", path
+            f"{what} is not a readable HDF5 file (truncated? {reason(e)})", path
         ) from None
     try:
         check_global_heaps(f, source, path)  # before any string attribute is read
@@ -179,7 +179,7 @@ def _read_dataset(ds: h5py.Dataset, dtype: np.dtype, path: Path) -> np.ndarray:
     try:
         arr = np.asarray(ds[()])
     except _H5_ERRORS as e:
-        raise CorruptFileError(f"cannot read dataset {ds.name!r} ({e})", path) from None
+        raise CorruptFileError(f"cannot read dataset {ds.name!r} ({reason(e)})", path) from None
     if arr.dtype != dtype:
         arr = arr.view(dtype)  # opaque bytes -> bfloat16: same bits
     return arr
@@ -217,7 +217,7 @@ def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"{what} is not valid JSON ({e})", path) from None
+        raise CorruptFileError(f"{what} is not valid JSON ({reason(e)})", path) from None
     if not isinstance(value, dict):
         raise CorruptFileError(f"{what} is not a JSON object", path)
     return value

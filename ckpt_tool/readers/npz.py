@@ -30,6 +30,7 @@ from ckpt_tool.readers.zip_member import (
     check_member,
     is_zip,
     open_zip,
+    reason,
     stored_data_offset,
 )
 
@@ -83,7 +84,7 @@ def parse_manifest(raw: np.ndarray, path: Path) -> dict[str, ManifestEntry]:
     try:
         doc = json.loads(text)
     except ValueError as e:
-        raise CorruptFileError(f"{MANIFEST_KEY} is not valid JSON ({e})", path) from None
+        raise CorruptFileError(f"{MANIFEST_KEY} is not valid JSON ({reason(e)})", path) from None
     variables = doc.get("variables") if isinstance(doc, dict) else doc
     if isinstance(variables, dict):
         items = [{"key": k, **v} for k, v in variables.items() if isinstance(v, dict)]
@@ -121,7 +122,7 @@ def _manifest_text(raw: np.ndarray, path: Path) -> str:
         if raw.dtype.kind in "SuiV":
             return raw.tobytes().decode("utf-8").rstrip("\x00")
     except UnicodeDecodeError as e:
-        raise CorruptFileError(f"{MANIFEST_KEY} is not UTF-8 text ({e})", path) from None
+        raise CorruptFileError(f"{MANIFEST_KEY} is not UTF-8 text ({reason(e)})", path) from None
     raise CorruptFileError(f"{MANIFEST_KEY} has dtype {raw.dtype}; expected bytes or text", path)
 
 
@@ -164,7 +165,7 @@ def _read_header(fp: IO[bytes], what: str, path: Path) -> tuple[tuple[int, ...],
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
     except _NP_ERRORS as e:
-        raise CorruptFileError(f"{what}: not a valid .npy header ({e})", path) from None
+        raise CorruptFileError(f"{what}: not a valid .npy header ({reason(e)})", path) from None
     if dtype.hasobject:
         raise UnsupportedFormatError(
             f"{what} holds Python objects (a pickled array); ckpt-tool refuses pickles",
@@ -278,7 +279,9 @@ class NpzReader(Reader):
             except CkptToolError:
                 raise
             except _READ_ERRORS as e:
-                raise CorruptFileError(f"{what}: unreadable zip member ({e})", self.path) from None
+                raise CorruptFileError(
+                    f"{what}: unreadable zip member ({reason(e)})", self.path
+                ) from None
             if header_len + _nbytes(shape, dtype) != info.file_size:
                 raise CorruptFileError(
                     f"{what}: header declares {_nbytes(shape, dtype)} data bytes but the member "
@@ -372,7 +375,9 @@ class NpzReader(Reader):
         except CkptToolError:
             raise
         except _READ_ERRORS as e:
-            raise CorruptFileError(f"cannot read array {m.key!r} ({e})", self.path) from None
+            raise CorruptFileError(
+                f"cannot read array {m.key!r} ({reason(e)})", self.path
+            ) from None
 
     def close(self) -> None:
         if self._zip is not None:

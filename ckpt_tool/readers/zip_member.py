@@ -37,6 +37,14 @@ MEMBER_READ_ERRORS = (
     lzma.LZMAError,
 )
 
+
+def reason(exc: BaseException) -> str:
+    """An exception's message for an error line: its first line only (NumPy and
+    h5py messages can run on with advice that does not apply here)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
 
@@ -56,7 +64,7 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise CorruptFileError(f"not a readable zip archive ({e})", path) from None
+        raise CorruptFileError(f"not a readable zip archive ({reason(e)})", path) from None
 
 
 def check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: int) -> None:
@@ -89,7 +97,7 @@ def read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes
         with zf.open(info) as f:
             data = f.read(limit + 1)
     except MEMBER_READ_ERRORS as e:
-        raise CorruptFileError(f"cannot read zip member {name!r} ({e})", path) from None
+        raise CorruptFileError(f"cannot read zip member {name!r} ({reason(e)})", path) from None
     if len(data) > limit:
         raise CorruptFileError(f"zip member {name!r} is larger than {limit} bytes", path)
     return data
