@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import os
 import shutil
 import signal
@@ -400,12 +401,34 @@ def h5_object_dtype(tmp: Path) -> Setup:
     return Setup(["list", str(path)], path)
 
 
+def h5_unwritten_terabytes(tmp: Path) -> Setup:
+    """A 9 KiB .weights.h5 whose chunked dataset claims 4 TiB never written (reads
+    would return fill values): refused before allocating."""
+    path = tmp / "model.weights.h5"
+    with h5py.File(path, "w") as f:
+        group = f.create_group("layers/dense/vars")
+        group.attrs["name"] = "dense"
+        group.create_dataset("0", shape=(1 << 20, 1 << 20), dtype="float32", chunks=(64, 64))
+    return Setup(["list", "--stats", str(path)], path)
+
+
 # -- .npz
 
 
 def npz_pickled_objects(tmp: Path) -> Setup:
     path = tmp / "weights.npz"
     np.savez(path, kernel=np.ones(3), payload=np.array([{"a": 1}, None], dtype=object))
+    return Setup(["list", str(path)], path)
+
+
+def npz_negative_dims(tmp: Path) -> Setup:
+    """A member whose header says shape (-2, -2): 16 bytes by the product of dims."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (-2, -2)}
+    )
+    path = tmp / "weights.npz"
+    _write_zip(path, {"kernel.npy": header.getvalue() + bytes(16)})
     return Setup(["list", str(path)], path)
 
 
@@ -486,7 +509,9 @@ CASES = [
     Case("h5-not-hdf5", h5_not_hdf5, ("not a tensorflow checkpoint",)),
     Case("h5-without-weights", h5_without_weights, ("no keras weights",)),
     Case("h5-object-dtype", h5_object_dtype, ("dense/kernel:0", "numeric")),
+    Case("h5-unwritten-terabytes", h5_unwritten_terabytes, ("declares", "stores 0"), e2e=True),
     Case("npz-pickled-object-array", npz_pickled_objects, ("payload", "pickle")),
+    Case("npz-negative-dims", npz_negative_dims, ("kernel", "negative dimension")),
     Case("export-output-dir-missing", export_output_dir_missing, ("does not exist",)),
     Case("export-target-exists", export_target_exists, ("--force",)),
     Case("export-output-is-directory", export_output_is_directory, ("directory",)),

@@ -175,7 +175,28 @@ def _dataset_shape(ds: h5py.Dataset, path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in ds.shape)
 
 
+# Deflate inflates at most ~1032x; a filtered dataset claiming more is not real data.
+_MAX_FILTER_RATIO = 1100
+
+
+def _check_stored_size(ds: h5py.Dataset, path: Path) -> None:
+    """Refuse, before allocating, a dataset whose shape claims far more bytes than the
+    file stores for it: chunks never written read back as fill values, so a tiny
+    file could otherwise ask for terabytes."""
+    nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize if ds.shape else 0
+    stored = ds.id.get_storage_size()
+    filtered = ds.id.get_create_plist().get_nfilters() > 0
+    limit = stored * _MAX_FILTER_RATIO + (1 << 20) if filtered else stored
+    if nbytes > limit:
+        raise CorruptFileError(
+            f"dataset {ds.name!r} declares {nbytes} bytes ({ds.shape} of {ds.dtype}) "
+            f"but the file stores {stored} for it",
+            path,
+        )
+
+
 def _read_dataset(ds: h5py.Dataset, dtype: np.dtype, path: Path) -> np.ndarray:
+    _check_stored_size(ds, path)
     try:
         arr = np.asarray(ds[()])
     except _H5_ERRORS as e:

@@ -175,6 +175,8 @@ def _read_header(fp: IO[bytes], what: str, path: Path) -> tuple[tuple[int, ...],
         raise UnsupportedFormatError(
             f"{what} is a structured array ({dtype}); weights are plain", path
         )
+    if any(d < 0 for d in shape):
+        raise CorruptFileError(f"{what}: negative dimension in shape {tuple(shape)}", path)
     return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
