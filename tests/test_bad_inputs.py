@@ -334,6 +334,13 @@ def keras_weights_only_outside(tmp: Path) -> Setup:
     return Setup(["list", str(path)], path)
 
 
+def keras_config_nested_too_deeply(tmp: Path) -> Setup:
+    members = _keras_members()
+    members["config.json"] = b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path = _write_zip(tmp / "model.keras", members)
+    return Setup(["list", str(path)], path)
+
+
 def _patch_central_size(path: Path, member: str, size: int) -> None:
     """Make the central directory declare `size` uncompressed bytes for `member`."""
     data = bytearray(path.read_bytes())
@@ -503,6 +510,7 @@ CASES = [
     Case("data-shard-id-out-of-range", data_shard_id_out_of_range, ("shard 3",)),
     Case("keras-no-weights-member", keras_missing_weights, ("model.weights.h5",), e2e=True),
     Case("keras-weights-only-as-dotdot", keras_weights_only_outside, ("model.weights.h5",)),
+    Case("keras-config-nested-too-deeply", keras_config_nested_too_deeply, ("config.json",)),
     Case("keras-huge-declared-member", keras_huge_declared_member, ("config.json", "declares")),
     Case("keras-deflate-bomb", keras_deflate_bomb, ("decompression bomb",)),
     Case("h5-truncated", h5_truncated, ("truncated",), e2e=True),

@@ -237,7 +237,7 @@ def _object_addresses(f: h5py.File) -> dict[str, int]:
 def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise CorruptFileError(f"{what} is not valid JSON ({reason(e)})", path) from None
     if not isinstance(value, dict):
         raise CorruptFileError(f"{what} is not a JSON object", path)

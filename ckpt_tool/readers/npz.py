@@ -83,7 +83,7 @@ def parse_manifest(raw: np.ndarray, path: Path) -> dict[str, ManifestEntry]:
     text = _manifest_text(raw, path)
     try:
         doc = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise CorruptFileError(f"{MANIFEST_KEY} is not valid JSON ({reason(e)})", path) from None
     variables = doc.get("variables") if isinstance(doc, dict) else doc
     if isinstance(variables, dict):

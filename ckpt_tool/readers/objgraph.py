@@ -407,7 +407,7 @@ def read_keras_metadata(path: str | Path) -> dict[int, KerasNode]:
     for node in saved.nodes:
         try:
             meta = json.loads(node.metadata) if node.metadata else {}
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
             raise CorruptFileError(
                 f"keras_metadata.pb: metadata of {node.node_path!r} is not JSON: {e}", path
             ) from None
