@@ -52,3 +52,12 @@ def run_cli(
         cwd=cwd or ROOT,
         timeout=600,
     )
+
+
+def fixture_custom_objects() -> dict:
+    """The custom Keras classes that some fixtures need to load (imported once, by the
+    same code path `verify --custom-objects` uses), as a custom_objects mapping."""
+    from ckpt_tool.original import import_custom_objects
+
+    sources = sorted({f["custom_objects"] for f in fixture_index() if f.get("custom_objects")})
+    return import_custom_objects([str(FIXTURES / s) for s in sources])

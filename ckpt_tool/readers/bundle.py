@@ -531,11 +531,12 @@ class BundleReader:
         except KeyError:
             raise NotFoundError(f"no tensor {key!r} in checkpoint", self.index_path) from None
 
-    def read(self, key: str, mapped: bool = True) -> np.ndarray:
+    def read(self, key: str, mapped: bool = False) -> np.ndarray:
         """The tensor stored under `key` (partitioned tensors reassembled).
 
-        `mapped=False` reads only this tensor's bytes with a positioned read and
-        leaves the shard unmapped (used for the small object-graph entry).
+        Numeric tensors are read with a positioned read of just their bytes into the
+        returned array; `mapped=True` maps the shard instead (strings are parsed from
+        a mapping or a positioned read of their bytes).
         """
         entry = self.entry(key)
         if entry.slices:
@@ -556,6 +557,25 @@ class BundleReader:
         entry's offset in that buffer). `mapped=False` reads just these bytes with
         a positioned read instead of mapping the shard.
         """
+        self._check_size(entry, key)
+        if mapped or entry.shard_id in self._shards:
+            buf = self._shard(entry.shard_id, key)
+            size, base = len(buf), entry.offset
+        else:
+            buf, size = self._pread(entry, key)
+            base = 0
+        if entry.offset + entry.size > size:
+            raise self._corrupt(
+                f"tensor {key!r}: bytes {entry.offset}..{entry.offset + entry.size} lie past "
+                f"the end of the shard ({size} bytes)",
+                entry.shard_id,
+            )
+        if entry.size == 0:
+            return np.zeros(0, np.uint8), buf, base
+        return np.frombuffer(buf, np.uint8, entry.size, base), buf, base
+
+    def _check_size(self, entry: BundleEntry, key: str) -> None:
+        """The stored size must fit the dtype and shape (before any byte is read)."""
         n = entry.num_elements
         if entry.dtype == DT_STRING:
             # every element needs at least one length byte, plus the 4-byte length crc
@@ -578,21 +598,26 @@ class BundleReader:
                     f"tensor {key!r}: stored size {entry.size} bytes does not match shape "
                     f"{entry.shape} of {dt.name} ({n * dt.itemsize} bytes)"
                 )
-        if mapped or entry.shard_id in self._shards:
-            buf = self._shard(entry.shard_id, key)
-            size, base = len(buf), entry.offset
-        else:
-            buf, size = self._pread(entry, key)
-            base = 0
+
+    def _check_bounds(self, entry: BundleEntry, key: str) -> None:
+        """The entry's bytes lie inside its shard (a stat, no read)."""
+        if not 0 <= entry.shard_id < self.num_shards:
+            raise self._corrupt(
+                f"tensor {key!r} is in shard {entry.shard_id} but the bundle has {self.num_shards}"
+            )
+        path = self.shard_path(entry.shard_id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"data shard of tensor {key!r} is missing", path) from None
+        except OSError as e:
+            raise NotFoundError(f"cannot read data shard: {e.strerror}", path) from None
         if entry.offset + entry.size > size:
             raise self._corrupt(
                 f"tensor {key!r}: bytes {entry.offset}..{entry.offset + entry.size} lie past "
                 f"the end of the shard ({size} bytes)",
                 entry.shard_id,
             )
-        if entry.size == 0:
-            return np.zeros(0, np.uint8), buf, base
-        return np.frombuffer(buf, np.uint8, entry.size, base), buf, base
 
     def _pread(self, entry: BundleEntry, key: str) -> tuple[bytes, int]:
         """Just the entry's bytes and the shard's size, without mapping the shard."""
@@ -621,7 +646,45 @@ class BundleReader:
                 entry.shard_id,
             )
 
-    def _read_entry(self, entry: BundleEntry, key: str, mapped: bool = True) -> np.ndarray:
+    def _read_numeric(self, entry: BundleEntry, key: str) -> np.ndarray:
+        """A positioned read straight into the array returned: the shard is not
+        mapped, so reading a whole checkpoint tensor by tensor keeps memory flat."""
+        self._check_size(entry, key)
+        self._check_bounds(entry, key)  # before allocating: sizes can be absurd
+        dt = _NUMPY_DTYPES[entry.dtype]
+        out = np.empty(entry.shape, dt)
+        raw = out.reshape(-1).view(np.uint8)
+        if not 0 <= entry.shard_id < self.num_shards:
+            raise self._corrupt(
+                f"tensor {key!r} is in shard {entry.shard_id} but the bundle has {self.num_shards}"
+            )
+        path = self.shard_path(entry.shard_id)
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, 2)
+                if entry.offset + entry.size > size:
+                    raise self._corrupt(
+                        f"tensor {key!r}: bytes {entry.offset}..{entry.offset + entry.size} lie "
+                        f"past the end of the shard ({size} bytes)",
+                        entry.shard_id,
+                    )
+                f.seek(entry.offset)
+                got = f.readinto(raw) if entry.size else 0
+        except FileNotFoundError:
+            raise NotFoundError(f"data shard of tensor {key!r} is missing", path) from None
+        except OSError as e:
+            raise NotFoundError(f"cannot read data shard: {e.strerror}", path) from None
+        if got != entry.size:
+            raise self._corrupt(f"tensor {key!r}: the shard ended early", entry.shard_id)
+        if self.verify_crc:
+            self._check_crc(entry, key, crc32c(raw))
+        if self.big_endian and dt.itemsize > 1:
+            return _from_big_endian(raw, dt).reshape(entry.shape)
+        return out
+
+    def _read_entry(self, entry: BundleEntry, key: str, mapped: bool = False) -> np.ndarray:
+        if entry.dtype != DT_STRING and not mapped:
+            return self._read_numeric(entry, key)
         raw, buf, base = self._stored_bytes(entry, key, mapped)
         if entry.dtype == DT_STRING:
             return self._decode_strings(entry, key, raw, buf, base)
@@ -711,7 +774,8 @@ class BundleReader:
                     f"tensor {key!r}: slice {extents} is stored as {part.dtype_name} "
                     f"{part.shape}, expected {entry.dtype_name} {want}"
                 )
-            self._stored_bytes(part, key)  # sizes and bounds checked before allocating
+            self._check_size(part, key)  # sizes and bounds checked before allocating
+            self._check_bounds(part, key)
             covered += part.num_elements
             pieces.append((tuple(index), part))
         if covered != entry.num_elements:

@@ -177,7 +177,7 @@ def test_big_endian_bundle(tmp_path, fixture_id):
 # Lazy shards
 
 
-def test_listing_maps_no_shard_and_reading_maps_only_its_own():
+def test_listing_maps_no_shard_and_reading_uses_positioned_reads():
     path = fixture_path("edge_sharded")
     with CheckpointReader(path) as reader:
         infos = reader.variables()  # also decodes the object graph
@@ -185,6 +185,8 @@ def test_listing_maps_no_shard_and_reading_maps_only_its_own():
         assert reader.bundle.mapped_shards == ()
         weight = next(v for v in infos if v.kind == "weight" and v.num_elements > 1)
         reader.read(weight.key)
+        assert reader.bundle.mapped_shards == ()  # read into the array, nothing mapped
+        reader.bundle.read(weight.key, mapped=True)
         assert reader.bundle.mapped_shards == (weight.extra["shard_id"],)
 
 

