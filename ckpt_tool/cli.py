@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from ckpt_tool import __version__, console
-from ckpt_tool.commands import diff_cmd, export_cmd, list_cmd, verify_cmd
 from ckpt_tool.errors import EXIT_USAGE, CkptToolError
+
+# Each command's module is imported only when that command runs (or --help lists it),
+# so `list` does not pay for export, diff or verify at start-up.
+_COMMANDS = {
+    "list": "ckpt_tool.commands.list_cmd",
+    "verify": "ckpt_tool.commands.verify_cmd",
+    "export": "ckpt_tool.commands.export_cmd",
+    "diff": "ckpt_tool.commands.diff_cmd",
+}
 
 
 class _Group(click.Group):
-    """Turns a user's error into one line on stderr and its exit code."""
+    """Loads commands lazily; turns a user's error into one line on stderr and its
+    exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        return importlib.import_module(_COMMANDS[name]).command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -38,12 +56,6 @@ def cli() -> None:
     .npz without running any model code. Exit codes: 0 ok, 1 numbers disagree
     (verify, diff), 2 bad usage or an unreadable, missing or corrupt file.
     """
-
-
-cli.add_command(list_cmd.command)
-cli.add_command(verify_cmd.command)
-cli.add_command(export_cmd.command)
-cli.add_command(diff_cmd.command)
 
 
 def main() -> None:

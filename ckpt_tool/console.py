@@ -86,35 +86,33 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _name_cell(t: ListedTensor) -> str:
+def _name_lines(t: ListedTensor) -> list[str]:
+    """The resolved name, then the raw key when it says more, then folded copies."""
     info = t.info
     lines = [info.name]
     if info.key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE") != info.name:
-        lines.append(f"[dim]{info.key}[/]")
-    lines.extend(f"[dim]= {k}[/]" for k in t.duplicate_keys)
-    return "\n".join(lines)
+        lines.append(info.key)
+    lines.extend(f"= {k}" for k in t.duplicate_keys)
+    return lines
 
 
 def _stat(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+_RIGHT = {"params", "bytes", "min", "max", "mean", "std", "nan", "inf"}
+
+
 def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bool = False) -> None:
-    table = Table(title=f"{listing.path} ({listing.format})", title_justify="left", box=None)
-    table.add_column("name", overflow="fold", ratio=1)
+    headers = ["name"]
     if show_roles:
-        table.add_column("layer", overflow="fold")
-        table.add_column("role", no_wrap=True)
-        table.add_column("evidence", style="dim", no_wrap=True)
-    table.add_column("shape", no_wrap=True)
-    table.add_column("dtype", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("bytes", justify="right", no_wrap=True)
+        headers += ["layer", "role", "evidence"]
+    headers += ["shape", "dtype", "params", "bytes"]
     if show_stats:
-        for col in ("min", "max", "mean", "std", "nan", "inf"):
-            table.add_column(col, justify="right")
+        headers += ["min", "max", "mean", "std", "nan", "inf"]
+    rows = []
     for t in listing.tensors:
-        row = [_name_cell(t)]
+        row = [_name_lines(t)]
         if show_roles:
             role = t.role or {}
             row += [role.get("layer") or "-", role.get("role") or "?", role.get("evidence") or ""]
@@ -128,9 +126,52 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
             s = t.stats or {}
             row += [_stat(s.get(k)) for k in ("min", "max", "mean", "std")]
             row += [str(s.get("nan", "-")), str(s.get("inf", "-"))]
-        table.add_row(*row)
-    out.print(table)
+        rows.append(row)
+    title = f"{listing.path} ({listing.format})"
+    if out.is_terminal:
+        _rich_table(title, headers, rows)
+    else:  # piped: plain aligned text, fast for thousands of rows, no escape codes
+        _plain_table(title, headers, rows)
     _print_totals(listing)
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
+    table = Table(title=escape(title), title_justify="left", box=None)
+    for header in headers:
+        if header == "name":
+            table.add_column(header, overflow="fold", ratio=1)
+        elif header == "layer":
+            table.add_column(header, overflow="fold")
+        else:
+            justify = "right" if header in _RIGHT else "left"
+            style = "dim" if header == "evidence" else None
+            table.add_column(header, justify=justify, no_wrap=True, style=style)
+    for name_lines, *cells in rows:
+        first, *more = (escape(line) for line in name_lines)
+        name = "\n".join([first, *(f"[dim]{line}[/]" for line in more)])
+        table.add_row(name, *(escape(c) for c in cells))
+    out.print(table)
+
+
+def _plain_table(title: str, headers: list[str], rows: list[list]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths[0] = max(widths[0], *(len(line) for line in row[0]))
+        for i, cell in enumerate(row[1:], 1):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.rjust(w) if h in _RIGHT else c.ljust(w)
+            for c, w, h in zip(cells, widths, headers, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    text = [title, line(headers)]
+    for name_lines, *cells in rows:
+        text.append(line([name_lines[0], *cells]))
+        text.extend("  " + extra for extra in name_lines[1:])
+    out.file.write("\n".join(text) + "\n")
 
 
 def render_tree(listing: Listing) -> None:

@@ -114,12 +114,24 @@ def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
     `_all_variables/M`; the reader marks the copy (extra["duplicate_of"]) when its
     dtype, shape, size and stored crc32c equal the first's, so no bytes are read."""
     listed = {info.key: ListedTensor(info) for info in infos}
+    twins: dict[tuple, list[ListedTensor]] = {}  # equal tensors, each a variable of its own
+    for tensor in listed.values():
+        if "duplicate_of" not in tensor.info.extra:
+            twins.setdefault(_identity(tensor.info), []).append(tensor)
     for info in infos:
         first = listed.get(info.extra.get("duplicate_of", ""))
-        if first is not None and first.info.key != info.key:
-            first.duplicate_keys.append(info.key)
-            del listed[info.key]
+        if first is None or first.info.key == info.key:
+            continue
+        # Equal values (fresh zero biases) may belong to several variables: give each
+        # copy to the equal variable that has the fewest copies so far.
+        target = min(twins.get(_identity(first.info), [first]), key=lambda t: len(t.duplicate_keys))
+        target.duplicate_keys.append(info.key)
+        del listed[info.key]
     return list(listed.values())
+
+
+def _identity(info: VariableInfo) -> tuple:
+    return (info.dtype, info.shape, info.nbytes, info.extra.get("crc32c"))
 
 
 def _is_numeric(dtype: np.dtype) -> bool:

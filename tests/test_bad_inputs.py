@@ -721,13 +721,7 @@ PERMISSION_CASES = {
     "data-shard-unreadable": _perm_shard,
     "checkpoint-directory-unreadable": _perm_directory,
     "export-directory-not-writable": _perm_export_dir,
-    "keras-file-unreadable": pytest.param(
-        _perm_keras,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="click's Path(readable=True) check answers first, with a 3-line usage error",
-        ),
-    ),
+    "keras-file-unreadable": _perm_keras,
 }
 
 

@@ -21,8 +21,8 @@ def _progress(pairs: int, nbytes: int):
 
 
 @click.command("diff")
-@click.argument("a", type=click.Path(path_type=str))
-@click.argument("b", type=click.Path(path_type=str))
+@click.argument("a", type=click.Path(path_type=str, readable=False))
+@click.argument("b", type=click.Path(path_type=str, readable=False))
 @click.option("--format-a", type=click.Choice(FORMATS), help="Force the format of A.")
 @click.option("--format-b", type=click.Choice(FORMATS), help="Force the format of B.")
 @click.option(

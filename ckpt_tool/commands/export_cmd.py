@@ -41,13 +41,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 @click.command("export")
-@click.argument("src", type=click.Path(path_type=str))
+@click.argument("src", type=click.Path(path_type=str, readable=False))
 @click.option(
     "-o",
     "--output",
     "out",
     required=True,
-    type=click.Path(path_type=str),
+    type=click.Path(path_type=str, readable=False),
     help="The .npz to write.",
 )
 @format_option
@@ -73,13 +73,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
 @click.option(
     "--roles",
     "roles_file",
-    type=click.Path(path_type=str),
+    type=click.Path(path_type=str, readable=False),
     help="JSON/YAML overriding role assignments (as verify --roles).",
 )
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(path_type=str),
+    type=click.Path(path_type=str, readable=False),
     help="A Keras model config (model.to_json()) for files that hold none.",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")

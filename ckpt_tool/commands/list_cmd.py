@@ -11,7 +11,7 @@ from ckpt_tool.readers import open_reader
 
 
 @click.command("list")
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("path", type=click.Path(path_type=str, readable=False))
 @format_option
 @click.option("--all", "show_all", is_flag=True, help="Also show optimizer slots and bookkeeping.")
 @click.option("--filter", "pattern", metavar="GLOB", help="Only names (or keys) matching GLOB.")

@@ -23,7 +23,7 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 
 
 @click.command("verify")
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("path", type=click.Path(path_type=str, readable=False))
 @format_option
 @click.option(
     "--weights",

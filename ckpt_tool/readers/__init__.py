@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -11,36 +12,43 @@ from ckpt_tool.readers.base import Reader, VariableInfo
 __all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
 
 
-def _reader_classes() -> dict[str, type[Reader]]:
-    from ckpt_tool.readers.checkpoint import CheckpointReader
-    from ckpt_tool.readers.keras_h5 import KerasArchiveReader, LegacyH5Reader, WeightsH5Reader
-    from ckpt_tool.readers.npz import NpzReader
+# Reader classes by format, in sniffing order; each module is imported only when its
+# turn comes, so listing a checkpoint never imports h5py.
+_READERS = {
+    "checkpoint": ("ckpt_tool.readers.checkpoint", "CheckpointReader"),
+    "keras": ("ckpt_tool.readers.keras_h5", "KerasArchiveReader"),
+    "weights-h5": ("ckpt_tool.readers.keras_h5", "WeightsH5Reader"),
+    "h5": ("ckpt_tool.readers.keras_h5", "LegacyH5Reader"),
+    "npz": ("ckpt_tool.readers.npz", "NpzReader"),
+}
 
-    classes = [CheckpointReader, KerasArchiveReader, WeightsH5Reader, LegacyH5Reader, NpzReader]
-    return {cls.format_name: cls for cls in classes}
+
+def _reader_class(format: str) -> type[Reader]:
+    module, name = _READERS[format]
+    return getattr(importlib.import_module(module), name)
 
 
-FORMATS = ("checkpoint", "keras", "weights-h5", "h5", "npz")
+FORMATS = tuple(_READERS)
 
 
 def open_reader(path: str | Path, format: str | None = None) -> Reader:
     """Open a weight file of any supported format; `format` forces one."""
     path = Path(path)
-    classes = _reader_classes()
     if format is not None:
-        if format not in classes:
-            raise UsageError(f"unknown format {format!r}; choose from {', '.join(classes)}")
-        return classes[format](path)
+        if format not in _READERS:
+            raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
+        return _reader_class(format)(path)
     if not path.exists() and not _is_checkpoint_prefix(path):
         raise NotFoundError("no such file or directory", path)
-    for cls in classes.values():
+    for name in _READERS:
+        cls = _reader_class(name)
         if cls.sniff(path):
             return cls(path)
     _check_readable(path)
     if path.is_dir() or _names_checkpoint_file(path):
         # Meant as a checkpoint or SavedModel: its reader says what is missing or broken
         # (no .index, a `checkpoint` file naming a missing prefix, a damaged table).
-        return classes["checkpoint"](path)
+        return _reader_class("checkpoint")(path)
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
     )
