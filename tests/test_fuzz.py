@@ -86,6 +86,25 @@ def test_damaged_file_gives_a_result_or_one_clear_error(worker, name: str) -> No
     case()
 
 
+# Cases the long fuzz found, kept as regressions (each was a bug before its fix).
+REGRESSIONS = [
+    ("npz-compressed", [("flip", 74, 4, b"")], False),  # zlib.error from a deflated member
+    ("npz-export", [("delete", 11, 0, b"")], False),  # tokenize.TokenError from a .npy header
+    ("npz-export-manifest", [("delete", 11, 0, b"")], False),
+    ("legacy-h5", [("insert", 52, 0, b"\x00\x00\x00\x00")], False),  # h5py KeyError, opening
+    ("keras-zip", [("flip", 524828, 11, b"")], False),  # global heap: HDF5 looped forever
+    ("npz-export-manifest", [("delete", 7, 1, b"")], False),  # a three-line numpy message
+    ("legacy-h5", [("flip", 1009, 1, b"")], False),  # string attr turned vlen: HDF5 segfault
+    ("npz-export-manifest", [("overwrite", 848, 0, b"\x00\xd8")], False),  # "\ud800" dtype
+]
+
+
+@pytest.mark.parametrize(("name", "ops", "verify_crc"), REGRESSIONS)
+def test_cases_the_long_fuzz_found(worker, name: str, ops, verify_crc: bool) -> None:
+    outcome, detail = worker.run(name, ops, verify_crc)
+    assert outcome in ("ok", "error"), detail
+
+
 def test_pristine_targets_read_cleanly(worker, fuzz_targets) -> None:
     """Without damage every target reads: failures under fuzz come from the damage."""
     for name in fuzz_targets:

@@ -130,14 +130,26 @@ def _decode(value: Any) -> str:
     return str(value)
 
 
+def _string_attr(obj: h5py.HLObject, name: str) -> Any:
+    """The value of a string attribute (scalar or array). Other types are refused
+    unread: HDF5 crashes converting a damaged variable-length type, and Keras
+    writes these attributes as strings only. Raises ValueError (a damaged file)."""
+    attr = h5py.h5a.open(obj.id, name.encode())
+    if attr.get_type().get_class() != h5py.h5t.STRING:
+        if attr.shape is not None and 0 in attr.shape:
+            return np.array([])  # an empty list, written by NumPy as float64[0]
+        raise ValueError(f"attribute {name!r} of {obj.name!r} is not a string")
+    return obj.attrs[name]
+
+
 def _str_list_attr(obj: h5py.HLObject, name: str) -> list[str]:
     """A list-of-strings attribute, joining Keras' split form `name0`, `name1`, ..."""
     if name in obj.attrs:
-        chunks = [obj.attrs[name]]
+        chunks = [_string_attr(obj, name)]
     else:
         chunks = []
         while f"{name}{len(chunks)}" in obj.attrs:
-            chunks.append(obj.attrs[f"{name}{len(chunks)}"])
+            chunks.append(_string_attr(obj, f"{name}{len(chunks)}"))
     out: list[str] = []
     for chunk in chunks:
         out.extend(_decode(v) for v in np.atleast_1d(np.asarray(chunk)).tolist())
@@ -152,7 +164,7 @@ def _logical_dtype(ds: h5py.Dataset, path: Path) -> np.dtype:
     be bfloat16 (float16 has a native HDF5 type).
     """
     stored = ds.dtype
-    tag = ds.attrs.get("dtype") if "dtype" in ds.attrs else None
+    tag = _string_attr(ds, "dtype") if "dtype" in ds.attrs else None
     if tag is not None:
         tag_name = _decode(tag)
         ml_type = getattr(ml_dtypes, tag_name, None)
@@ -372,7 +384,7 @@ def _entry_config(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 def _vars_name(group: h5py.Group) -> str | None:
     vars_group = group.get("vars")
     if isinstance(vars_group, h5py.Group) and "name" in vars_group.attrs:
-        return _decode(vars_group.attrs["name"])
+        return _decode(_string_attr(vars_group, "name"))
     return None
 
 
@@ -729,7 +741,7 @@ class LegacyH5Reader(_H5Reader):
             )
         if "model_config" in f.attrs:
             with hdf5_errors(self.path, "unreadable model_config attribute"):
-                raw = _decode(f.attrs["model_config"])
+                raw = _decode(_string_attr(f, "model_config"))
             self._config = _parse_json(raw, "the model_config attribute", self.path)
 
     @classmethod

@@ -136,7 +136,7 @@ def _named_dtype(name: str) -> np.dtype | None:
         return np.dtype(ml_type)
     try:
         return np.dtype(name)
-    except TypeError:
+    except (TypeError, ValueError):  # ValueError: not encodable (lone surrogates)
         return None
 
 
