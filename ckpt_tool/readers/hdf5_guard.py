@@ -44,12 +44,26 @@ def check_global_heaps(f: h5py.File, source: Any, path: Path) -> None:
         lengths = _sizeof_lengths(image, base, end)
         if lengths is None:
             return
-        skip = _raw_data_ranges(f)
-        pos = image.find(HEAP_SIGNATURE, base, end)
-        while pos != -1:
-            if not any(lo <= pos - base < hi for lo, hi in skip):
+        # Search only between the datasets' raw data, so tensor bytes are never read.
+        for lo, hi in _gaps(_raw_data_ranges(f), base, end):
+            pos = image.find(HEAP_SIGNATURE, lo, hi)
+            while pos != -1:
                 _check_collection(image, pos, end, lengths, path)
-            pos = image.find(HEAP_SIGNATURE, pos + 1, end)
+                pos = image.find(HEAP_SIGNATURE, pos + 1, hi)
+
+
+def _gaps(skip: list[tuple[int, int]], base: int, end: int) -> list[tuple[int, int]]:
+    """The absolute [lo, hi) spans of [base, end) not covered by `skip` (relative to
+    base); a span is widened by the signature's length so no match is cut in two."""
+    gaps, pos = [], base
+    for lo, hi in sorted(skip):
+        lo, hi = base + lo, base + hi
+        if lo > pos:
+            gaps.append((pos, min(lo + len(HEAP_SIGNATURE) - 1, end)))
+        pos = max(pos, hi)
+    if pos < end:
+        gaps.append((pos, end))
+    return gaps
 
 
 @contextlib.contextmanager
