@@ -96,6 +96,7 @@ REGRESSIONS = [
     ("npz-export-manifest", [("delete", 7, 1, b"")], False),  # a three-line numpy message
     ("legacy-h5", [("flip", 1009, 1, b"")], False),  # string attr turned vlen: HDF5 segfault
     ("npz-export-manifest", [("overwrite", 848, 0, b"\x00\xd8")], False),  # "\ud800" dtype
+    ("npz-export-manifest", [("flip", 21, 4, b"")], False),  # SyntaxError from a dtype string
 ]
 
 

@@ -39,8 +39,9 @@ MANIFEST_KEY = "__manifest__"
 BOOKKEEPING_PREFIX = "__"
 MAX_MANIFEST_BYTES = 64 << 20
 _KINDS = (WEIGHT, OPTIMIZER, BOOKKEEPING)
-# np.lib.format raises TokenError for some malformed headers (a tokenizer fallback).
-_NP_ERRORS = (*MEMBER_READ_ERRORS, KeyError, TypeError, tokenize.TokenError)
+# np.lib.format parses headers with ast/tokenize: malformed ones raise TokenError or
+# SyntaxError (a dtype string such as '<f4,') besides ValueError.
+_NP_ERRORS = (*MEMBER_READ_ERRORS, KeyError, TypeError, tokenize.TokenError, SyntaxError)
 _READ_ERRORS = (*_NP_ERRORS, NotImplementedError, RuntimeError)
 
 
