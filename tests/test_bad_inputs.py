@@ -592,6 +592,39 @@ def test_hostile_member_names_are_never_extracted(tmp_path: Path) -> None:
     assert not absolute.exists() and not (tmp_path / "escaped.txt").exists()
 
 
+MARKUP_NAMES = ("a[/b]", "[red]x")  # rich markup, if a name were rendered as markup
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["list", "--roles"],
+        pytest.param(
+            ["list", "--tree"],
+            marks=pytest.mark.xfail(strict=True, reason="tree labels are rendered as markup"),
+        ),
+        pytest.param(
+            ["diff", "--all"],
+            marks=pytest.mark.xfail(strict=True, reason="diff rows are rendered as markup"),
+        ),
+    ],
+    ids=["list", "list-roles", "list-tree", "diff"],
+)
+def test_tensor_names_are_printed_verbatim(command: list[str], tmp_path: Path) -> None:
+    """Names come from the file: `[/b]` must neither crash the output nor `[red]`
+    vanish into a colour."""
+    path = tmp_path / "weights.npz"
+    np.savez(path, **{name: np.zeros(2) for name in MARKUP_NAMES})
+    args = [*command, str(path)] + ([str(path)] if command[0] == "diff" else [])
+    code, stdout, stderr = invoke(args)
+    assert code == 0, stderr
+    shown = stdout.replace("│", " ").replace("└──", " ").replace("├──", " ")
+    for name in MARKUP_NAMES:
+        leaf = name.rsplit("/", 1)[-1] if "--tree" in command else name
+        assert leaf in shown, (name, stdout)
+
+
 # --------------------------------------------------------------------------
 # A damaged HDF5 global heap: HDF5 itself would spin forever reading a string
 # attribute, so the reader must refuse the file before any attribute is read

@@ -1,9 +1,10 @@
 """Fuzzing the readers with damaged copies of real fixtures (see fuzz_harness).
 
-`make test` runs a small, derandomized sample per target (a few seconds in all).
-`make fuzz` runs the long fuzz: CKPT_FUZZ_EXAMPLES random cases per target
-(hypothesis profile "fuzz", no deadline, failures shrunk and saved in .hypothesis/),
-then prints how many cases ended how, per target.
+`make test` runs 20 derandomized cases per target (about ten seconds in all) and
+the cases earlier long runs found (REGRESSIONS). `make fuzz` runs the long fuzz:
+CKPT_FUZZ_EXAMPLES random cases per target (hypothesis profile "fuzz", no
+deadline, failures shrunk and saved in .hypothesis/), then prints how many cases
+ended how, per target.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ LONG_EXAMPLES = int(os.environ.get("CKPT_FUZZ_EXAMPLES", "0"))  # > 0: the long 
 
 settings.register_profile(
     "suite",
-    max_examples=12,
+    max_examples=20,
     deadline=timedelta(seconds=10),
     derandomize=True,  # the same cases on every run: `make test` never flakes
     suppress_health_check=[HealthCheck.too_slow],
