@@ -175,7 +175,7 @@ def _plain_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 
 def render_tree(listing: Listing) -> None:
-    root = Tree(f"{listing.path} ({listing.format})")
+    root = Tree(escape(f"{listing.path} ({listing.format})"))
     nodes: dict[str, Tree] = {}
     for t in listing.tensors:
         parts = t.info.name.split("/")
@@ -183,10 +183,11 @@ def render_tree(listing: Listing) -> None:
         for part in parts[:-1]:
             path = f"{path}/{part}"
             if path not in nodes:
-                nodes[path] = parent.add(part)
+                nodes[path] = parent.add(escape(part))
             parent = nodes[path]
         parent.add(
-            f"{parts[-1]}  {_shape(t.info.shape)} {t.info.dtype}  [dim]{human_bytes(t.info.nbytes)}[/]"
+            f"{escape(parts[-1])}  {_shape(t.info.shape)} {t.info.dtype}  "
+            f"[dim]{human_bytes(t.info.nbytes)}[/]"
         )
     out.print(root)
     _print_totals(listing)
@@ -221,18 +222,18 @@ def render_roles(role_map, infos_by_key: dict | None = None) -> None:
             shape = _shape(info.shape) if info is not None else ""
             name = info.name if info is not None else key
             table.add_row(
-                layer.name if first else "",
+                escape(layer.name) if first else "",
                 layer.class_name if first else "",
-                role,
-                name,
+                escape(role),
+                escape(name),
                 shape,
                 layer.evidence if first else "",
             )
             first = False
         for note in layer.notes:
-            table.add_row("", "", "", f"[dim]{note}[/]", "", "")
+            table.add_row("", "", "", f"[dim]{escape(note)}[/]", "", "")
     for info in role_map.unassigned:
-        table.add_row("-", "-", "?", info.name, _shape(info.shape), "no pattern fits")
+        table.add_row("-", "-", "?", escape(info.name), _shape(info.shape), "no pattern fits")
     out.print(table)
 
 

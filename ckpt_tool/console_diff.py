@@ -33,7 +33,8 @@ def _num(value: float | None) -> str:
 
 def _pair_row(p: PairDiff) -> list[str]:
     v = p.values
-    name = p.a.name if p.a.name == p.b.name else f"{p.a.name}\n[dim]{p.b.name}[/]"
+    a, b = escape(p.a.name), escape(p.b.name)
+    name = a if p.a.name == p.b.name else f"{a}\n[dim]{b}[/]"
     if p.a.shape != p.b.shape:
         shape = f"{_shape(p.a.shape)} vs {_shape(p.b.shape)}"
     else:
@@ -49,7 +50,7 @@ def _pair_row(p: PairDiff) -> list[str]:
         _num(None if v is None else v.max_abs),
         _num(None if v is None else v.max_rel),
         mismatched,
-        p.matched_by if p.role is None else f"{p.matched_by}: {p.role}",
+        escape(p.matched_by if p.role is None else f"{p.matched_by}: {p.role}"),
     ]
 
 
@@ -70,7 +71,7 @@ def render_diff(report: DiffReport, *, show_all: bool = False) -> None:
         if infos:
             out.print(f"[bold]{label}[/] ({len(infos)}):")
             for info in infos:
-                out.print(f"  {info.name}  {_shape(info.shape)} {info.dtype}")
+                out.print(f"  {escape(info.name)}  {_shape(info.shape)} {info.dtype}")
     s = report.summary
     tol = f"atol={report.atol:g}, rtol={report.rtol:g}"
     verdict = "[green]match[/]" if report.ok else "[red]differ[/]"

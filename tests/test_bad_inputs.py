@@ -600,14 +600,8 @@ MARKUP_NAMES = ("a[/b]", "[red]x")  # rich markup, if a name were rendered as ma
     [
         ["list"],
         ["list", "--roles"],
-        pytest.param(
-            ["list", "--tree"],
-            marks=pytest.mark.xfail(strict=True, reason="tree labels are rendered as markup"),
-        ),
-        pytest.param(
-            ["diff", "--all"],
-            marks=pytest.mark.xfail(strict=True, reason="diff rows are rendered as markup"),
-        ),
+        ["list", "--tree"],
+        ["diff", "--all"],
     ],
     ids=["list", "list-roles", "list-tree", "diff"],
 )
