@@ -76,15 +76,18 @@ def block_with_trailer(contents: bytes, compression: int = 0) -> bytes:
     return contents + ctype + struct.pack("<I", mask(google_crc32c.value(contents + ctype)))
 
 
-def encode_table(entries: list[tuple[bytes, bytes]], block_entries: int = 8) -> bytes:
-    """A whole table: data blocks of `block_entries` sorted entries, metaindex, index, footer."""
+def encode_table(
+    entries: list[tuple[bytes, bytes]], block_entries: int = 8, compression: int = 0
+) -> bytes:
+    """A whole table: data blocks of `block_entries` sorted entries (trailer type byte
+    `compression`), metaindex, index, footer."""
     entries = sorted(entries)
     out = bytearray()
     index = []
     for start in range(0, len(entries), block_entries):
         chunk = entries[start : start + block_entries]
         handle = varint(len(out)) + varint(len(encode_block(chunk)))
-        out += block_with_trailer(encode_block(chunk))
+        out += block_with_trailer(encode_block(chunk), compression)
         index.append((chunk[-1][0], handle))
     meta = encode_block([])
     meta_handle = varint(len(out)) + varint(len(meta))

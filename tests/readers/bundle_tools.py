@@ -7,7 +7,6 @@ can be checked against TensorFlow's reader as well as ours.
 
 from __future__ import annotations
 
-import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -16,118 +15,19 @@ import google_crc32c
 import numpy as np
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-TABLE_MAGIC = 0xDB4775248B80FB57
-
-
-def mask(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 4) -> bytes:
-    """A table block with prefix compression, a restart every `restart_interval`."""
-    out = bytearray()
-    restarts = []
-    prev = b""
-    for i, (key, value) in enumerate(entries):
-        if i % restart_interval == 0:
-            restarts.append(len(out))
-            shared = 0
-        else:
-            shared = 0
-            while shared < min(len(prev), len(key)) and prev[shared] == key[shared]:
-                shared += 1
-        out += varint(shared) + varint(len(key) - shared) + varint(len(value))
-        out += key[shared:] + value
-        prev = key
-    if not restarts:
-        restarts = [0]
-    for r in restarts:
-        out += struct.pack("<I", r)
-    out += struct.pack("<I", len(restarts))
-    return bytes(out)
-
-
-def _append_block(out: bytearray, contents: bytes, compression: int = 0) -> bytes:
-    """Append block + trailer; return its BlockHandle encoding."""
-    handle = varint(len(out)) + varint(len(contents))
-    ctype = bytes([compression])
-    out += contents + ctype + struct.pack("<I", mask(google_crc32c.value(contents + ctype)))
-    return handle
+from tests.bundle_writer import copy_bundle, decode_table, encode_table, mask, read_varint
 
 
 def write_table(
     path: Path, entries: list[tuple[bytes, bytes]], block_entries: int = 8, compression: int = 0
 ) -> None:
     """Write sorted (key, value) pairs as a LevelDB-format table of several data blocks."""
-    entries = sorted(entries)
-    out = bytearray()
-    index = []
-    for start in range(0, max(len(entries), 1), block_entries):
-        chunk = entries[start : start + block_entries]
-        if not chunk:
-            break
-        handle = _append_block(out, _block(chunk), compression)
-        index.append((chunk[-1][0], handle))
-    meta_handle = _append_block(out, _block([]))
-    index_handle = _append_block(out, _block(index, restart_interval=1))
-    footer = (meta_handle + index_handle).ljust(40, b"\x00")
-    out += footer + struct.pack("<Q", TABLE_MAGIC)
-    path.write_bytes(bytes(out))
+    path.write_bytes(encode_table(entries, block_entries, compression))
 
 
 def read_table(path: Path) -> list[tuple[bytes, bytes]]:
     """All (key, value) pairs of a table (no checks: the code under test does those)."""
-    data = path.read_bytes()
-    footer = len(data) - 48
-    _, pos = read_varint(data, footer)
-    _, pos = read_varint(data, pos)
-    index_off, pos = read_varint(data, pos)
-    index_size, _ = read_varint(data, pos)
-
-    def block_entries(off: int, size: int):
-        block = data[off : off + size]
-        (n,) = struct.unpack_from("<I", block, len(block) - 4)
-        limit = len(block) - 4 - 4 * n
-        pos, key, out = 0, b"", []
-        while pos < limit:
-            shared, pos = read_varint(block, pos)
-            non_shared, pos = read_varint(block, pos)
-            vlen, pos = read_varint(block, pos)
-            key = key[:shared] + block[pos : pos + non_shared]
-            pos += non_shared
-            out.append((key, block[pos : pos + vlen]))
-            pos += vlen
-        return out
-
-    entries = []
-    for _, handle in block_entries(index_off, index_size):
-        off, p = read_varint(handle, 0)
-        size, _ = read_varint(handle, p)
-        entries.extend(block_entries(off, size))
-    return entries
+    return decode_table(path.read_bytes())
 
 
 # --- bundles ---------------------------------------------------------------------------
@@ -206,9 +106,4 @@ def rewrite_bundle(
     return dst
 
 
-def copy_bundle(src: Path, dst: Path) -> Path:
-    """A byte-for-byte copy of a bundle under a new prefix."""
-    for f in Path(src).parent.glob(Path(src).name + ".*"):
-        if f.name.endswith(".index") or ".data-" in f.name:
-            shutil.copyfile(f, Path(str(dst) + f.name[len(Path(src).name) :]))
-    return dst
+__all__ = ["copy_bundle", "read_table", "rewrite_bundle", "write_table"]
