@@ -155,7 +155,10 @@ def assign_roles(
     layers += found
     # Model order: by first variable; BERT's layers keep their forward order as a block
     # (TF1 checkpoints list variables by name).
-    first = {id(layer): min(_order(weights, k) for k in layer.weights.values()) for layer in layers}
+    order = {info.key: info.order for info in weights}
+    first = {
+        id(layer): min(order.get(k, 1 << 30) for k in layer.weights.values()) for layer in layers
+    }
     bert = [layer for layer in layers if layer.evidence == NAMES and layer in bert_found]
     if bert:
         start = min(first[id(layer)] for layer in bert)
@@ -167,13 +170,6 @@ def assign_roles(
     if roles_file is not None:
         apply_roles_file(role_map, roles_file, weights)
     return role_map
-
-
-def _order(weights: Sequence[VariableInfo], key: str) -> int:
-    for info in weights:
-        if info.key == key:
-            return info.order
-    return 1 << 30
 
 
 def _dedupe_layer_names(layers: list[Layer]) -> None:
