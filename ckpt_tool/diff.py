@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ckpt_tool.errors import CkptToolError
 from ckpt_tool.export import select_variables
 from ckpt_tool.readers.base import Reader, VariableInfo
-from ckpt_tool.roles import RoleMap, assign_roles
+from ckpt_tool.rolemap import RoleMap
 
 SCHEMA = "ckpt-tool.diff/1"
 _CHUNK = 1 << 20  # elements per chunk when comparing
@@ -185,11 +184,9 @@ def match_by_role(
 
 def reader_roles(reader: Reader) -> RoleMap:
     """The role parser over a reader's variables, with its model config when readable."""
-    try:
-        config = reader.model_config()
-    except CkptToolError:
-        config = None
-    return assign_roles(reader.variables(), config)
+    from ckpt_tool.model import ModelOptions, open_model
+
+    return open_model(reader, ModelOptions(lenient_config=True)).roles
 
 
 def _names(info: VariableInfo) -> set[str]:

@@ -45,7 +45,7 @@ from ckpt_tool.layouts import (
 )
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
-from ckpt_tool.roles import RoleMap, assign_roles
+from ckpt_tool.rolemap import RoleMap
 
 __all__ = [
     "CAST_DTYPES",
@@ -88,6 +88,7 @@ class ExportOptions:
     layout: str = "keras"  # a key of LAYOUTS
     roles_file: str | None = None  # role overrides (as `verify --roles`)
     config_file: str | None = None  # a Keras model config for files that hold none
+    torch_prefix: str = ""  # before a model family's PyTorch names (`bert.`)
 
 
 @dataclass
@@ -156,18 +157,14 @@ def manifest_entry(arr: ExportArray, position: int, dtype: str, stored: np.dtype
 def source_roles(reader: Reader, options: ExportOptions) -> RoleMap:
     """The role parser's layers over all of the reader's variables. A model config that
     cannot be read only matters to ported layouts: `keras` then names by weights alone."""
-    from ckpt_tool.verify import load_model_config
+    from ckpt_tool.model import ModelOptions, open_model
 
-    if options.config_file:
-        config = load_model_config(options.config_file)
-    else:
-        try:
-            config = reader.model_config()
-        except CkptToolError:
-            if options.layout != "keras":
-                raise
-            config = None
-    return assign_roles(reader.variables(), config, options.roles_file)
+    model_options = ModelOptions(
+        config_file=options.config_file,
+        roles_file=options.roles_file,
+        lenient_config=options.layout == "keras",
+    )
+    return open_model(reader, model_options).roles
 
 
 # --- export --------------------------------------------------------------------------------
@@ -220,7 +217,9 @@ def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
     if not infos:
         what = f"matching {options.pattern!r}" if options.pattern else "to export"
         raise UsageError(f"no tensors {what}", reader.path)
-    layout_input = LayoutInput(reader, infos, source_roles(reader, options))
+    layout_input = LayoutInput(
+        reader, infos, source_roles(reader, options), torch_prefix=options.torch_prefix
+    )
     arrays = LAYOUTS[options.layout](layout_input)
     dtypes = [stored_dtype(arr.dtype, options.dtype) for arr in arrays]
     manifest = {

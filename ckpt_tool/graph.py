@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.errors import UnsupportedFormatError
-from ckpt_tool.roles import RoleMap, plain_config
+from ckpt_tool.rolemap import RoleMap
+from ckpt_tool.roles import plain_config
 
 Ref = tuple[str, int, int]  # (layer name, node index, tensor index)
 
@@ -55,12 +56,14 @@ class Graph:
 
 
 def build_graph(model_config: dict | None, role_map: RoleMap) -> Graph:
-    """The graph of a Keras functional model config, BERT's graph for Google BERT
-    names, else the chain of mapped layers."""
-    from ckpt_tool.bert import bert_graph, is_bert
+    """The graph of the model family whose names decided the roles, else of a Keras
+    functional model config, else the chain of mapped layers."""
+    from ckpt_tool.families import family_of
 
-    if is_bert(role_map):
-        return bert_graph(role_map)
+    family = family_of(role_map)
+    graph = family.graph(role_map) if family is not None else None
+    if graph is not None:
+        return graph
     if model_config:
         inner = _functional_config(model_config)
         if inner is not None:

@@ -179,12 +179,9 @@ def tensor_stats(array: np.ndarray) -> dict | None:
 
 def attach_roles(reader: Reader, listing: Listing) -> None:
     """Fill each listed tensor's layer, role and the evidence that decided it."""
-    from ckpt_tool.bert import find_bert_config, load_bert_config
-    from ckpt_tool.roles import assign_roles
+    from ckpt_tool.model import open_model
 
-    bert_file = find_bert_config(reader.path)
-    bert_config = load_bert_config(bert_file) if bert_file else None
-    role_map = assign_roles(reader.variables(), reader.model_config(), bert_config=bert_config)
+    role_map = open_model(reader).roles
     by_key = role_map.by_key()
     for tensor in listing.tensors:
         hit = by_key.get(tensor.info.key)

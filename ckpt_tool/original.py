@@ -46,7 +46,7 @@ class OriginalModel:
         return None
 
 
-def _quiet_tensorflow():
+def quiet_tensorflow():
     """Import TensorFlow without its start-up chatter (C++ logs written to fd 2 before
     any logging setting applies)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -132,7 +132,7 @@ def import_custom_objects(sources: Sequence[str]) -> dict[str, Any]:
             raise
         except Exception as exc:
             raise CkptToolError(
-                f"importing the custom objects failed: {type(exc).__name__}: {_first_line(exc)}",
+                f"importing the custom objects failed: {type(exc).__name__}: {first_line(exc)}",
                 source,
             ) from None
         for attr, value in vars(module).items():
@@ -144,14 +144,14 @@ def import_custom_objects(sources: Sequence[str]) -> dict[str, Any]:
 
 class _SavedModel(OriginalModel):
     def __init__(self, path: Path):
-        tf = _quiet_tensorflow()
+        tf = quiet_tensorflow()
         self._tf = tf
         self._path = path
         try:
             self._loaded = tf.saved_model.load(str(path))
         except Exception as exc:
             raise CkptToolError(
-                f"TensorFlow cannot load this SavedModel: {_first_line(exc)}", path
+                f"TensorFlow cannot load this SavedModel: {first_line(exc)}", path
             ) from None
         self._serve = getattr(self._loaded, "serve", None)  # Keras 3 model.export(): positional
         signatures = dict(getattr(self._loaded, "signatures", {}))
@@ -183,7 +183,7 @@ class _SavedModel(OriginalModel):
                 named = {s.name: t for s, t in zip(self.input_specs, tensors, strict=True)}
                 result = self._signature(**named)
         except Exception as exc:
-            raise CkptToolError(f"TensorFlow failed to run the model: {_first_line(exc)}") from None
+            raise CkptToolError(f"TensorFlow failed to run the model: {first_line(exc)}") from None
         if isinstance(result, dict):
             self.output_names = _ordered_names(result)
         return [np.asarray(t) for t in _ordered_outputs(result)]
@@ -216,7 +216,7 @@ class _SavedModel(OriginalModel):
             results = pruned(*[tf.constant(x) for x in inputs])
         except Exception as exc:
             raise CkptToolError(
-                f"TensorFlow failed to run the graph's layers: {_first_line(exc)}"
+                f"TensorFlow failed to run the graph's layers: {first_line(exc)}"
             ) from None
         return {name: np.asarray(r) for name, r in zip(fetches, results, strict=True)}
 
@@ -294,7 +294,7 @@ def _spec_from_tf(spec: Any, fallback: str) -> InputSpec:
     return InputSpec(spec.name or fallback, shape, spec.dtype.name)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -306,7 +306,7 @@ class _KerasModel(OriginalModel):
     def __init__(
         self, path: Path, *, legacy: bool, unsafe: bool, custom_objects: Sequence[str] = ()
     ):
-        _quiet_tensorflow()
+        quiet_tensorflow()
         try:
             if legacy:
                 import tf_keras as keras
@@ -338,7 +338,7 @@ class _KerasModel(OriginalModel):
                     "trusted code only)"
                 )
             raise CkptToolError(
-                f"Keras cannot load this model: {_first_line(exc)}{hint}", path
+                f"Keras cannot load this model: {first_line(exc)}{hint}", path
             ) from None
         self._keras = keras
         self.description = f"{'tf-keras' if legacy else 'Keras'} model {path.name}"
@@ -359,7 +359,7 @@ class _KerasModel(OriginalModel):
             try:
                 result = self._model(self._structured(inputs), training=False)
             except Exception as exc:
-                raise CkptToolError(f"Keras failed to run the model: {_first_line(exc)}") from None
+                raise CkptToolError(f"Keras failed to run the model: {first_line(exc)}") from None
         return [np.asarray(t) for t in _ordered_outputs(result)]
 
     def layer_outputs(

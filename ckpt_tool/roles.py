@@ -10,9 +10,8 @@ Evidence, strongest first (each assignment records which one decided):
 Where the evidence leaves alternatives (equal q/k/v shapes ordered only by position,
 a gate with the value's shape), the layer lists them and `verify` settles them.
 
-Google BERT's TF1 names (`bert/encoder/layer_N/attention/self/query/kernel`, ...) are
-read by `ckpt_tool.bert` before the generic name rules; the number of heads comes
-from a `bert_config.json`, since (D, D) kernels do not tell it.
+Model families (`ckpt_tool.families`: Google's and Hugging Face's BERT names, ...) read
+their own names before the generic name rules.
 """
 
 from __future__ import annotations
@@ -20,14 +19,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ckpt_tool.errors import UsageError
 from ckpt_tool.readers.base import WEIGHT, VariableInfo
-
-CONFIG, CONFIG_ORDER, NAMES = "config", "config+order", "names"
-SHAPE_ORDER, USER = "shape+order", "roles file"
+from ckpt_tool.rolemap import (
+    CONFIG,
+    CONFIG_ORDER,
+    NAMES,
+    SHAPE_ORDER,
+    USER,
+    Layer,
+    RoleMap,
+)
 
 # Sub-layer names of MultiHeadAttention across Keras 3, Keras 3.0.x, tf-keras and BERT.
 _MHA_PARTS = {
@@ -64,59 +69,6 @@ _ROLE_ALIASES = {"logits": "random.logits"}
 _ANONYMOUS_LISTS = {"variables", "_all_variables", "trainable_variables", "non_trainable_variables"}
 
 
-@dataclass
-class Layer:
-    """One layer of the model as far as the weights tell."""
-
-    name: str
-    class_name: str
-    config: dict
-    weights: dict[str, str]  # role -> variable key
-    evidence: str
-    notes: list[str] = field(default_factory=list)
-    # Other role -> key assignments the evidence cannot rule out; verify tries them.
-    alternatives: list[dict[str, str]] = field(default_factory=list)
-    # Settings the weights cannot tell (an activation, an epsilon): other configs to try.
-    config_alternatives: list[dict] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "class_name": self.class_name,
-            "config": _public_config(self.config),
-            "weights": self.weights,
-            "evidence": self.evidence,
-            "notes": self.notes,
-            "alternatives": self.alternatives,
-        }
-
-
-@dataclass
-class RoleMap:
-    layers: list[Layer]
-    unassigned: list[VariableInfo]
-
-    def by_key(self) -> dict[str, tuple[Layer, str]]:
-        return {key: (layer, role) for layer in self.layers for role, key in layer.weights.items()}
-
-    def layer(self, name: str) -> Layer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
-
-    def to_json(self) -> dict:
-        return {
-            "layers": [layer.to_json() for layer in self.layers],
-            "unassigned": [info.key for info in self.unassigned],
-        }
-
-
-def _public_config(config: dict) -> dict:
-    keep = (dict, list, str, int, float, bool, type(None))
-    return {k: v for k, v in config.items() if isinstance(v, keep)}
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -125,18 +77,24 @@ def assign_roles(
     model_config: dict | None = None,
     roles_file: str | Path | None = None,
     *,
-    bert_config: dict | None = None,
+    source: str | Path | None = None,
+    family_config: dict | None = None,
     ignore_names: bool = False,
 ) -> RoleMap:
     """Assign every WEIGHT variable (in model order) to a layer and a role.
 
-    `bert_config` is a Google `bert_config.json` (for BERT names: the number of heads);
-    `ignore_names` uses shapes and order alone, as if every variable were anonymous.
+    A model family (`ckpt_tool.families`) that recognises the names claims its layers
+    first; it reads its own config file beside `source` (`bert_config.json`, a Hugging
+    Face `config.json`) unless `family_config` gives one. `ignore_names` uses shapes and
+    order alone, as if every variable were anonymous.
     """
+    from ckpt_tool.families import claim_layers
+
     weights = sorted((i for i in infos if i.kind == WEIGHT), key=lambda i: i.order)
     layer_configs = _layer_configs(model_config) if model_config and not ignore_names else {}
     layers: list[Layer] = []
-    bert_found: list[Layer] = []
+    family_layers: list[Layer] = []
+    family = None
     rest = weights
     if layer_configs:
         found, rest = _from_config(rest, layer_configs, _keras_paths(model_config))
@@ -145,28 +103,27 @@ def assign_roles(
         found, rest = _from_config_order(rest, layer_configs, named)
         layers += found
     if not ignore_names:
-        from ckpt_tool.bert import bert_layers
-
-        bert_found, rest = bert_layers(rest, bert_config)
-        layers += bert_found
+        family, family_layers, rest = claim_layers(rest, source, family_config)
+        layers += family_layers
         found, rest = _from_names(rest)
         layers += found
-    found, unassigned = _from_shapes(rest)
-    layers += found
-    # Model order: by first variable; BERT's layers keep their forward order as a block
-    # (TF1 checkpoints list variables by name).
+    if family is None:  # a family's unknown tensors stay unassigned, not guessed
+        found, rest = _from_shapes(rest)
+        layers += found
+    unassigned = rest
+    # Model order: by first variable; a family's layers keep their forward order as a
+    # block (TF1 checkpoints list variables by name).
     order = {info.key: info.order for info in weights}
     first = {
         id(layer): min(order.get(k, 1 << 30) for k in layer.weights.values()) for layer in layers
     }
-    bert = [layer for layer in layers if layer.evidence == NAMES and layer in bert_found]
-    if bert:
-        start = min(first[id(layer)] for layer in bert)
-        for i, layer in enumerate(bert):
-            first[id(layer)] = start + i / (len(bert) + 1)
+    if family_layers:
+        start = min(first[id(layer)] for layer in family_layers)
+        for i, layer in enumerate(family_layers):
+            first[id(layer)] = start + i / (len(family_layers) + 1)
     layers.sort(key=lambda layer: first[id(layer)])
     _dedupe_layer_names(layers)
-    role_map = RoleMap(layers, unassigned)
+    role_map = RoleMap(layers, unassigned, family)
     if roles_file is not None:
         apply_roles_file(role_map, roles_file, weights)
     return role_map

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ckpt_tool.bert import find_bert_config, load_bert_config, missing_heads, set_num_heads
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL, Agreement, compare
 from ckpt_tool.errors import CkptToolError, UsageError
 from ckpt_tool.graph import (
@@ -21,9 +20,11 @@ from ckpt_tool.graph import (
     graph_input_kinds,
     run_graph,
 )
+from ckpt_tool.model import ModelOptions, open_model
 from ckpt_tool.original import InputSpec, OriginalModel, load_original
 from ckpt_tool.readers import Reader, open_reader
-from ckpt_tool.roles import SHAPE_ORDER, Layer, RoleMap, assign_roles
+from ckpt_tool.rolemap import SHAPE_ORDER, Layer, RoleMap
+from ckpt_tool.roles import assign_roles
 
 PRECISIONS = {"float64": np.float64, "float32": np.float32}
 # How generated inputs exercise masks (token-id inputs of Embedding(mask_zero=True),
@@ -118,23 +119,31 @@ def verify(
         raise UsageError(f"--mask {options.mask!r}: choose from {', '.join(MASK_MODES)}")
     with open_reader(path, options.format) as reader:
         reader.verify_crc = not options.no_crc
-        infos = reader.variables()
-        config = (
-            load_model_config(options.config_file) if options.config_file else reader.model_config()
+        model = open_model(
+            reader,
+            ModelOptions(
+                config_file=options.config_file,
+                roles_file=options.roles_file,
+                family_config=options.bert_config,
+                ignore_names=options.ignore_names,
+                num_heads=options.num_heads,
+            ),
         )
-        bert_config = _bert_config(path, options)
-        roles = assign_roles(
-            infos,
-            config,
-            options.roles_file,
-            bert_config=bert_config,
-            ignore_names=options.ignore_names,
-        )
-        if options.num_heads is not None:
-            set_num_heads(roles, options.num_heads)
-        problem = missing_heads(roles)
-        if problem:
-            raise UsageError(problem, path)
+        if model.family is None and options.against:  # the graph the checkpoint belongs to
+            model = open_model(
+                reader,
+                ModelOptions(
+                    config_file=options.config_file,
+                    roles_file=options.roles_file,
+                    ignore_names=options.ignore_names,
+                    num_heads=options.num_heads,
+                ),
+                source=options.against,
+            )
+        infos, config, roles = model.infos, model.config, model.roles
+        family = model.family
+        if family is not None and family.problem(roles):
+            family.try_unknown_settings(roles)  # e.g. every head count that fits
         weights = load_layer_weights(reader, roles)
         format_name = reader.format_name
     model_path, model_format = Path(path), format_name
@@ -143,9 +152,11 @@ def verify(
         with open_reader(model_path) as other:
             model_format = other.format_name
     note(f"running the original model with TensorFlow ({model_format})")
-    original = load_original(
-        model_path, model_format, unsafe=options.unsafe, custom_objects=options.custom_objects
-    )
+    original = family.original(model_path, model_format, roles) if family else None
+    if original is None:
+        original = load_original(
+            model_path, model_format, unsafe=options.unsafe, custom_objects=options.custom_objects
+        )
     # After the model loaded (Keras's safe mode speaks first): the graph to rebuild.
     # Shapes and order alone (--ignore-names): no config either, the layers run as a chain.
     try:
@@ -214,15 +225,6 @@ def verify(
     )
 
 
-def _bert_config(path: str, options: VerifyOptions) -> dict | None:
-    if options.bert_config:
-        return load_bert_config(options.bert_config)
-    found = find_bert_config(path)
-    if found is None and options.against:  # the graph the checkpoint belongs to
-        found = find_bert_config(options.against)
-    return load_bert_config(found) if found else None
-
-
 def _input_order(
     specs: Sequence[InputSpec], graph: Graph, path: str, *, against: bool
 ) -> list[int]:
@@ -280,19 +282,6 @@ def _aligned_expected(
 
 
 # --------------------------------------------------------------------------- weights
-
-
-def load_model_config(path: str) -> dict:
-    """A Keras model config as written by model.to_json() (or a .keras config.json)."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read the config: {exc.strerror}", path) from None
-    except ValueError as exc:
-        raise UsageError(f"the config is not JSON: {exc}", path) from None
-    if not isinstance(config, dict) or "config" not in config:
-        raise UsageError("not a Keras model config (no class_name/config)", path)
-    return config
 
 
 def load_layer_weights(reader: Reader, roles: RoleMap) -> dict[str, dict[str, np.ndarray]]:
@@ -582,12 +571,26 @@ def _settle_alternatives(
 
 
 def _choices(current: _Trial, roles: RoleMap, base: dict[str, dict[str, np.ndarray]]):
-    """Every reading that differs from the current one in a single choice."""
+    """Every reading that differs from the current one in a single choice. A setting
+    that several layers leave open alike (the head count, an activation) is first tried
+    in all of them at once: models rarely mix them, and one layer alone seldom lowers
+    the error while the others still differ."""
     if current.graph.source.startswith("chain"):
         for residual in RESIDUALS:
             graph = chain_graph(roles, residual)
             if graph.source != current.graph.source:
                 yield _Trial(graph, current.weights, current.configs)
+    shared: dict[str, list[str]] = {}
+    for layer in roles.layers:
+        for change in layer.config_alternatives:
+            shared.setdefault(json.dumps(change, sort_keys=True), []).append(layer.name)
+    for change_json, names in shared.items():
+        if len(names) > 1:
+            change = json.loads(change_json)
+            configs = {**current.configs}
+            for name in names:
+                configs[name] = {**configs[name], **change}
+            yield _Trial(current.graph, current.weights, configs)
     for layer in roles.layers:
         by_key = {key: base[layer.name][role] for role, key in layer.weights.items()}
         # Roles are open only where shape and order decided them; unstored settings

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 
 import numpy as np
@@ -15,16 +14,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import torch
-import torch.nn.functional as F
 
-from ckpt_tool.bert import (
-    find_bert_config,
-    hf_bert_is_linear_weight,
-    hf_bert_state_dict,
-    hf_bert_state_dict_names,
-    load_bert_config,
-)
-from ckpt_tool.errors import UsageError
+from ckpt_tool.families import load_json_config
 from ckpt_tool.graph import build_graph, run_graph
 from ckpt_tool.original import load_original
 from ckpt_tool.readers import open_reader
@@ -41,10 +32,10 @@ INPUTS = FIXTURES / "bert_tf1" / "inputs.npz"
 @pytest.fixture(scope="module")
 def bert():
     """The checkpoint's role map and weights, and the TF1 graph as TensorFlow runs it."""
-    config = load_bert_config(find_bert_config(CHECKPOINT))
+    config = load_json_config(CHECKPOINT.parent / "bert_config.json")
     with open_reader(CHECKPOINT) as reader:
         infos = reader.variables()
-        role_map = assign_roles(infos, None, bert_config=config)
+        role_map = assign_roles(infos, None, family_config=config)
         weights = load_layer_weights(reader, role_map)
         arrays = {i.key: np.array(reader.read(i.key)) for i in infos if i.kind == "weight"}
     original = load_original(GRAPH, "checkpoint")
@@ -86,7 +77,8 @@ def test_roles_by_names(bert):
 
 
 def test_without_config_the_head_count_is_unknown(bert, tmp_path):
-    """(D, D) kernels fit every head count dividing D: say so, and take --num-heads."""
+    """(D, D) kernels fit every head count dividing D: say so; verify tries each count
+    against the original, and takes --num-heads."""
     role_map = assign_roles(bert["infos"], None)
     attention = role_map.layer("bert/encoder/layer_0/attention/self")
     assert attention.config["num_heads"] is None
@@ -95,9 +87,9 @@ def test_without_config_the_head_count_is_unknown(bert, tmp_path):
     graph = tmp_path / "bert_savedmodel"
     shutil.copytree(GRAPH, graph)
     (graph / "bert_config.json").unlink()
-    with pytest.raises(UsageError, match="--num-heads") as err:
-        verify(str(graph), VerifyOptions())
-    assert "bert_config.json" in str(err.value)
+    settled = verify(str(graph), VerifyOptions())
+    assert settled.passed
+    assert any("num_heads=2" in line for line in settled.settled), settled.settled
     assert verify(str(graph), VerifyOptions(num_heads=2)).passed
     wrong = verify(str(graph), VerifyOptions(num_heads=4))
     assert not wrong.passed  # the head count matters: 4 heads compute something else
@@ -166,89 +158,47 @@ def test_gelu_is_the_tanh_form(bert):
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def _hf_names(layers: int) -> set[str]:
-    """Hugging Face BertModel's parameter names (modeling_bert.py module tree), with the
-    `bert.` prefix of BertForPreTraining as load_tf_weights_in_bert keeps it."""
-    names = {f"bert.embeddings.{t}_embeddings.weight" for t in ("word", "position", "token_type")}
-    names |= {"bert.embeddings.LayerNorm.weight", "bert.embeddings.LayerNorm.bias"}
-    for i in range(layers):
-        p = f"bert.encoder.layer.{i}."
-        for module in (
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.output.dense",
-            "attention.output.LayerNorm",
-            "intermediate.dense",
-            "output.dense",
-            "output.LayerNorm",
-        ):
-            names |= {f"{p}{module}.weight", f"{p}{module}.bias"}
-    return names | {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+def _torch_export(tmp_path, *extra: str) -> dict[str, np.ndarray]:
+    out = tmp_path / "bert_torch.npz"
+    args = ("-o", str(out), "--force", "--layout", "torch", *extra)
+    result = run_cli("export", str(CHECKPOINT), *args)
+    assert result.returncode == 0, result.stderr
+    with np.load(out, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if not k.startswith("__")}
 
 
-def test_hugging_face_names(bert):
-    names = hf_bert_state_dict_names(bert["roles"])
-    assert set(names.values()) == _hf_names(bert["config"]["num_hidden_layers"])
-    for key, hf in names.items():  # the TF path and the HF path name the same module
-        tf_path = re.sub(r"/layer_(\d+)/", r"/layer.\1/", key).replace("/", ".")
-        tf_path = tf_path.replace("kernel", "weight").replace("gamma", "weight")
-        tf_path = tf_path.replace("beta", "bias")
-        if "_embeddings" in key:
-            tf_path += ".weight"
-        assert tf_path == hf, (key, hf)
+def _bert_model(bert):
+    from transformers import BertConfig, BertModel
 
-
-def _hf_bert_forward(sd: dict[str, torch.Tensor], feeds, heads: int, layers: int):
-    """BERT as Hugging Face's modules compute it, from a state_dict with its names:
-    torch Linear weights are (out, in)."""
-    ids = torch.as_tensor(feeds["input_ids"], dtype=torch.long)
-    types = torch.as_tensor(feeds["token_type_ids"], dtype=torch.long)
-    mask = torch.as_tensor(feeds["attention_mask"], dtype=torch.float32)
-    e = "bert.embeddings."
-    t = ids.shape[1]
-    x = F.embedding(ids, sd[e + "word_embeddings.weight"])
-    x = x + F.embedding(types, sd[e + "token_type_embeddings.weight"])
-    x = x + sd[e + "position_embeddings.weight"][:t]
-    d = x.shape[-1]
-
-    def norm(h, prefix):
-        return F.layer_norm(h, (d,), sd[prefix + ".weight"], sd[prefix + ".bias"], eps=1e-12)
-
-    def linear(h, prefix):
-        return F.linear(h, sd[prefix + ".weight"], sd[prefix + ".bias"])
-
-    x = norm(x, e + "LayerNorm")
-    adder = (1.0 - mask)[:, None, None, :] * -10000.0
-    for i in range(layers):
-        p = f"bert.encoder.layer.{i}."
-
-        def split(h):
-            return h.view(h.shape[0], t, heads, d // heads).transpose(1, 2)
-
-        q, k, v = (split(linear(x, p + f"attention.self.{r}")) for r in ("query", "key", "value"))
-        probs = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5 + adder, dim=-1)
-        ctx = (probs @ v).transpose(1, 2).reshape(x.shape)
-        a = norm(linear(ctx, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
-        inter = F.gelu(linear(a, p + "intermediate.dense"), approximate="tanh")
-        x = norm(linear(inter, p + "output.dense") + a, p + "output.LayerNorm")
-    pooled = torch.tanh(linear(x[:, 0], "bert.pooler.dense"))
-    return x.numpy(), pooled.numpy()
-
-
-def test_hugging_face_state_dict_computes_bert(bert):
-    """The exported state_dict (Linear weights transposed) run by torch with Hugging
-    Face's module structure computes what the TF1 graph computes."""
-    sd = hf_bert_state_dict(bert["roles"], bert["arrays"].__getitem__)
-    for name, array in sd.items():
-        if hf_bert_is_linear_weight(name):
-            key = next(k for k, v in hf_bert_state_dict_names(bert["roles"]).items() if v == name)
-            assert array.shape == bert["arrays"][key].shape[::-1]
-    tensors = {name: torch.from_numpy(np.array(a)) for name, a in sd.items()}
     c = bert["config"]
-    sequence, pooled = _hf_bert_forward(
-        tensors, bert["feeds"], c["num_attention_heads"], c["num_hidden_layers"]
-    )
+    # Google's "gelu" is the tanh form; Hugging Face calls that "gelu_new".
+    config = BertConfig(**{**c, "hidden_act": "gelu_new"})
+    return BertModel(config).eval()
+
+
+def test_torch_layout_loads_into_bert_model(bert, tmp_path):
+    """`--layout torch` is the state_dict of transformers' BertModel itself: it loads
+    with strict=True, and BertModel's forward computes what the TF1 graph computes."""
+    arrays = _torch_export(tmp_path)
+    model = _bert_model(bert)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
+    feeds = {k: torch.as_tensor(v, dtype=torch.long) for k, v in bert["feeds"].items()}
+    with torch.no_grad():
+        out = model(**feeds)
     expected = _run_original(bert)
-    np.testing.assert_allclose(sequence, expected["sequence_output"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(pooled, expected["pooled_output"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        out.last_hidden_state.numpy(), expected["sequence_output"], atol=1e-5, rtol=0
+    )
+    np.testing.assert_allclose(
+        out.pooler_output.numpy(), expected["pooled_output"], atol=1e-5, rtol=0
+    )
+
+
+def test_torch_prefix_names_bert_for_pretraining(bert, tmp_path):
+    """--torch-prefix bert. gives the keys of BertForPreTraining's encoder part, as
+    Hugging Face's load_tf_weights_in_bert names them."""
+    bare = _torch_export(tmp_path)
+    prefixed = _torch_export(tmp_path, "--torch-prefix", "bert.")
+    assert set(prefixed) == {f"bert.{k}" for k in bare}
+    model = _bert_model(bert)
+    assert set(bare) == set(model.state_dict())

@@ -82,6 +82,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
     type=click.Path(path_type=str, readable=False),
     help="A Keras model config (model.to_json()) for files that hold none.",
 )
+@click.option(
+    "--torch-prefix",
+    default="",
+    metavar="PREFIX",
+    help="--layout torch: put PREFIX before a model family's PyTorch names, e.g. `bert.` "
+    "for BertForPreTraining (default: the bare model's names, as BertModel).",
+)
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @no_crc_option
 def command(
@@ -95,6 +102,7 @@ def command(
     layout: str,
     roles_file: str | None,
     config_file: str | None,
+    torch_prefix: str,
     force: bool,
     no_crc: bool,
 ) -> None:
@@ -116,6 +124,7 @@ def command(
         layout=layout,
         roles_file=roles_file,
         config_file=config_file,
+        torch_prefix=torch_prefix,
     )
     check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
     with _terminate_as_interrupt(), open_reader(src, format_) as reader:

@@ -47,8 +47,12 @@ def bert_embeddings(
     token_type_ids: np.ndarray | None,
     weights: Mapping[str, np.ndarray],
     epsilon: float = BERT_LAYER_NORM_EPSILON,
+    position_padding_idx: int | None = None,
 ) -> np.ndarray:
-    """Word + token type + position embeddings, then layer norm -> (B, T, D)."""
+    """Word + token type + position embeddings, then layer norm -> (B, T, D).
+
+    With `position_padding_idx` (RoBERTa) positions count only non-padding tokens and
+    start after the padding index: pos = cumsum(ids != pad) * (ids != pad) + pad."""
     x = embedding(input_ids, weights["word_embeddings"])  # (B, T, D)
     if "token_type_embeddings" in weights:
         types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
@@ -59,7 +63,16 @@ def bert_embeddings(
         raise LayerConfigError(
             f"BERT input length {t} exceeds max_position_embeddings {positions.shape[0]}"
         )
-    x = x + positions[:t]
+    if position_padding_idx is None:
+        x = x + positions[:t]
+    else:
+        real = (input_ids != position_padding_idx).astype(np.int64)  # (B, T)
+        ids = np.cumsum(real, axis=-1) * real + position_padding_idx  # (B, T)
+        if ids.max() >= positions.shape[0]:
+            raise LayerConfigError(
+                f"input length {t} exceeds the {positions.shape[0]} position embeddings"
+            )
+        x = x + embedding(ids, positions)
     return layer_normalization(
         x, weights["LayerNorm.gamma"], weights["LayerNorm.beta"], (-1,), epsilon
     )
@@ -125,7 +138,8 @@ class BertEmbeddingsKind(LayerKind):
         ids = inputs[0]
         types = inputs[1] if len(inputs) > 1 else None
         eps = float(config.get("epsilon", BERT_LAYER_NORM_EPSILON))
-        return bert_embeddings(ids, types, weights, eps)
+        pad = config.get("position_padding_idx")
+        return bert_embeddings(ids, types, weights, eps, None if pad is None else int(pad))
 
 
 class BertSelfAttentionKind(LayerKind):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ckpt_tool.errors import UsageError
 from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
-from ckpt_tool.roles import Layer, RoleMap
+from ckpt_tool.rolemap import Layer, RoleMap
 
 Producer = Callable[[], np.ndarray]
 
@@ -72,6 +72,7 @@ class LayoutInput:
     notes: list[str] = field(default_factory=list)
     modules: list[dict] = field(default_factory=list)  # ported layouts: module per layer
     dropped: set[str] = field(default_factory=set)  # keys left out on purpose (zero biases)
+    torch_prefix: str = ""  # before a model family's PyTorch names (`bert.`)
 
     def __post_init__(self) -> None:
         self._by_key = self.roles.by_key()

@@ -14,7 +14,7 @@ from ckpt_tool.layouts.base import (
     verbatim,
 )
 from ckpt_tool.readers.base import WEIGHT, VariableInfo
-from ckpt_tool.roles import CONFIG, CONFIG_ORDER, USER, Layer
+from ckpt_tool.rolemap import CONFIG, CONFIG_ORDER, USER, Layer
 
 Handler = Callable[[LayoutInput, LayerTensors], list[ExportArray]]
 

@@ -33,7 +33,7 @@ from ckpt_tool.layouts.base import (
     zeros,
 )
 from ckpt_tool.layouts.common import module_entry, port
-from ckpt_tool.roles import Layer
+from ckpt_tool.rolemap import Layer
 
 SEP = "//"
 _INSTEAD = "use --layout torch (or keras) instead"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ckpt_tool.families import Family, family_of
 from ckpt_tool.layouts.base import (
     ExportArray,
     LayerTensors,
@@ -37,21 +38,20 @@ from ckpt_tool.layouts.base import (
     verbatim,
 )
 from ckpt_tool.layouts.common import MHA_PARTS, module_entry, port, require_whole
-from ckpt_tool.roles import Layer
+from ckpt_tool.rolemap import Layer
 
 _PROJ = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "gate": "gate_proj"}
 
 
 def torch_layout(inp: LayoutInput) -> list[ExportArray]:
     handlers, fallback = _handlers(_mha_linears), _by_role
-    hf_names = _hugging_face_bert_names(inp)
-    if hf_names:
-        handlers = {cls: _bert_first(hf_names, h) for cls, h in handlers.items()}
-        fallback = _bert_first(hf_names, fallback)
-        inp.notes.append(
-            "Google BERT names: keys follow Hugging Face's BERT state_dict "
-            "(bert.encoder.layer.0.attention.self.query.weight, ...)"
-        )
+    family = family_of(inp.roles)
+    if family is not None:
+        handlers = {cls: _family_first(family, h) for cls, h in handlers.items()}
+        fallback = _family_first(family, fallback)
+        note = family.torch_note()
+        if note:
+            inp.notes.append(note)
     return port(inp, "torch", handlers, fallback, _dotted)
 
 
@@ -198,35 +198,23 @@ def _in_order(lt: LayerTensors):
     return sorted(lt.tensors.items(), key=lambda item: item[1].order)
 
 
-# --- Google BERT -> Hugging Face -------------------------------------------------------------
+# --- model families --------------------------------------------------------------------------
 
 
-def _hugging_face_bert_names(inp: LayoutInput) -> dict[str, str]:
-    """Variable key -> Hugging Face BERT state_dict name, when the roles are BERT's."""
-    from ckpt_tool.bert import hf_bert_state_dict_names, is_bert
-
-    return hf_bert_state_dict_names(inp.roles) if is_bert(inp.roles) else {}
-
-
-def _bert_first(hf_names: dict[str, str], handler):
-    """A handler that names a layer as Hugging Face's BERT does when every one of its
-    tensors has such a name, and leaves other layers to `handler`."""
+def _family_first(family: Family, handler):
+    """A handler that names a layer as the model family's PyTorch port does, and leaves
+    layers the family does not name to `handler`. `inp.torch_prefix` goes before every
+    family name (`bert.` for BertForPreTraining's state_dict)."""
 
     def handle(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
-        if not all(info.key in hf_names for info in lt.tensors.values()):
+        arrays = family.torch_arrays(inp, lt)
+        if arrays is None:
             return handler(inp, lt)
-        return [_hf_bert_array(inp, hf_names[info.key], info) for _, info in _in_order(lt)]
+        for arr in arrays:
+            arr.name = inp.torch_prefix + arr.name
+        return arrays
 
     return handle
-
-
-def _hf_bert_array(inp: LayoutInput, name: str, info) -> ExportArray:
-    from ckpt_tool.bert import hf_bert_is_linear_weight
-
-    if hf_bert_is_linear_weight(name) and len(info.shape) == 2:
-        shape = (info.shape[1], info.shape[0])
-        return derived(inp, name, [info], np.transpose, shape, "transpose")
-    return verbatim(inp, name, info)
 
 
 # --- MultiHeadAttention --------------------------------------------------------------------

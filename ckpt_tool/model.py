@@ -1,0 +1,102 @@
+"""One step opens a model: the reader's variables, the Keras config, the model family and
+the roles. `list --roles`, `verify`, `export` and `diff` all call `open_model`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckpt_tool.errors import CkptToolError, UsageError
+from ckpt_tool.families import Family, family_of, load_json_config
+from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.rolemap import RoleMap
+from ckpt_tool.roles import assign_roles
+
+
+@dataclass
+class ModelOptions:
+    config_file: str | None = None  # a Keras model config (model.to_json()) or a .keras file
+    roles_file: str | None = None
+    family_config: str | None = None  # a family's config file (bert_config.json, config.json)
+    ignore_names: bool = False  # roles by shape and order alone
+    num_heads: int | None = None  # heads of 2-D attention kernels the weights cannot tell
+    # An unreadable Keras config in the file is not an error (roles then come from names).
+    lenient_config: bool = False
+
+
+@dataclass
+class Model:
+    reader: Reader
+    infos: list[VariableInfo]
+    config: dict | None  # the Keras model config, if any
+    roles: RoleMap
+
+    @property
+    def family(self) -> Family | None:
+        return family_of(self.roles)
+
+
+def open_model(
+    reader: Reader, options: ModelOptions | None = None, *, source: str | Path | None = None
+) -> Model:
+    """The model in an open reader. `source` is where to look for a family's config file
+    (default: the reader's own path)."""
+    options = options or ModelOptions()
+    infos = reader.variables()
+    if options.config_file:
+        config = load_model_config(options.config_file)
+    else:
+        try:
+            config = reader.model_config()
+        except CkptToolError:
+            if not options.lenient_config:
+                raise
+            config = None
+    family_config = (
+        load_json_config(options.family_config, "model's config file")
+        if options.family_config
+        else None
+    )
+    roles = assign_roles(
+        infos,
+        config,
+        options.roles_file,
+        source=source if source is not None else reader.path,
+        family_config=family_config,
+        ignore_names=options.ignore_names,
+    )
+    if options.num_heads is not None:
+        family = family_of(roles)
+        if family is None or not family.set_num_heads(roles, options.num_heads):
+            raise UsageError(
+                "--num-heads applies to attention kernels that do not tell their heads "
+                "(BERT's 2-D kernels); this model has none",
+                reader.path,
+            )
+    return Model(reader, infos, config, roles)
+
+
+def load_model_config(path: str | Path) -> dict:
+    """A Keras model config as written by model.to_json(), a `.keras` file's config.json,
+    or a `.keras` file itself."""
+    path = Path(path)
+    if path.suffix == ".keras":
+        config = _keras_zip_config(path)
+    else:
+        try:
+            config = json.loads(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read the config: {exc.strerror}", path) from None
+        except ValueError as exc:
+            raise UsageError(f"the config is not JSON: {exc}", path) from None
+    if not isinstance(config, dict) or "config" not in config:
+        raise UsageError("not a Keras model config (no class_name/config)", path)
+    return config
+
+
+def _keras_zip_config(path: Path) -> dict | None:
+    from ckpt_tool.readers import open_reader
+
+    with open_reader(path, "keras") as reader:
+        return reader.model_config()
