@@ -40,10 +40,13 @@ ATOL, RTOL = 2e-6, 2e-5
 torch.set_grad_enabled(False)
 
 
-def export(src: Path, out: Path, layout: str) -> tuple[dict, dict[str, np.ndarray]]:
+def export(
+    src: Path, out: Path, layout: str, torch_prefix: str = ""
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Export `src` with `layout`, then read it back as a user would (np.load)."""
+    options = ExportOptions(layout=layout, force=True, torch_prefix=torch_prefix)
     with open_reader(src) as reader:
-        export_npz(reader, out, ExportOptions(layout=layout, force=True))
+        export_npz(reader, out, options)
     with np.load(out, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return json.loads(str(arrays.pop(MANIFEST_KEY))), arrays
@@ -327,9 +330,11 @@ class Bert(nn.Module):
 
 
 def test_torch_bert_uses_hugging_face_names(tmp_path: Path) -> None:
-    """A Google BERT TF1 checkpoint exports under Hugging Face's state_dict names; a BERT
-    built from those modules reproduces the TF1 SavedModel of the same weights."""
-    manifest, arrays = export(fixture_path("bert_tf1"), tmp_path / "bert.npz", "torch")
+    """A Google BERT TF1 checkpoint exports under Hugging Face's state_dict names (with
+    --torch-prefix bert., BertForPreTraining's); a BERT built from those modules
+    reproduces the TF1 SavedModel of the same weights."""
+    src = fixture_path("bert_tf1")
+    manifest, arrays = export(src, tmp_path / "bert.npz", "torch", torch_prefix="bert.")
     assert "bert.encoder.layer.1.attention.self.query.weight" in arrays
     assert any("Hugging Face" in note for note in manifest["notes"])
     assert arrays["bert.encoder.layer.0.intermediate.dense.weight"].shape == (16, 8)

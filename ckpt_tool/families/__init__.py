@@ -12,12 +12,13 @@ from pathlib import Path
 
 from ckpt_tool.families.base import Family, load_json_config
 from ckpt_tool.families.bert import BertFamily
+from ckpt_tool.families.keras_hub import KerasHubFamily
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import Layer, RoleMap
 
 __all__ = ["FAMILIES", "Family", "claim_layers", "family_of", "get_family", "load_json_config"]
 
-FAMILIES: tuple[Family, ...] = (BertFamily(),)
+FAMILIES: tuple[Family, ...] = (KerasHubFamily(), BertFamily())
 
 
 def get_family(name: str | None) -> Family | None:

@@ -210,7 +210,12 @@ class BertFamily(Family):
             return None
         graph = self.graph(role_map)
         specs = [InputSpec(name, (None, None), "int32") for name in graph.input_names]
-        return TransformersTFModel(folder, specs, graph.output_names or [])
+        # hidden_states: the embeddings' output (after ELECTRA's projection), then each block's
+        blocks = [n.layer for n in graph.nodes if n.layer.endswith("/output/LayerNorm")]
+        blocks = [n for n in blocks if "/attention/output/" not in n]
+        first = next(n.layer for n in graph.nodes if n.class_name != "BertEmbeddings")
+        embedded = graph.nodes[[n.layer for n in graph.nodes].index(first) - 1].layer
+        return TransformersTFModel(folder, specs, graph.output_names or [], [embedded, *blocks])
 
     # -- graph ---------------------------------------------------------------------------
 

@@ -36,14 +36,23 @@ def pretrained_dir(path: Path) -> Path | None:
 class TransformersTFModel(OriginalModel):
     """A `save_pretrained` directory loaded by `transformers.TFAutoModel`."""
 
-    def __init__(self, folder: Path, inputs: Sequence[InputSpec], outputs: Sequence[str]):
+    def __init__(
+        self,
+        folder: Path,
+        inputs: Sequence[InputSpec],
+        outputs: Sequence[str],
+        hidden_state_layers: Sequence[str] = (),
+    ):
+        """`hidden_state_layers[i]` names the rebuilt graph's node whose output is the
+        model's `hidden_states[i]` (embeddings, then each block), for --per-layer."""
         quiet_tensorflow()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from transformers import TFAutoModel
+                import transformers
 
-                self._model = TFAutoModel.from_pretrained(str(folder))
+                transformers.logging.set_verbosity_error()
+                self._model = transformers.TFAutoModel.from_pretrained(str(folder))
         except ImportError as exc:
             raise CkptToolError(
                 f"verify needs {exc.name} to run a Hugging Face TF model: "
@@ -57,13 +66,26 @@ class TransformersTFModel(OriginalModel):
         self.input_specs = list(inputs)
         self._outputs = list(outputs)
         self.output_names = list(outputs)
+        self._hidden_state_layers = list(hidden_state_layers)
 
-    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, inputs: Sequence[np.ndarray], **options):
         feeds = {spec.name: x for spec, x in zip(self.input_specs, inputs, strict=True)}
         try:
-            result = self._model(**feeds, training=False)
+            return self._model(**feeds, training=False, **options)
         except Exception as exc:
             raise CkptToolError(
                 f"transformers failed to run the model: {first_line(exc)}"
             ) from None
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        result = self._run(inputs)
         return [np.asarray(result[name]) for name in self._outputs if result.get(name) is not None]
+
+    def layer_outputs(
+        self, inputs: Sequence[np.ndarray], names: Sequence[str] = ()
+    ) -> dict[str, np.ndarray] | None:
+        if not self._hidden_state_layers:
+            return None
+        hidden = self._run(inputs, output_hidden_states=True)["hidden_states"]
+        layers = self._hidden_state_layers
+        return {name: np.asarray(h) for name, h in zip(layers, hidden, strict=False)}

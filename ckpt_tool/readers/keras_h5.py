@@ -392,6 +392,15 @@ def _extend(path: tuple[str, ...] | None, name: str | None) -> tuple[str, ...] |
     return (*path, name) if path is not None and name else None
 
 
+def _holds_data(group: h5py.Group) -> bool:
+    """Whether a dataset lies anywhere below the group (an input layer holds none)."""
+    return group.visititems(lambda _, obj: True if isinstance(obj, h5py.Dataset) else None) is True
+
+
+def _rank(found: tuple[int, str | None] | None) -> int | None:
+    return found[0] if found is not None else None
+
+
 class _WeightsH5Lister:
     """Walks a `.weights.h5` tree in model order and names every dataset.
 
@@ -407,6 +416,11 @@ class _WeightsH5Lister:
         self.path = path
         self.addresses = _object_addresses(h5)
         self.out: list[tuple[VariableInfo, np.dtype]] = []
+        # Keras' `variable.path` of each dataset whose names are all known. Files whose
+        # layer groups carry auto names (`reversible_embedding` for the layer named
+        # `token_embedding`, as subclassed models save them) name tensors by these paths.
+        self.keras_names: dict[str, str] = {}
+        self.renamed = False
 
     def run(self) -> list[tuple[VariableInfo, np.dtype]]:
         cfg = self.config
@@ -419,7 +433,17 @@ class _WeightsH5Lister:
             sequential=bool(cfg) and cfg.get("class_name") == "Sequential",
         )
         self._walk(root)
+        if self.renamed:
+            return [(self._keras_named(info), dtype) for info, dtype in self.out]
         return self.out
+
+    def _keras_named(self, info: VariableInfo) -> VariableInfo:
+        """The tensor under Keras' own `variable.path`, its file path as an alias."""
+        keras_name = self.keras_names.get(info.key)
+        if keras_name is None or keras_name == info.name:
+            return info
+        aliases = (info.name, *(a for a in info.aliases if a != keras_name))
+        return replace(info, name=keras_name, aliases=aliases)
 
     def _walk(self, node: _Node) -> None:
         self._emit_vars(node)
@@ -439,7 +463,10 @@ class _WeightsH5Lister:
         base = [p for p in node.parts if p not in _LAYER_CONTAINERS]
         for i, (index, ds) in enumerate(items):
             weight = names[i] if names else index
-            alias = "/".join((*node.keras_path, weight)) if names and node.keras_path else None
+            file_name = "/".join((*base, weight))
+            keras_name = "/".join((*node.keras_path, weight)) if names and node.keras_path else None
+            if keras_name:
+                self.keras_names[ds.name.lstrip("/")] = keras_name
             extra: dict[str, Any] = {"index": int(index) if index.isdigit() else index}
             if node.class_name:
                 extra["class_name"] = node.class_name
@@ -449,10 +476,10 @@ class _WeightsH5Lister:
                 _info(
                     ds,
                     self.path,
-                    name="/".join((*base, weight)),
+                    name=file_name,
                     kind=node.kind,
                     order=len(self.out),
-                    aliases=(alias,) if alias else (),
+                    aliases=(keras_name,) if keras_name else (),
                     extra=extra,
                 )
             )
@@ -468,6 +495,10 @@ class _WeightsH5Lister:
             children = [self._layer_child(node, k, g) for k, g in groups]
             return self._sorted(children, lambda c: ranks.get(c.layer_name or ""))
         children = [self._attr_child(node, k, g) for k, g in groups]
+        if node.class_name in kwn.SUBLAYERS:  # a composite layer: its creation order
+            return self._sorted(
+                children, lambda c: _rank(kwn.sublayer(node.class_name, c.parts[-1]))
+            )
         if node.class_name in kwn.MHA_CLASSES:
             ranks = {name: i for i, name in enumerate(kwn.MHA_SUBLAYERS)}
             return self._sorted(children, lambda c: ranks.get(kwn.mha_sublayer(c.parts[-1]) or ""))
@@ -521,6 +552,8 @@ class _WeightsH5Lister:
             class_name = "EinsumDense"
             config = kwn.mha_sublayer_config(node.config)
             name = name or _MHA_SUBLAYER_NAMES[sublayer]
+        elif kwn.sublayer(node.class_name, key) is not None:
+            class_name = kwn.sublayer(node.class_name, key)[1]
         keras_path = _extend(node.keras_path, name) if kind == WEIGHT else None
         return _Node(
             group,
@@ -538,6 +571,8 @@ class _WeightsH5Lister:
             return self._attr_child(container, key, group)  # a nested list
         entry = self._match_entry(container, key, group)
         name = _vars_name(group) or (_entry_name(entry) if entry else None)
+        if container.kind == WEIGHT and name and name != key and _holds_data(group):
+            self.renamed = True
         if entry is not None:
             class_name, config = _builtin_class(entry), _entry_config(entry)
         elif container.kind == WEIGHT:  # no config: the group name is the class name

@@ -127,6 +127,95 @@ SCHEMAS["SeparableConv2D"] = SCHEMAS["SeparableConv1D"]
 MHA_SUBLAYERS = ("query_dense", "key_dense", "gate_dense", "value_dense", "output_dense")
 MHA_CLASSES = ("MultiHeadAttention",)
 
+# Layers of keras-hub (keras_nlp) that Keras saves like its own: weights they create
+# themselves, in creation order.
+SCHEMAS.update(
+    {
+        "ReversibleEmbedding": LayerSchema(
+            (
+                WeightSpec("embeddings"),
+                WeightSpec("reverse_embeddings", lambda cfg: not cfg.get("tie_weights")),
+            ),
+            defaults={"tie_weights": True},
+            choices={"tie_weights": (True, False)},
+        ),
+        "PositionEmbedding": LayerSchema((WeightSpec("embeddings"),)),
+        "LlamaLayerNorm": LayerSchema((WeightSpec("scale"),)),
+        "ViTPatchingAndEmbedding": LayerSchema(
+            (WeightSpec("class_token", _flag("use_class_token")),),
+            defaults={"use_class_token": True},
+            choices={"use_class_token": (True, False)},
+        ),
+    }
+)
+
+# Composite layers (keras-hub's): attribute -> sublayer class, in the order the layer
+# creates them (the order of `layer.weights`; the file lists attributes alphabetically).
+# Attention layers whose sublayers are named like MultiHeadAttention's count as one.
+_MHA, _LN, _DENSE = "MultiHeadAttention", "LayerNormalization", "Dense"
+SUBLAYERS: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "TransformerEncoder": (
+        ("self_attention_layer", _MHA),
+        ("self_attention_layer_norm", _LN),
+        ("feedforward_layer_norm", _LN),
+        ("feedforward_intermediate_dense", _DENSE),
+        ("feedforward_output_dense", _DENSE),
+    ),
+    "TransformerDecoder": (
+        ("self_attention_layer", _MHA),
+        ("self_attention_layer_norm", _LN),
+        ("cross_attention_layer", _MHA),
+        ("cross_attention_layer_norm", _LN),
+        ("feedforward_intermediate_dense", _DENSE),
+        ("feedforward_output_dense", _DENSE),
+        ("feedforward_layer_norm", _LN),
+    ),
+    "LlamaTransformerDecoder": (
+        ("self_attention_layer", _MHA),  # LlamaAttention: MHA's sublayer names
+        ("self_attention_layernorm", "LlamaLayerNorm"),
+        ("feedforward_intermediate_dense", _DENSE),
+        ("feedforward_gate_dense", _DENSE),
+        ("feedforward_output_dense", _DENSE),
+        ("feedforward_layernorm", "LlamaLayerNorm"),
+    ),
+    "TokenAndPositionEmbedding": (
+        ("token_embedding", "ReversibleEmbedding"),
+        ("position_embedding", "PositionEmbedding"),
+    ),
+    "ViTPatchingAndEmbedding": (
+        ("patch_embedding", "Conv2D"),
+        ("position_embedding", "Embedding"),
+    ),
+    "ViTEncoder": (("encoder_layers", None), ("layer_norm", _LN)),
+    "ViTEncoderBlock": (
+        ("layer_norm_1", _LN),
+        ("mha", _MHA),
+        ("layer_norm_2", _LN),
+        ("mlp", "MLP"),
+    ),
+    "MLP": (("dense_1", _DENSE), ("dense_2", _DENSE)),
+}
+_LIBRARY_CLASSES = (
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "LlamaTransformerDecoder",
+    "LlamaLayerNorm",
+    "ReversibleEmbedding",
+    "PositionEmbedding",
+    "TokenAndPositionEmbedding",
+    "ViTPatchingAndEmbedding",
+    "ViTEncoder",
+    "ViTEncoderBlock",
+)
+
+
+def sublayer(parent_class: str | None, attr_name: str) -> tuple[int, str | None] | None:
+    """(creation rank, class) of a composite layer's sublayer attribute, or None."""
+    for rank, (attr, class_name) in enumerate(SUBLAYERS.get(parent_class or "", ())):
+        if attr == attr_name.lstrip("_"):
+            return rank, class_name
+    return None
+
 
 def to_snake_case(name: str) -> str:
     """Keras' `naming.to_snake_case`: `MultiHeadAttention` -> `multi_head_attention`."""
@@ -136,7 +225,9 @@ def to_snake_case(name: str) -> str:
 
 
 # `dense_3` -> Dense: file group names are snake_case class names plus a counter.
-_CLASS_BY_SNAKE = {to_snake_case(name): name for name in (*SCHEMAS, *MHA_CLASSES)}
+_CLASS_BY_SNAKE = {
+    to_snake_case(name): name for name in (*SCHEMAS, *MHA_CLASSES, *_LIBRARY_CLASSES)
+}
 
 
 def class_from_group_name(group_name: str) -> str | None:
