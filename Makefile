@@ -23,8 +23,14 @@ format:
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Model Garden pins an older TensorFlow: install it without its pins, with the two
+# runtime packages its encoders import.
 fixtures:
+	$(PY) -m pip install --quiet --no-deps 'tf-models-official==2.20.*' 'gin-config==0.5.*' scipy
 	$(PY) fixtures/generate.py
+	$(PY) fixtures/hf/generate.py
+	$(PY) fixtures/keras_hub/generate.py
+	$(PY) fixtures/model_garden/generate.py
 
 bench:
 	$(PY) bench/run.py
