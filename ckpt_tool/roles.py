@@ -91,6 +91,9 @@ def assign_roles(
     from ckpt_tool.families import claim_layers
 
     weights = sorted((i for i in infos if i.kind == WEIGHT), key=lambda i: i.order)
+    # Every role is a floating tensor's: integer or string state never takes one.
+    not_float = [i for i in weights if not _is_float(i.dtype)]
+    weights = [i for i in weights if _is_float(i.dtype)]
     layer_configs = _layer_configs(model_config) if model_config and not ignore_names else {}
     layers: list[Layer] = []
     family_layers: list[Layer] = []
@@ -110,7 +113,7 @@ def assign_roles(
     if family is None:  # a family's unknown tensors stay unassigned, not guessed
         found, rest = _from_shapes(rest)
         layers += found
-    unassigned = rest
+    unassigned = sorted([*rest, *not_float], key=lambda i: i.order)
     # Model order: by first variable; a family's layers keep their forward order as a
     # block (TF1 checkpoints list variables by name).
     order = {info.key: info.order for info in weights}
@@ -127,6 +130,10 @@ def assign_roles(
     if roles_file is not None:
         apply_roles_file(role_map, roles_file, weights)
     return role_map
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
 
 
 def _dedupe_layer_names(layers: list[Layer]) -> None:

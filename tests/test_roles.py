@@ -182,3 +182,23 @@ def test_functional_config_graph_has_residuals():
     graph = build_graph(config, role_map)
     assert graph.source == "config"
     assert [n.class_name for n in graph.nodes].count("Add") == 2
+
+
+def test_rng_state_is_bookkeeping_and_never_takes_a_role():
+    """A Keras 3 export stores each Dropout's SeedGenerator state (int64, shape (2,))
+    between the weights: bookkeeping, hidden by `list`, never a LayerNorm's gamma/beta."""
+    path = fixture_path("dropout_block_savedmodel")
+    with open_reader(path) as reader:
+        infos = reader.variables()
+    seeds = [i for i in infos if i.name.endswith("seed_generator_state")]
+    assert len(seeds) == 2 and all(i.dtype == "int64" for i in seeds)
+    assert {i.kind for i in seeds} == {"bookkeeping"}
+    # Even offered as weights, integer tensors get no role.
+    as_weights = [dataclasses.replace(i, kind="weight") for i in infos]
+    role_map = assign_roles(as_weights)
+    assigned = role_map.by_key()
+    assert all(i.key not in assigned for i in seeds)
+    norm = next(layer for layer in role_map.layers if layer.class_name == "LayerNormalization")
+    dtypes = {i.key: i.dtype for i in infos}
+    assert {dtypes[k] for k in norm.weights.values()} == {"float32"}
+    assert {i.key for i in seeds} <= {i.key for i in role_map.unassigned}

@@ -192,6 +192,15 @@ def _path_kind(parts: tuple[str, ...]) -> str:
     return WEIGHT
 
 
+def _names_bookkeeping(name: str | None) -> bool:
+    """A variable's own recorded name that marks it as bookkeeping: Keras 3 names the RNG
+    state of a SeedGenerator `seed_generator[_N]/seed_generator_state`."""
+    if not name:
+        return False
+    parts = name.split("/")
+    return parts[-1] == "seed_generator_state" or not _BOOKKEEPING_PARTS.isdisjoint(parts)
+
+
 def _tf1_kind(key: str) -> str:
     parts = key.split("/")
     if key == OBJECT_GRAPH_KEY or parts[0] in _BOOKKEEPING_PARTS:
@@ -375,6 +384,8 @@ class CheckpointReader(Reader):
                     info.extra["full_name"] = gv.full_name
                 if own:
                     own_names[key] = own
+                if info.kind == WEIGHT and _names_bookkeeping(own):
+                    info.kind = BOOKKEEPING  # e.g. a Keras 3 export's RNG seed state
                 sort_keys[key] = (_GROUP[info.kind], 0, gv.rank, "", _natural_key(key))
             infos.append(info)
 
