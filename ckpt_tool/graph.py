@@ -267,7 +267,7 @@ def run_graph(
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Run the graph in NumPy. Returns the model outputs and every node's first output
     (by layer name, for per-layer comparison). `configs` overrides node configs."""
-    from ckpt_tool.layers import get_layer_kind
+    from ckpt_tool.layers import LayerConfigError, get_layer_kind
 
     values: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
     masks: dict[tuple[str, int], tuple[Mask, ...]] = {}
@@ -280,9 +280,16 @@ def run_graph(
         config = (configs or {}).get(node.layer, node.config)
         tensors, tensor_masks, call_kwargs = _call_arguments(node, values, masks)
         _add_input_masks(node, tensor_masks, call_kwargs)
-        result = kind.apply(
-            config, dict(weights.get(node.layer, {})), tensors, dtype=dtype, **call_kwargs
-        )
+        try:
+            result = kind.apply(
+                config, dict(weights.get(node.layer, {})), tensors, dtype=dtype, **call_kwargs
+            )
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            # Structure the kernel did not expect (shapes, settings): a clear refusal.
+            raise LayerConfigError(
+                f"cannot compute layer {node.layer!r} ({node.class_name}) from the weights: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         outputs = result if isinstance(result, tuple) else (result,)
         values[(node.layer, node.node_index)] = outputs
         masks[(node.layer, node.node_index)] = _output_masks(

@@ -24,7 +24,7 @@ from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.roles import Layer, RoleMap
 from tests.bundle_writer import entry_of, mask, rewrite_index
-from tests.support import fixture_path, run_cli
+from tests.support import FIXTURES, fixture_path, run_cli
 
 
 def diff_json(*args: str) -> tuple[int, dict]:
@@ -502,3 +502,22 @@ def test_diff_readers_api(tmp_path: Path) -> None:
     assert (
         report.ok and calls[0][0] == len(report.pairs) and calls.count("tick") == len(report.pairs)
     )
+
+
+KERAS_HUB = json.loads((FIXTURES / "keras_hub" / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [e for e in KERAS_HUB if e["format"] != "keras" and not e.get("missing_weights")],
+    ids=lambda e: e["id"],
+)
+def test_keras_hub_formats_pair_tensor_for_tensor(entry):
+    """A keras-hub backbone's .keras, .weights.h5, export and checkpoint name their
+    tensors alike: diff pairs every tensor and finds them equal."""
+    keras_file = next(
+        e for e in KERAS_HUB if e["model"] == entry["model"] and e["format"] == "keras"
+    )
+    result = run_cli("diff", str(FIXTURES / keras_file["path"]), str(FIXTURES / entry["path"]))
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr
+    assert ", 0 only in A, 0 only in B" in result.stdout
