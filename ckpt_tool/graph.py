@@ -125,17 +125,26 @@ def _from_functional(config: dict) -> Graph:
     return Graph(inputs, ordered, outputs, "config", [r[0] for r in inputs])
 
 
-def _refs(value: list) -> list[Ref]:
-    """`["x", 0, 0]` or `[["x", 0, 0], ...]` -> list of Refs."""
+def _refs(value: Any) -> list[Ref]:
+    """`["x", 0, 0]`, `[["x", 0, 0], ...]` or a dict of those (a model with named inputs
+    or outputs, flattened in sorted key order as Keras does) -> list of Refs."""
+    if isinstance(value, dict):
+        return [r for key in sorted(value) for r in _refs(value[key])]
+    if not isinstance(value, list):
+        raise UnsupportedFormatError(f"unreadable input or output in the model config: {value!r}")
     if value and isinstance(value[0], str):
         return [(value[0], int(value[1]), int(value[2]))]
-    return [(v[0], int(v[1]), int(v[2])) for v in value]
+    return [r for v in value for r in _refs(v)]
 
 
 def _parse_inbound(inbound: Any) -> tuple[list[Any], dict[str, Any]]:
     """One call of a layer, from either config spelling:
     Keras 3 `{"args": [...], "kwargs": {...}}` with `__keras_tensor__` entries, or
-    tf-keras `[[layer, node, tensor, {kwargs}], ...]`."""
+    tf-keras `[[layer, node, tensor, {kwargs}], ...]` (or `{name: [layer, ...], ...}` for
+    a dict input: one argument, its tensors in sorted key order)."""
+    if isinstance(inbound, dict) and not ("args" in inbound or "kwargs" in inbound):
+        args, kwargs = _parse_inbound([inbound[key] for key in sorted(inbound)])
+        return [args], kwargs
     if isinstance(inbound, dict):
         args = [_tensor_refs(a) for a in inbound.get("args", [])]
         kwargs = {k: _tensor_refs(v) for k, v in inbound.get("kwargs", {}).items()}
@@ -154,6 +163,9 @@ def _tensor_refs(value: Any) -> Any:
         return (history[0], int(history[1]), int(history[2]))
     if isinstance(value, list):
         return [_tensor_refs(v) for v in value]
+    if isinstance(value, dict):  # a dict of tensors: flattened by sorted key, as Keras does
+        refs = [_tensor_refs(value[key]) for key in sorted(value)]
+        return refs if _refs_in(refs) else value
     return value
 
 
@@ -403,7 +415,8 @@ def graph_input_kinds(
                 kinds[refs[1][0]] = {"kind": "types", "vocab": types}
         elif node.class_name == "BertSelfAttention" and len(refs) > 1:
             kinds[refs[1][0]] = {"kind": "mask"}
-        mask = node.kwargs.get("attention_mask")
-        if isinstance(mask, tuple):
-            kinds[mask[0]] = {"kind": "mask"}
+        for key in ("attention_mask", "key_mask"):
+            mask = node.kwargs.get(key)
+            if isinstance(mask, tuple):
+                kinds[mask[0]] = {"kind": "mask"}
     return {name: kind for name, kind in kinds.items() if name in graph.input_names}

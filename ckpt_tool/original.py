@@ -285,7 +285,7 @@ def _flatten(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return [x for v in value for x in _flatten(v)]
     if isinstance(value, dict):
-        return [x for k in value for x in _flatten(value[k])]
+        return [x for k in sorted(value) for x in _flatten(value[k])]  # tf.nest order
     return [value]
 
 
@@ -318,6 +318,7 @@ class _KerasModel(OriginalModel):
             else:
                 import keras
 
+                _import_config_packages(path)
                 objects = import_custom_objects(custom_objects)
                 self._model = keras.saving.load_model(
                     str(path), compile=False, safe_mode=not unsafe, custom_objects=objects or None
@@ -349,8 +350,13 @@ class _KerasModel(OriginalModel):
             for t in self._model.inputs
         ]
 
-    @staticmethod
-    def _structured(inputs: Sequence[np.ndarray]) -> Any:
+    def _structured(self, inputs: Sequence[np.ndarray]) -> Any:
+        try:
+            named = isinstance(self._model.input, dict)  # e.g. keras-hub backbones
+        except (AttributeError, ValueError):
+            named = False
+        if named:
+            return {spec.name: x for spec, x in zip(self.input_specs, inputs, strict=True)}
         return inputs[0] if len(inputs) == 1 else list(inputs)
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -360,6 +366,8 @@ class _KerasModel(OriginalModel):
                 result = self._model(self._structured(inputs), training=False)
             except Exception as exc:
                 raise CkptToolError(f"Keras failed to run the model: {first_line(exc)}") from None
+        if isinstance(result, dict):  # outputs by name (keras-hub backbones)
+            self.output_names = _ordered_names(result)
         return [np.asarray(t) for t in _ordered_outputs(result)]
 
     def layer_outputs(
@@ -377,6 +385,28 @@ class _KerasModel(OriginalModel):
         if not isinstance(result, (list, tuple)):
             result = [result]
         return {layer.name: np.asarray(r) for layer, r in zip(layers, result, strict=True)}
+
+
+def _import_config_packages(path: Path) -> None:
+    """Import keras_hub before loading a .keras file whose config names its classes (it
+    registers them; safe mode stays as it is)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return  # Keras reports what is wrong with the file
+    if isinstance(config, dict) and any(
+        "keras_hub" in str(config.get(key) or "") for key in ("module", "registered_name")
+    ):
+        try:
+            import keras_hub  # noqa: F401
+        except ImportError:
+            raise CkptToolError(
+                "this model is a keras-hub model: pip install keras-hub to verify it", path
+            ) from None
 
 
 def _dtype_name(dtype: Any) -> str:

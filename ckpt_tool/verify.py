@@ -242,9 +242,9 @@ def _input_order(
             "config with --config FILE (the JSON of model.to_json())",
             path,
         )
-    names = [_base_name(s.name) for s in specs]
-    if sorted(names) == sorted(graph.input_names) and len(set(names)) == len(names):
-        return [names.index(n) for n in graph.input_names]
+    for names in ([s.name.split(":")[0] for s in specs], [_base_name(s.name) for s in specs]):
+        if sorted(names) == sorted(graph.input_names) and len(set(names)) == len(names):
+            return [names.index(n) for n in graph.input_names]
     return list(range(len(specs)))
 
 
@@ -274,9 +274,10 @@ def _spec_kinds(order: list[int], graph: Graph, kinds: dict[str, dict]) -> dict[
 def _aligned_expected(
     original: OriginalModel, graph: Graph, expected: list[np.ndarray]
 ) -> list[np.ndarray]:
-    """The original's outputs in the graph's output order (by name when both name them)."""
+    """The original's outputs in the graph's output order (by name when both name them);
+    outputs the graph does not rebuild (GPT-2's past_key_values) are left out."""
     theirs, ours = original.output_names, graph.output_names
-    if theirs and ours and sorted(theirs) == sorted(ours) and len(theirs) == len(expected):
+    if theirs and ours and set(ours) <= set(theirs) and len(theirs) == len(expected):
         return [expected[theirs.index(name)] for name in ours]
     return expected
 

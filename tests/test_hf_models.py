@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -23,11 +24,67 @@ from ckpt_tool.readers import open_reader
 from tests.support import FIXTURES, run_cli
 
 MANIFEST = json.loads((FIXTURES / "hf" / "manifest.json").read_text())
-# The families ckpt-tool supports end to end so far (BERT names: BERT, RoBERTa, ELECTRA).
-SUPPORTED = ("bert", "roberta", "electra")
+# The models ckpt-tool supports end to end (BERT names: BERT, RoBERTa, ELECTRA).
+SUPPORTED = ("bert", "roberta", "electra", "distilbert", "gpt2", "vit")
 ENTRIES = [e for e in MANIFEST if e["model"] in SUPPORTED]
 H5 = [e for e in ENTRIES if e["format"] == "tf_model_h5"]
 ATTENTION_ROLES = {f"{p}.{w}" for p in ("query", "key", "value") for w in ("kernel", "bias")}
+DISTILBERT_ROLES = {
+    f"{p}.{w}" for p in ("q_lin", "k_lin", "v_lin", "out_lin") for w in ("kernel", "bias")
+}
+GPT2_ROLES = {f"{p}.{w}" for p in ("c_attn", "c_proj") for w in ("kernel", "bias")}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a model's role map looks like."""
+
+    family: str
+    first_class: str  # the embeddings' layer kind
+    attention_class: str
+    attention_roles: set[str]
+    layers_key: str  # the config key of the number of blocks
+    tf_param: dict[str, str] = field(default_factory=dict)  # role param -> TF name's last part
+    # the TF names of layer 0's query and key kernels, below .../<block 0>/
+    query_key: tuple[str, str] = ("attention/self/query/kernel", "attention/self/key/kernel")
+
+
+BERT_SPEC = Spec(
+    "bert", "BertEmbeddings", "BertSelfAttention", ATTENTION_ROLES, "num_hidden_layers"
+)
+SPECS = {
+    "bert": BERT_SPEC,
+    "roberta": BERT_SPEC,
+    "electra": BERT_SPEC,
+    "distilbert": Spec(
+        "hf_distilbert",
+        "BertEmbeddings",
+        "DistilBertAttention",
+        DISTILBERT_ROLES,
+        "n_layers",
+        query_key=("attention/q_lin/kernel", "attention/k_lin/kernel"),
+    ),
+    "gpt2": Spec(
+        "hf_gpt2",
+        "Embedding",
+        "GPT2Attention",
+        GPT2_ROLES,
+        "n_layer",
+        {"kernel": "weight"},
+        query_key=("attn/c_attn/weight", "attn/c_attn/weight"),  # one fused kernel
+    ),
+    "vit": Spec(
+        "hf_vit",
+        "ViTEmbeddings",
+        "BertSelfAttention",
+        ATTENTION_ROLES,
+        "num_hidden_layers",
+        query_key=("attention/attention/query/kernel", "attention/attention/key/kernel"),
+    ),
+}
+# Block 0's scope in each model's TF names.
+BLOCK_0 = {"gpt2": "h_._0/", "distilbert": "layer_._0/", "vit": "layer_._0/"}
+NEW = [e for e in ENTRIES if e["model"] in BLOCK_0]
 
 torch.set_grad_enabled(False)
 
@@ -51,6 +108,13 @@ def _torch_model(model: str):
     return getattr(transformers, entry["torch_class"])(config).eval()
 
 
+def _torch_input(array: np.ndarray) -> torch.Tensor:
+    """Token ids and masks as int64, images as they are (float32)."""
+    if np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(array)
+    return torch.as_tensor(array, dtype=torch.long)
+
+
 def _export_torch(src: Path, out: Path) -> dict[str, np.ndarray]:
     result = run_cli("export", str(src), "-o", str(out), "--force", "--layout", "torch")
     assert result.returncode == 0, result.stderr
@@ -62,19 +126,27 @@ def _export_torch(src: Path, out: Path) -> dict[str, np.ndarray]:
 def test_every_weight_has_its_role(entry):
     with open_reader(_path(entry)) as reader:
         model = open_model(reader)
+    spec = SPECS[entry["model"]]
     roles, weights = model.roles, [i for i in model.infos if i.kind == "weight"]
-    assert roles.family == "bert"
+    assert roles.family == spec.family
     assert roles.unassigned == []
     assert len(roles.by_key()) == len(weights)
-    attention = [la for la in roles.layers if la.class_name == "BertSelfAttention"]
-    assert len(attention) == entry["config"]["num_hidden_layers"]
+    attention = [la for la in roles.layers if la.class_name == spec.attention_class]
+    assert len(attention) == entry["config"][spec.layers_key]
+    names = {i.key: i.name for i in model.infos}
     for layer in attention:
-        assert set(layer.weights) == ATTENTION_ROLES
-        # the weight named .../self/<part>/<param> has role <part>.<param>
-        names = {i.key: i.name for i in model.infos}
+        assert set(layer.weights) == spec.attention_roles
+        # the weight named .../<part>/<param> has role <part>.<param>
         for role, key in layer.weights.items():
-            assert names[key].endswith("/" + role.replace(".", "/")), (role, names[key])
-    assert roles.layers[0].class_name == "BertEmbeddings"
+            part, param = role.split(".")
+            tail = f"/{part}/{spec.tf_param.get(param, param)}"
+            assert names[key].endswith(tail), (role, names[key])
+        assert any("heads" in note for note in layer.notes)
+    if entry["model"] == "gpt2":  # the fused kernel's parts are told
+        d = entry["config"]["n_embd"]
+        split = f"columns 0:{d} query, {d}:{2 * d} key, {2 * d}:{3 * d} value"
+        assert all(any(split in note for note in la.notes) for la in attention)
+    assert roles.layers[0].class_name == spec.first_class
 
 
 @pytest.mark.parametrize("entry", H5, ids=lambda e: e["id"])
@@ -95,7 +167,7 @@ def test_torch_layout_is_the_transformers_state_dict(entry, tmp_path):
         np.testing.assert_array_equal(array, converted[name].numpy(), err_msg=name)
 
     data = _inputs(entry)
-    feeds = {n: torch.as_tensor(data[n], dtype=torch.long) for n in entry["inputs"]["names"]}
+    feeds = {n: _torch_input(data[n]) for n in entry["inputs"]["names"]}
     out = model(**feeds)
     for name in entry["inputs"]["expected"]:
         ours = getattr(out, name.removeprefix("expected_")).numpy()
@@ -128,3 +200,65 @@ def test_verify_catches_swapped_query_and_key(tmp_path):
     assert not report["passed"]
     first = report["runs"][0]["first_divergent_layer"]
     assert first is not None and "layer_._1/" in first, first
+
+
+@pytest.mark.parametrize(
+    "entry", [e for e in NEW if e["format"] != "tf_model_h5"], ids=lambda e: e["id"]
+)
+def test_saved_model_exports_the_torch_arrays_of_its_tf_model_h5(entry, tmp_path):
+    """A SavedModel (names from its object graph) gives the same state_dict as the
+    model's tf_model.h5."""
+    h5 = next(e for e in H5 if e["model"] == entry["model"])
+    ours = _export_torch(_path(entry), tmp_path / "saved_model.npz")
+    theirs = _export_torch(_path(h5), tmp_path / "h5.npz")
+    assert sorted(ours) == sorted(theirs)
+    for name, array in ours.items():
+        np.testing.assert_array_equal(array, theirs[name], err_msg=name)
+
+
+def _swap_query_and_key(src: Path, copy: Path, model: str) -> None:
+    """A copy of a tf_model.h5 with block 0's query and key kernels swapped (GPT-2: the
+    query and key column blocks of its fused c_attn kernel)."""
+    shutil.copy(src, copy)
+    query, key = SPECS[model].query_key
+    with h5py.File(copy, "r+") as f:
+        names: list[str] = []
+        f.visit(names.append)
+        q = next(n for n in names if n.endswith(BLOCK_0[model] + query + ":0"))
+        k = q.replace(query, key)
+        if q == k:  # fused (D, 3D): columns 0:D query, D:2D key
+            kernel = np.array(f[q])
+            d = kernel.shape[1] // 3
+            kernel[:, : 2 * d] = np.concatenate([kernel[:, d : 2 * d], kernel[:, :d]], axis=1)
+            f[q][...] = kernel
+        else:
+            f[q][...], f[k][...] = np.array(f[k]), np.array(f[q])
+
+
+@pytest.mark.parametrize("entry", [e for e in H5 if e["model"] in BLOCK_0], ids=lambda e: e["id"])
+def test_verify_catches_swapped_query_and_key_in_block_0(entry, tmp_path):
+    """Block 0's query and key swapped: verify fails, and --per-layer (transformers'
+    hidden_states) names block 0 as the first that diverges."""
+    copy = tmp_path / "swapped.h5"
+    _swap_query_and_key(_path(entry), copy, entry["model"])
+    args = ("--weights", str(copy), "--per-layer", "--json")
+    result = run_cli("verify", str(_path(entry)), *args)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    report = json.loads(result.stdout)
+    assert not report["passed"]
+    first = report["runs"][0]["first_divergent_layer"]
+    assert first is not None and BLOCK_0[entry["model"]] in first, first
+
+
+@pytest.mark.parametrize(
+    "entry", [e for e in NEW if e["format"] != "tf_model_h5"], ids=lambda e: e["id"]
+)
+def test_saved_model_verify_catches_swapped_weights(entry, tmp_path):
+    """The SavedModel run by its serving signature, with weights from a tf_model.h5 copy
+    whose block 0 has query and key swapped: verify fails."""
+    h5 = next(e for e in H5 if e["model"] == entry["model"])
+    copy = tmp_path / "swapped.h5"
+    _swap_query_and_key(_path(h5), copy, entry["model"])
+    result = run_cli("verify", str(_path(entry)), "--weights", str(copy))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    assert "FAIL" in result.stdout

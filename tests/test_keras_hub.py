@@ -195,3 +195,58 @@ def test_torch_export_loads_strict_and_matches_keras(rec, tmp_path):
     assert sorted(got) == sorted(rec["expected"])
     for name, value in got.items():
         np.testing.assert_allclose(value, data[name], rtol=1e-4, atol=2e-5, err_msg=name)
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+# Runnable by TensorFlow: the .keras files and the model.export() SavedModels.
+RUNNABLE = [r for r in MANIFEST if r["model"] in MODELS and r["format"] in ("keras", "export")]
+# Second block's query and key kernels in each .weights.h5 (same shapes; not Llama's GQA).
+SWAPS = {
+    "bert": ("transformer_encoder_1", "transformer_layer_1"),
+    "distilbert": ("transformer_encoder_1", "transformer_layer_1"),
+    "gpt2": ("transformer_decoder_1", "transformer_layer_1"),
+}
+
+
+@pytest.mark.parametrize("rec", RUNNABLE, ids=_ids(RUNNABLE))
+def test_verify_passes_without_options(rec):
+    result = run_cli("verify", str(_path(rec)), "--json")
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["graph"].startswith("keras-hub backbone")
+    expected = sorted(name.removeprefix("expected_") for name in rec["expected"])
+    assert sorted(o["name"] for o in report["runs"][0]["outputs"]) == expected
+
+
+def _swapped_weights(model: str, group: str, tmp_path):
+    """A copy of the model's .weights.h5 with one block's query and key kernels swapped."""
+    import shutil
+
+    import h5py
+
+    copy = tmp_path / f"{model}_swapped.weights.h5"
+    shutil.copy(FIXTURES / "keras_hub" / model / f"{model}.weights.h5", copy)
+    base = f"layers/{group}/_self_attention_layer"
+    with h5py.File(copy, "r+") as f:
+        query, key = f[f"{base}/query_dense/vars/0"], f[f"{base}/key_dense/vars/0"]
+        q, k = query[()], key[()]
+        query[...], key[...] = k, q
+    return copy
+
+
+@pytest.mark.parametrize("model", sorted(SWAPS))
+def test_swapped_query_and_key_fail_at_their_layer(model, tmp_path):
+    group, layer = SWAPS[model]
+    original = FIXTURES / "keras_hub" / model / f"{model}.keras"
+    # the untouched weights file runs like the model itself
+    same = run_cli("verify", str(original), "--weights", str(original.with_suffix(".weights.h5")))
+    assert same.returncode == 0, same.stderr + same.stdout[-3000:]
+    copy = _swapped_weights(model, group, tmp_path)
+    result = run_cli("verify", str(original), "--weights", str(copy), "--per-layer", "--json")
+    assert result.returncode == 1, result.stderr + result.stdout[-3000:]
+    run = json.loads(result.stdout)["runs"][0]
+    assert not run["passed"]
+    assert run["first_divergent_layer"] == layer
+    passed = [a["name"] for a in run["layers"] if a["passed"]]
+    assert "transformer_layer_0" in passed

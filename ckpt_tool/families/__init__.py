@@ -12,13 +12,24 @@ from pathlib import Path
 
 from ckpt_tool.families.base import Family, load_json_config
 from ckpt_tool.families.bert import BertFamily
+from ckpt_tool.families.hf_distilbert import DistilBertFamily
+from ckpt_tool.families.hf_gpt2 import GPT2Family
+from ckpt_tool.families.hf_vit import ViTFamily
 from ckpt_tool.families.keras_hub import KerasHubFamily
+from ckpt_tool.families.model_garden import ModelGardenBertFamily
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import Layer, RoleMap
 
 __all__ = ["FAMILIES", "Family", "claim_layers", "family_of", "get_family", "load_json_config"]
 
-FAMILIES: tuple[Family, ...] = (KerasHubFamily(), BertFamily())
+FAMILIES: tuple[Family, ...] = (
+    KerasHubFamily(),
+    ModelGardenBertFamily(),
+    BertFamily(),
+    GPT2Family(),
+    DistilBertFamily(),
+    ViTFamily(),
+)
 
 
 def get_family(name: str | None) -> Family | None:
@@ -50,5 +61,5 @@ def _config_beside(family: Family, path: str | Path | None) -> dict | None:
     found = family.find_config(path) if path is not None else None
     if found is None:
         return None
-    config = load_json_config(found)
+    config = family.read_config(found)
     return config if family.accepts_config(config) else None

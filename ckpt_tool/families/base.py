@@ -79,6 +79,10 @@ class Family:
 
     # -- config files --------------------------------------------------------------------
 
+    def read_config(self, path: Path) -> dict:
+        """The config in a file `find_config` found (a JSON file unless the family says)."""
+        return load_json_config(path)
+
     def find_config(self, path: str | Path) -> Path | None:
         """A config file of this family beside a checkpoint, in a SavedModel or its assets
         (and, for a SavedModel written by `save_pretrained`, two levels up)."""

@@ -89,3 +89,204 @@ class TransformersTFModel(OriginalModel):
         hidden = self._run(inputs, output_hidden_states=True)["hidden_states"]
         layers = self._hidden_state_layers
         return {name: np.asarray(h) for name, h in zip(layers, hidden, strict=False)}
+
+
+# --------------------------------------------------------------------------- shared by
+# the Hugging Face TF families (GPT-2, DistilBERT, ViT): layers by name, head counts,
+# PyTorch arrays.
+
+
+class NamedLayers:
+    """Collects a family's layers by their TF names below one scope `prefix`: each
+    `take` makes one Layer of the variables `prefix + layer + "/" + name` found."""
+
+    def __init__(self, infos: Sequence, prefix: str):
+        from ckpt_tool.families.base import MissingDefault
+
+        self.prefix = prefix
+        self._by_name = MissingDefault({info.name: info for info in infos})
+        self.used: set[str] = set()
+        self.layers: list = []
+
+    def info(self, name: str):
+        """The variable named `prefix + name`, or None."""
+        return self._by_name[self.prefix + name]
+
+    def take(self, layer: str, class_name: str, roles: dict, config: dict, notes=()):
+        """A Layer named `prefix + layer` with role -> variable for each role whose name
+        (or one of its spellings, a tuple) exists; None when none does."""
+        from ckpt_tool.rolemap import NAMES, Layer
+
+        found = {}
+        for role, names in roles.items():
+            for name in (names,) if isinstance(names, str) else names:
+                info = self.info(f"{layer}/{name}")
+                if info is not None:
+                    found[role] = info
+                    break
+        if not found:
+            return None
+        self.used.update(info.key for info in found.values())
+        weights = {role: info.key for role, info in found.items()}
+        entry = Layer(self.prefix + layer, class_name, config, weights, NAMES, list(notes))
+        entry.scope = self.prefix
+        self.layers.append(entry)
+        return entry
+
+    def rest(self, infos: Sequence) -> list:
+        return [info for info in infos if info.key not in self.used]
+
+
+def block_indices(infos: Sequence, pattern) -> list[int]:
+    """The block numbers `pattern` (a regex with group `index`) finds in the names."""
+    return sorted({int(m.group("index")) for i in infos if (m := pattern.match(i.name))})
+
+
+def find_prefix(infos: Sequence, pattern) -> str | None:
+    """The scope (group `prefix` of `pattern`) of the first name or alias that matches."""
+    for info in infos:
+        for name in (info.name, *info.aliases):
+            m = pattern.match(name)
+            if m:
+                return m.group("prefix")
+    return None
+
+
+def family_scope(role_map) -> str:
+    """The scope the family's layers live under (other layers have none)."""
+    return next((la.scope for la in role_map.layers if la.scope is not None), "")
+
+
+def heads_note(d: int | None, heads: int | None, kernels: str) -> str:
+    """The note telling where an attention layer's head count came from."""
+    if heads:
+        return f"num_heads {heads} from the model's config file"
+    fits = [n for n in range(1, (d or 0) + 1) if d and d % n == 0]
+    return (
+        f"number of heads unknown: the {kernels} fit {', '.join(map(str, fits))} heads "
+        "alike; give the model's config.json beside the weights or --num-heads (verify "
+        "tries each)"
+    )
+
+
+class HeadCounts:
+    """problem / try_unknown_settings / set_num_heads for a family whose attention
+    layers (`attention_classes`) keep `num_heads` and `hidden_size` in their config."""
+
+    attention_classes: tuple[str, ...] = ()
+
+    def attention_layers(self, role_map) -> list:
+        return [la for la in role_map.layers if la.class_name in self.attention_classes]
+
+    def problem(self, role_map) -> str | None:
+        for layer in self.attention_layers(role_map):
+            if not layer.config.get("num_heads"):
+                d = layer.config.get("hidden_size")
+                return (
+                    f"the number of attention heads is not in the weights: the kernels of "
+                    f"{layer.name} fit any head count dividing {d}. Put the model's "
+                    "config.json beside the weights or pass --num-heads N"
+                )
+        return None
+
+    def try_unknown_settings(self, role_map) -> bool:
+        """Every head count that divides the width, the one nearest 64 per head first."""
+        changed = False
+        for layer in self.attention_layers(role_map):
+            d = layer.config.get("hidden_size")
+            if layer.config.get("num_heads") or not d:
+                continue
+            fits = [n for n in range(1, d + 1) if d % n == 0]
+            preferred = sorted(fits, key=lambda n: (abs(d // n - 64), n))
+            layer.config = {**layer.config, "num_heads": preferred[0]}
+            layer.config_alternatives += [{"num_heads": n} for n in preferred[1:]]
+            changed = True
+        return changed
+
+    def set_num_heads(self, role_map, num_heads: int) -> bool:
+        from ckpt_tool.errors import UsageError
+
+        layers = self.attention_layers(role_map)
+        for layer in layers:
+            d = layer.config.get("hidden_size")
+            if num_heads <= 0 or (d and d % num_heads):
+                raise UsageError(
+                    f"--num-heads {num_heads} does not divide the hidden size {d} of {layer.name}"
+                )
+            layer.config = {**layer.config, "num_heads": num_heads}
+            layer.notes = [n for n in layer.notes if "heads" not in n]
+            layer.notes.append(f"num_heads {num_heads} given by the user")
+        return bool(layers)
+
+
+# How a TF array becomes its PyTorch counterpart.
+VERBATIM, TRANSPOSE, FLATTEN, CONV2D = "verbatim", "transpose", "flatten", "conv2d"
+
+
+def _flatten(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)
+
+
+def _conv2d(a: np.ndarray) -> np.ndarray:
+    """Keras Conv2D kernel (kh, kw, C, D) -> torch Conv2d weight (D, C, kh, kw)."""
+    return np.transpose(a, (3, 2, 0, 1))
+
+
+def _torch_shape(shape: tuple[int, ...], how: str) -> tuple[int, ...]:
+    if how == TRANSPOSE:
+        return (shape[1], shape[0])
+    if how == FLATTEN:
+        return (int(np.prod(shape)),)
+    if how == CONV2D:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)
+
+
+def torch_entries(inp, lt, module: str, param) -> list:
+    """The state_dict arrays of one layer: `param(role, shape)` gives each role's
+    attribute path below `module` and how the array changes (VERBATIM, TRANSPOSE,
+    FLATTEN or CONV2D)."""
+    from ckpt_tool.layouts.base import derived, verbatim
+
+    functions = {TRANSPOSE: np.transpose, FLATTEN: _flatten, CONV2D: _conv2d}
+    arrays = []
+    for role, info in sorted(lt.tensors.items(), key=lambda item: item[1].order):
+        suffix, how = param(role, tuple(info.shape))
+        name = f"{module}.{suffix}" if module else suffix
+        if how == VERBATIM:
+            arrays.append(verbatim(inp, name, info))
+        else:
+            shape = _torch_shape(tuple(info.shape), how)
+            arrays.append(derived(inp, name, [info], functions[how], shape, how))
+    return arrays
+
+
+def torch_module(layer_name: str, scope: str) -> str:
+    """`tfgpt2_model/transformer/h_._0/attn` (scope `tfgpt2_model/transformer/`) ->
+    `h.0.attn`: Hugging Face's TF block lists `name_._i` are PyTorch's `name.i`."""
+    import re
+
+    name = layer_name.removeprefix(scope)
+    return re.sub(r"_\._(\d+)(?=/|$)", r".\1", name).replace("/", ".")
+
+
+def keras_param(role: str) -> tuple[str, str]:
+    """A Keras-named role's PyTorch attribute: `query.kernel` -> `query.weight`
+    (transposed: Linear is (out, in)), `gamma`/`beta` -> `weight`/`bias`."""
+    part, _, param = role.rpartition(".")
+    torch, how = {
+        "kernel": ("weight", TRANSPOSE),
+        "bias": ("bias", VERBATIM),
+        "gamma": ("weight", VERBATIM),
+        "beta": ("bias", VERBATIM),
+    }.get(param, (param, VERBATIM))
+    return (f"{part}.{torch}" if part else torch), how
+
+
+def original_from_pretrained(path: Path, format_name: str, graph, specs, hidden_layers):
+    """A `save_pretrained` directory's model as transformers runs it (its `tf_model.h5`
+    only), else None: SavedModels run by their serving signature."""
+    folder = pretrained_dir(path) if format_name == "h5" else None
+    if folder is None:
+        return None
+    return TransformersTFModel(folder, specs, graph.output_names or [], hidden_layers)

@@ -9,9 +9,15 @@ The `.keras` and `.weights.h5` readers give these paths (from the `name` of each
 SavedModel as each variable's own name (an alias of `variables/N`).
 
 Roles: attention projections (query/key/value (D,N,H), attention_output (N,H,D)) form a
-"MultiHeadAttention" layer, norms are "LayerNormalization" (Llama's RMS norm with
-`rms_scaling`), tables "Embedding", ViT's patch projection "Conv2D". Integer tensors
-(RNG `seed_generator_state`) get no role.
+"MultiHeadAttention" layer, norms are "LayerNormalization" (Llama's are
+"RMSNormalization": no mean subtracted), tables "Embedding", ViT's patch projection
+"Conv2D". Integer tensors (RNG `seed_generator_state`) get no role.
+
+Settings the weights do not store (epsilons, activations, rotary wavelength) come from
+the backbone config: a `.keras` file's config.json, or the `config.json` of a keras-hub
+preset beside the weights; else keras-hub's defaults for the architecture, with the
+common other values left to `verify` as alternatives. The forward graph (`graph`) is
+in `keras_hub_graph.py`.
 
 PyTorch names are those of the transformers model of the same architecture (BertModel,
 DistilBertModel, GPT2Model, LlamaModel, ViTModel): keras-hub's own converters
@@ -20,15 +26,19 @@ DistilBertModel, GPT2Model, LlamaModel, ViTModel): keras-hub's own converters
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ckpt_tool.families.base import Family
+from ckpt_tool.errors import UsageError
+from ckpt_tool.families.base import Family, load_json_config
 from ckpt_tool.readers.base import VariableInfo
-from ckpt_tool.rolemap import NAMES, Layer
+from ckpt_tool.rolemap import NAMES, Layer, RoleMap
 
 # -- roles ---------------------------------------------------------------------------------
 
@@ -43,7 +53,7 @@ _ROLE_RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple(
         ),
         (r"(?P<layer>.+)/attention_output/(?P<w>kernel|bias)", "MultiHeadAttention", "output.{w}"),
         (r"(?P<layer>.+)/(?P<w>gamma|beta)", "LayerNormalization", "{w}"),
-        (r"(?P<layer>.+)/scale", "LayerNormalization", "gamma"),  # RMS norm
+        (r"(?P<layer>.+)/scale", "RMSNormalization", "scale"),  # Llama's RMS norm
         (r"(?P<layer>.+)/embeddings", "Embedding", "embeddings"),
         (r"(?P<layer>.+/reverse_embeddings)", "Dense", "kernel"),  # untied output head
         (r"(?P<layer>.+)/class_token", "ClassToken", "class_token"),
@@ -54,6 +64,8 @@ _ROLE_RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple(
 # What the weights cannot tell (the backbone config holds it, a bare .weights.h5 has none).
 _UNSTORED = {
     "LayerNormalization": "epsilon is not in the weights (the backbone config's, or "
+    "keras-hub's default for the architecture)",
+    "RMSNormalization": "epsilon is not in the weights (the backbone config's, or "
     "keras-hub's default for the architecture)",
     "Dense": "activation is not in the weights (the backbone config's)",
 }
@@ -338,6 +350,38 @@ _PARAMS = {"kernel": "weight", "gamma": "weight", "scale": "weight", "embeddings
 class KerasHubFamily(Family):
     name = "keras_hub"
     title = "keras-hub backbone"
+    config_files = ("config.json",)  # a keras-hub preset's backbone config
+
+    def accepts_config(self, config: dict) -> bool:
+        return is_keras_hub_config(config)
+
+    def find_config(self, path):
+        path = Path(path)
+        if path.is_file() and zipfile.is_zipfile(path):  # a .keras file holds its config
+            with zipfile.ZipFile(path) as zf:
+                return path if "config.json" in zf.namelist() else None
+        return super().find_config(path)
+
+    def read_config(self, path: Path) -> dict:
+        if not zipfile.is_zipfile(path):
+            return load_json_config(path)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                config = json.loads(zf.read("config.json"))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise UsageError(
+                f"cannot read the config.json in the .keras file: {exc}", path
+            ) from None
+        return config if isinstance(config, dict) else {}
+
+    def graph(self, role_map: RoleMap):
+        from ckpt_tool.families.keras_hub_graph import backbone_graph
+
+        names = {layer.name for layer in role_map.layers}
+        for backbone in BACKBONES:
+            if {path.rsplit("/", 1)[0] for path in backbone.signature} <= names:
+                return backbone_graph(role_map, backbone.name, f"{self.title} ({backbone.name})")
+        return None
 
     def layers(
         self, infos: Sequence[VariableInfo], config: dict | None
@@ -359,11 +403,13 @@ class KerasHubFamily(Family):
             layer.weights[role] = info.key
             used.add(info.key)
         shapes = {info.key: info.shape for info in infos}
+        settings = backbone_settings(config)
         for layer in by_layer.values():
             layer.config = _layer_config(layer, shapes)
             layer.notes.append(f"keras-hub {backbone.name} backbone, roles by weight path")
             if layer.class_name in _UNSTORED:
                 layer.notes.append(_UNSTORED[layer.class_name])
+            _apply_settings(backbone, layer, settings)
         return list(by_layer.values()), [info for info in infos if info.key not in used]
 
     def torch_arrays(self, inp, lt):
@@ -440,10 +486,113 @@ def _layer_config(layer: Layer, shapes: dict[str, tuple[int, ...]]) -> dict:
     by_role = {role: shapes[key] for role, key in layer.weights.items()}
     if layer.class_name == "MultiHeadAttention" and "query.kernel" not in by_role:
         return {}
+    if layer.class_name == "RMSNormalization":
+        return {"axis": -1, "epsilon": 1e-6}
+    if layer.class_name == "Conv2D" and "kernel" in by_role:
+        kh, kw, _, filters = by_role["kernel"]  # a patch projection: strides = kernel size
+        return {
+            "filters": filters,
+            "kernel_size": [kh, kw],
+            "strides": [kh, kw],
+            "padding": "valid",
+            "use_bias": "bias" in by_role,
+        }
     config = infer_config(layer.class_name, by_role)
-    if layer.class_name == "LayerNormalization" and "beta" not in by_role:
-        config["rms_scaling"] = True  # keras-hub's RMS norms keep one `scale`
+    if layer.class_name == "MultiHeadAttention" and "key.kernel" in by_role:
+        kv_heads = by_role["key.kernel"][-2]
+        if kv_heads != config["num_heads"]:  # grouped-query attention (Llama)
+            config["num_key_value_heads"] = kv_heads
     return config
+
+
+# -- settings the weights do not store -----------------------------------------------------
+
+# keras-hub's fixed choices per architecture: (layer path regex, config) applied in order.
+_FIXED: dict[str, tuple[tuple[str, dict], ...]] = {
+    "bert": (
+        (r".*norm", {"epsilon": 1e-12}),
+        (r".*/feedforward_intermediate_dense", {"activation": "gelu_approximate"}),
+        (r"pooled_dense", {"activation": "tanh"}),
+    ),
+    "distilbert": (
+        (r".*norm", {"epsilon": 1e-12}),
+        (r".*/feedforward_intermediate_dense", {"activation": "gelu"}),
+    ),
+    "gpt2": (
+        (r".*norm", {"epsilon": 1e-5}),
+        (r".*/feedforward_intermediate_dense", {"activation": "gelu_approximate"}),
+    ),
+    "llama": ((r".*/feedforward_gate_dense", {"activation": "silu"}),),
+    "vit": (
+        (r".*/mlp/dense_1", {"activation": "gelu"}),
+        (r".*/position_embedding", {"whole_table": True}),
+    ),
+}
+# Backbone config keys -> (layer path regex, config key, keras-hub default, others to try).
+_FROM_CONFIG: dict[str, tuple[tuple[str, str, str, object, tuple], ...]] = {
+    "llama": (
+        ("layer_norm_epsilon", r".*layernorm", "epsilon", 1e-6, (1e-5,)),
+        ("rope_max_wavelength", r".*/self_attention", "rope_max_wavelength", 10000, (500000,)),
+        (
+            "rope_position_scaling_factor",
+            r".*/self_attention",
+            "rope_position_scaling_factor",
+            1.0,
+            (),
+        ),
+        (
+            "rope_frequency_adjustment_factor",
+            r".*/self_attention",
+            "rope_frequency_adjustment_factor",
+            None,
+            (),
+        ),
+        ("rope_low_freq_factor", r".*/self_attention", "rope_low_freq_factor", None, ()),
+        ("rope_high_freq_factor", r".*/self_attention", "rope_high_freq_factor", None, ()),
+        (
+            "rope_pretraining_sequence_length",
+            r".*/self_attention",
+            "rope_pretraining_sequence_length",
+            None,
+            (),
+        ),
+    ),
+    "vit": (("layer_norm_epsilon", r".*(ln|ln_\d)", "epsilon", 1e-6, (1e-12, 1e-5)),),
+}
+
+
+def is_keras_hub_config(config: dict) -> bool:
+    """A serialized keras-hub object: its `module` or `registered_name` names keras_hub."""
+    return any("keras_hub" in str(config.get(key) or "") for key in ("module", "registered_name"))
+
+
+def backbone_settings(config: dict | None) -> dict | None:
+    """The backbone's constructor arguments in a keras-hub config, or None."""
+    if not config or not is_keras_hub_config(config):
+        return None
+    inner = config.get("config")
+    return inner if isinstance(inner, dict) else None
+
+
+def _apply_settings(backbone: Backbone, layer: Layer, settings: dict | None) -> None:
+    """Put the architecture's fixed choices and the backbone config's values (or
+    keras-hub's defaults, with alternatives for verify) into the layer's config."""
+    for pattern, values in _FIXED.get(backbone.name, ()):
+        if re.fullmatch(pattern, layer.name):
+            layer.config.update(values)
+    for key, pattern, config_key, default, others in _FROM_CONFIG.get(backbone.name, ()):
+        if not re.fullmatch(pattern, layer.name):
+            continue
+        if settings is not None:
+            layer.config[config_key] = settings.get(key, default)
+            continue
+        layer.config[config_key] = default
+        if others:
+            layer.config_alternatives += [{config_key: v} for v in others]
+            layer.notes.append(
+                f"{config_key} unknown without the backbone config: keras-hub's default "
+                f"{default}, verify also tries {', '.join(map(str, others))}"
+            )
 
 
 def _torch_target(backbone: Backbone, path: str) -> tuple[str, str]:

@@ -29,13 +29,23 @@ from ckpt_tool.layers.base import (
 )
 from ckpt_tool.layers.op_attention import AdditiveAttentionKind, AttentionKind
 from ckpt_tool.layers.op_bert import BertEmbeddingsKind, BertPoolerKind, BertSelfAttentionKind
+from ckpt_tool.layers.op_conv2d import Conv2DKind
 from ckpt_tool.layers.op_dense import DenseKind
+from ckpt_tool.layers.op_distilbert_attention import DistilBertAttentionKind
 from ckpt_tool.layers.op_einsum_dense import EinsumDenseKind
 from ckpt_tool.layers.op_embedding import EmbeddingKind
+from ckpt_tool.layers.op_gpt2_attention import GPT2AttentionKind
+from ckpt_tool.layers.op_hf_conv1d import HFConv1DKind
 from ckpt_tool.layers.op_layer_normalization import LayerNormalizationKind
+from ckpt_tool.layers.op_llama_attention import LlamaAttentionKind
 from ckpt_tool.layers.op_multi_head_attention import MultiHeadAttentionKind
-from ckpt_tool.layers.op_simple import ActivationKind, AddKind, DropoutKind
+from ckpt_tool.layers.op_position_embedding import PositionEmbeddingKind
+from ckpt_tool.layers.op_position_embedding_add import AddPositionEmbeddingKind
+from ckpt_tool.layers.op_rms_normalization import RMSNormalizationKind
+from ckpt_tool.layers.op_simple import ActivationKind, AddKind, DropoutKind, MultiplyKind
 from ckpt_tool.layers.op_synthesizer import DenseSynthesizerKind, RandomSynthesizerKind
+from ckpt_tool.layers.op_vit_embedding import ViTPatchingAndEmbeddingKind
+from ckpt_tool.layers.op_vit_embeddings import ViTEmbeddingsKind
 
 __all__ = [
     "LAYERS",
@@ -57,14 +67,25 @@ LAYERS: dict[str, LayerKind] = {
         BertEmbeddingsKind(),
         BertPoolerKind(),
         BertSelfAttentionKind(),
+        Conv2DKind(),
         DenseKind(),
         DenseSynthesizerKind(),
         DropoutKind(),
         EinsumDenseKind(),
         EmbeddingKind(),
         LayerNormalizationKind(),
+        LlamaAttentionKind(),
         MultiHeadAttentionKind(),
+        MultiplyKind(),
+        PositionEmbeddingKind(),
         RandomSynthesizerKind(),
+        RMSNormalizationKind(),
+        ViTPatchingAndEmbeddingKind(),
+        GPT2AttentionKind(),
+        HFConv1DKind(),
+        AddPositionEmbeddingKind(),
+        DistilBertAttentionKind(),
+        ViTEmbeddingsKind(),
     )
 }
 

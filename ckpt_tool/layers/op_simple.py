@@ -1,4 +1,4 @@
-"""Layers without weights: Add, Dropout (the identity at inference), Activation."""
+"""Layers without weights: Add, Multiply, Dropout (the identity at inference), Activation."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def add(inputs: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def multiply(inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """inputs[0] * inputs[1] * ..., left to right as keras.layers.Multiply does."""
+    out = inputs[0]
+    for x in inputs[1:]:
+        out = out * x
+    return out
+
+
 class _NoWeights(LayerKind):
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         return []
@@ -43,6 +51,16 @@ class AddKind(_NoWeights):
 
     def compute(self, config, weights, inputs, **call_kwargs):
         return add(inputs)
+
+
+class MultiplyKind(_NoWeights):
+    name = "Multiply"
+    summary = "elementwise product of the inputs"
+    min_inputs = 1
+    max_inputs = None
+
+    def compute(self, config, weights, inputs, **call_kwargs):
+        return multiply(inputs)
 
 
 class DropoutKind(_NoWeights):

@@ -437,9 +437,7 @@ class CheckpointReader(Reader):
         self, infos: list[VariableInfo], gvars: dict[str, GraphVariable], own: dict[str, str]
     ) -> None:
         """name: informative own name > named object path > stripped key; aliases: the rest."""
-        counts: dict[str, int] = {}
-        for n in own.values():
-            counts[n] = counts.get(n, 0) + 1
+        owner = _own_name_owners(infos, gvars, own)
         by_node: dict[int, str] = {}
         for info in infos:
             gv = gvars.get(info.key)
@@ -447,9 +445,9 @@ class CheckpointReader(Reader):
                 continue
             candidates: list[str] = []
             own_name = own.get(info.key, "")
-            # tf-keras records informative, unique names ("model/dense/kernel"); Keras 3
+            # tf-keras records informative, unique names ("model/dense/kernel"); old Keras 3
             # records "<model>/kernel" for every kernel, which the uniqueness test rejects.
-            if own_name and "/" in own_name and counts[own_name] == 1:
+            if own_name and "/" in own_name and owner.get(own_name) == info.key:
                 candidates.append(own_name)
             suffix = "" if gv.attribute == VARIABLE_VALUE else f"/{ATTRIBUTES}/{gv.attribute}"
             named = ["/".join(p) + suffix for p in gv.named_paths if p]
@@ -595,3 +593,31 @@ class CheckpointReader(Reader):
 
 
 __all__ = ["ANONYMOUS_EDGES", "CheckpointReader", "resolve"]
+
+
+def _own_name_owners(
+    infos: list[VariableInfo], gvars: dict[str, GraphVariable], own: dict[str, str]
+) -> dict[str, str]:
+    """Own name -> the key that may take it as its name: the name's only variable, or,
+    when every tensor recorded under the name is a copy of one variable (a Keras 3
+    `model.export()` stores each as `variables/N` and `_all_variables/M`, equal dtype,
+    shape and crc32c), the copy under `variables/` (else the first). Names that distinct
+    variables share have no owner."""
+    members: dict[str, list[VariableInfo]] = {}
+    for info in infos:
+        if own.get(info.key):
+            members.setdefault(own[info.key], []).append(info)
+
+    def content(info: VariableInfo) -> tuple:
+        crc = info.extra.get("crc32c")
+        return (info.dtype, info.shape, crc) if crc is not None else (info.key,)
+
+    def primary(info: VariableInfo) -> bool:
+        path = gvars[info.key].primary_path if info.key in gvars else None
+        return bool(path) and path[0] == "variables"
+
+    owners: dict[str, str] = {}
+    for name, group in members.items():
+        if len({content(info) for info in group}) == 1:
+            owners[name] = next((i for i in group if primary(i)), group[0]).key
+    return owners

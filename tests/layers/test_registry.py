@@ -102,6 +102,12 @@ def test_registry_names_are_keras_class_names_or_ours():
         "BertEmbeddings",
         "BertSelfAttention",
         "BertPooler",
+        # Hugging Face TF families (ckpt_tool/families/hf_*.py)
+        "AddPositionEmbedding",
+        "DistilBertAttention",
+        "GPT2Attention",
+        "HFConv1D",
+        "ViTEmbeddings",
     }
     for name in set(LAYERS) - ours:
         assert hasattr(keras.layers, name), name
