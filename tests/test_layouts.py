@@ -654,13 +654,13 @@ def test_keras_layout_names_anonymous_tensors_by_role(tmp_path: Path) -> None:
 def test_keras_layout_roles_from_config(tmp_path: Path) -> None:
     manifest, _ = export(fixture_path("transformer_block_keras"), tmp_path / "a.npz", "keras")
     roles = {v["name"]: v["role"] for v in manifest["variables"]}
-    assert roles["multi_head_attention/query_dense/kernel"] == {
+    assert roles["attention/query/kernel"] == {
         "layer": "attention",
         "class": "MultiHeadAttention",
         "role": "query.kernel",
         "evidence": "config",
     }
-    assert roles["layer_normalization_1/beta"]["layer"] == "ffn_norm"
+    assert roles["ffn_norm/beta"]["layer"] == "ffn_norm"
     assert all(v["transform"] is None for v in manifest["variables"])
 
 
