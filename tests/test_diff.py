@@ -156,7 +156,7 @@ def test_by_role_perturbed_export_exits_1_and_names_the_pair(tmp_path: Path) -> 
     code, report = diff_json(str(fixture_path("seed_keras")), str(copy), "--by-role")
     assert code == 1 and report["summary"]["compared"] == 10
     (bad,) = [p for p in report["pairs"] if p["status"] != "equal"]
-    assert bad["a"] == "multi_head_attention/value_dense/kernel" and bad["b_key"] == key
+    assert bad["a"] == "multi_head_attention/value/kernel" and bad["b_key"] == key
     assert bad["role"] == "MultiHeadAttention#0 value.kernel"
     assert bad["mismatched"] == 1 and bad["max_abs"] == pytest.approx(0.25, rel=1e-5)
     human = run_cli("diff", str(fixture_path("seed_keras")), str(copy), "--by-role")
@@ -207,7 +207,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def test_perturbed_element_exits_1_and_names_the_tensor(tmp_path: Path, seed_arrays) -> None:
     arrays = {k: v.copy() for k, v in seed_arrays.items()}
-    victim = "multi_head_attention/key_dense/kernel"
+    victim = "multi_head_attention/key/kernel"
     arrays[victim].flat[5] += 0.5
     b = _write_npz(tmp_path / "perturbed.npz", arrays)
     code, report = diff_json(str(fixture_path("seed_keras")), str(b))

@@ -82,7 +82,7 @@ def test_keras3_export_copies_are_folded_and_counted_once():
 def test_table_output_names_file_and_totals():
     result = run_cli("list", str(fixture_path("seed_keras")))
     assert result.returncode == 0, result.stderr
-    assert "multi_head_attention/query_dense/kernel" in result.stdout
+    assert "multi_head_attention/query/kernel" in result.stdout
     assert "10 tensors, 127 parameters" in result.stdout
     assert "--all shows them" in result.stdout
 

@@ -87,7 +87,7 @@ def _swapped_npz(source_id: str, target, first: str, second: str) -> None:
 
 def test_swapped_query_and_key_fail_and_per_layer_names_attention(tmp_path):
     swapped = tmp_path / "swapped.npz"
-    _swapped_npz("seed_keras", swapped, "query_dense/kernel", "key_dense/kernel")
+    _swapped_npz("seed_keras", swapped, "query/kernel", "key/kernel")
     model = str(fixture_path("seed_keras"))
     result = run_cli("verify", model, "--weights", str(swapped), "--per-layer", "--json")
     assert result.returncode == 1, result.stderr

@@ -392,11 +392,6 @@ def _extend(path: tuple[str, ...] | None, name: str | None) -> tuple[str, ...] |
     return (*path, name) if path is not None and name else None
 
 
-def _holds_data(group: h5py.Group) -> bool:
-    """Whether a dataset lies anywhere below the group (an input layer holds none)."""
-    return group.visititems(lambda _, obj: True if isinstance(obj, h5py.Dataset) else None) is True
-
-
 def _rank(found: tuple[int, str | None] | None) -> int | None:
     return found[0] if found is not None else None
 
@@ -416,11 +411,10 @@ class _WeightsH5Lister:
         self.path = path
         self.addresses = _object_addresses(h5)
         self.out: list[tuple[VariableInfo, np.dtype]] = []
-        # Keras' `variable.path` of each dataset whose names are all known. Files whose
-        # layer groups carry auto names (`reversible_embedding` for the layer named
-        # `token_embedding`, as subclassed models save them) name tensors by these paths.
+        # Keras' `variable.path` of each dataset whose names are all known: tensors are
+        # named by it (`token_embedding/embeddings`, `mha/query/kernel`), their file path
+        # (`reversible_embedding/vars/0`, `mha/query_dense/kernel`) kept as an alias.
         self.keras_names: dict[str, str] = {}
-        self.renamed = False
 
     def run(self) -> list[tuple[VariableInfo, np.dtype]]:
         cfg = self.config
@@ -433,7 +427,7 @@ class _WeightsH5Lister:
             sequential=bool(cfg) and cfg.get("class_name") == "Sequential",
         )
         self._walk(root)
-        if self.renamed:
+        if self.keras_names:
             return [(self._keras_named(info), dtype) for info, dtype in self.out]
         return self.out
 
@@ -571,8 +565,6 @@ class _WeightsH5Lister:
             return self._attr_child(container, key, group)  # a nested list
         entry = self._match_entry(container, key, group)
         name = _vars_name(group) or (_entry_name(entry) if entry else None)
-        if container.kind == WEIGHT and name and name != key and _holds_data(group):
-            self.renamed = True
         if entry is not None:
             class_name, config = _builtin_class(entry), _entry_config(entry)
         elif container.kind == WEIGHT:  # no config: the group name is the class name

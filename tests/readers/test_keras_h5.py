@@ -213,8 +213,9 @@ def test_seed_keras_names_mha_sublayers_by_role(reference):
     )
     with _open(fixture) as reader:
         names = _names(reader)
-    for sub in ("query_dense", "key_dense", "value_dense", "output_dense"):
-        layer = getattr(mha, sub)
+    subs = {"query": "query_dense", "key": "key_dense", "value": "value_dense"}
+    for sub, attr in {**subs, "attention_output": "output_dense"}.items():
+        layer = getattr(mha, attr)  # named as Keras names the weight: the sub-layer's name
         assert names[f"multi_head_attention/{sub}/kernel"] == tuple(layer.kernel.shape)
         assert names[f"multi_head_attention/{sub}/bias"] == tuple(layer.bias.shape)
 
@@ -314,10 +315,8 @@ def made(tmp_path_factory):
 def test_config_flags_shift_indices(made):
     with KerasArchiveReader(made["dir"] / "made.keras") as reader:
         infos = [v for v in reader.variables() if v.kind == WEIGHT]
-        assert [(v.aliases[0] if v.aliases else v.name) for v in infos] == [
-            w.path for w in made["model"].weights
-        ]
-        names = [v.name for v in infos]
+        assert [v.name for v in infos] == [w.path for w in made["model"].weights]
+        names = [(v.aliases[0] if v.aliases else v.name) for v in infos]  # the file's paths
     assert "dense/kernel" in names and "dense/bias" not in names
     assert "layer_normalization/gamma" in names and "layer_normalization_1/beta" in names
     assert "batch_normalization/beta" not in names and "batch_normalization/moving_mean" in names
