@@ -28,7 +28,6 @@ from ckpt_tool.rolemap import (
     CONFIG,
     CONFIG_ORDER,
     NAMES,
-    SHAPE_ORDER,
     USER,
     Layer,
     RoleMap,
@@ -430,10 +429,13 @@ def _from_shapes(infos: list[VariableInfo]) -> tuple[list[Layer], list[VariableI
     """Parse anonymous variables, in order, as a sequence of known layer patterns."""
     layers: list[Layer] = []
     unassigned: list[VariableInfo] = []
+    from ckpt_tool.layers.shape_match import shape_matchers
+
+    kinds = shape_matchers()
     i = 0
     while i < len(infos):
-        for matcher in _MATCHERS:
-            match = matcher(infos, i)
+        for kind in kinds:
+            match = kind.match_shapes(infos, i)
             if match is not None:
                 layer, used = match
                 _add_unknown_settings(layer)
@@ -446,284 +448,29 @@ def _from_shapes(infos: list[VariableInfo]) -> tuple[list[Layer], list[VariableI
     return layers, unassigned
 
 
-def _shape(infos: Sequence[VariableInfo], i: int) -> tuple[int, ...] | None:
-    return infos[i].shape if i < len(infos) else None
-
-
-def _match_mha(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """query (Dq,N,H) [bias (N,H)], key (Dk,N,H) [bias], [gate (Dq,N,Hv) [bias]],
-    value (Dv,N,Hv) [bias], output (N,Hv,Dout) [bias (Dout,)]."""
-    q = _shape(infos, i)
-    if q is None or len(q) != 3:
-        return None
-    _, n, h = q
-    use_bias = _shape(infos, i + 1) == (n, h)
-    step = 2 if use_bias else 1
-    for use_gate in (True, False):
-        parts = ["query", "key", *(["gate"] if use_gate else []), "value", "output"]
-        shapes = [_shape(infos, i + k * step) for k in range(len(parts))]
-        if any(s is None or len(s) != 3 for s in shapes):
-            continue
-        by_part = dict(zip(parts, shapes, strict=True))
-        hv = by_part["value"][2]
-        dout = by_part["output"][2]
-        expected = {
-            "query": (q[0], n, h),
-            "key": (by_part["key"][0], n, h),
-            "gate": (q[0], n, hv),
-            "value": (by_part["value"][0], n, hv),
-            "output": (n, hv, dout),
-        }
-        if any(by_part[p] != expected[p] for p in parts):
-            continue
-        weights: dict[str, str] = {}
-        ok = True
-        for k, part in enumerate(parts):
-            weights[f"{part}.kernel"] = infos[i + k * step].key
-            if use_bias:
-                bias_shape = (dout,) if part == "output" else expected[part][1:]
-                if _shape(infos, i + k * step + 1) != bias_shape:
-                    ok = False
-                    break
-                weights[f"{part}.bias"] = infos[i + k * step + 1].key
-        if not ok:
-            continue
-        shapes_by_role = {
-            r: infos[[x.key for x in infos].index(k)].shape for r, k in weights.items()
-        }
-        layer = Layer(
-            name="multi_head_attention",
-            class_name="MultiHeadAttention",
-            config=infer_config("MultiHeadAttention", shapes_by_role),
-            weights=weights,
-            evidence=SHAPE_ORDER,
-        )
-        layer.alternatives = _equal_shape_permutations(weights, shapes_by_role, parts)
-        if layer.alternatives:
-            layer.notes.append(
-                "roles of equally shaped projections follow Keras's creation order; "
-                f"{len(layer.alternatives)} other orders are possible"
-            )
-        return layer, len(parts) * step
-    return None
-
-
-def _equal_shape_permutations(
-    weights: dict[str, str], shapes: dict[str, tuple[int, ...]], parts: list[str]
-) -> list[dict[str, str]]:
-    """Other assignments of the q/k/v/gate projections that fit the shapes equally."""
-    from itertools import permutations
-
-    movable = [p for p in parts if p != "output"]
-    alternatives = []
-    for perm in permutations(movable):
-        if list(perm) == movable:
-            continue
-        alt = dict(weights)
-        fits = True
-        for src, dst in zip(movable, perm, strict=True):
-            for param in ("kernel", "bias"):
-                role_src, role_dst = f"{src}.{param}", f"{dst}.{param}"
-                if role_src not in weights:
-                    continue
-                if shapes[role_src] != shapes[role_dst]:
-                    fits = False
-                alt[role_dst] = weights[role_src]
-        if fits:
-            alternatives.append(alt)
-    return alternatives
-
-
-def _match_dense(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """kernel (I,O) [bias (O,)]."""
-    k = _shape(infos, i)
-    if k is None or len(k) != 2:
-        return None
-    weights = {"kernel": infos[i].key}
-    if _shape(infos, i + 1) == (k[1],):
-        weights["bias"] = infos[i + 1].key
-    shapes = {"kernel": k, **({"bias": (k[1],)} if "bias" in weights else {})}
-    layer = Layer("dense", "Dense", infer_config("Dense", shapes), weights, SHAPE_ORDER)
-    return layer, len(weights)
-
-
-def _match_layer_norm(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """gamma (D,), beta (D,)."""
-    g, b = _shape(infos, i), _shape(infos, i + 1)
-    if g is None or len(g) != 1 or b != g:
-        return None
-    weights = {"gamma": infos[i].key, "beta": infos[i + 1].key}
-    config = infer_config("LayerNormalization", {"gamma": g, "beta": b})
-    return Layer("layer_normalization", "LayerNormalization", config, weights, SHAPE_ORDER), 2
-
-
-def _match_attention(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """Luong Attention: scalar scale and/or scalar concat_score_weight."""
-    if _shape(infos, i) != ():
-        return None
-    if _shape(infos, i + 1) == ():
-        weights = {"scale": infos[i].key, "concat_score_weight": infos[i + 1].key}
-        config = {"use_scale": True, "score_mode": "concat"}
-    else:
-        weights = {"scale": infos[i].key}
-        config = {"use_scale": True, "score_mode": "dot"}
-        # A lone scalar is `scale` with score_mode "dot", or `concat_score_weight`
-        # with use_scale=False; verify tries the other reading.
-    layer = Layer("attention", "Attention", config, weights, SHAPE_ORDER)
-    if len(weights) == 1:
-        layer.config_alternatives.append({"use_scale": False, "score_mode": "concat"})
-        layer.notes.append("a lone scalar: `scale` (dot scores) or `concat_score_weight`")
-    return layer, len(weights)
-
-
-def _match_additive(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """AdditiveAttention: scale (dim,)."""
-    s = _shape(infos, i)
-    if s is None or len(s) != 1:
-        return None
-    layer = Layer(
-        "additive_attention",
-        "AdditiveAttention",
-        {"use_scale": True},
-        {"scale": infos[i].key},
-        SHAPE_ORDER,
-    )
-    return layer, 1
-
-
-def _match_dense_synthesizer(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """w1 (D,D) [(D,)], w2 (D,L) [(L,)], value (D,U) [(U,)], with L != D: a chain of
-    three Dense layers could not take (D,U) after an output of width L."""
-    k1 = _shape(infos, i)
-    if k1 is None or len(k1) != 2 or k1[0] != k1[1]:
-        return None
-    d = k1[0]
-    use_bias = _shape(infos, i + 1) == (d,)
-    step = 2 if use_bias else 1
-    k2, kv = _shape(infos, i + step), _shape(infos, i + 2 * step)
-    if k2 is None or kv is None or len(k2) != 2 or len(kv) != 2:
-        return None
-    if k2[0] != d or kv[0] != d or k2[1] == d:
-        return None
-    parts = ["w1", "w2", "value"]
-    shapes = {"w1.kernel": k1, "w2.kernel": k2, "value.kernel": kv}
-    if use_bias:
-        shapes.update({"w1.bias": (d,), "w2.bias": (k2[1],), "value.bias": (kv[1],)})
-        for k, part in enumerate(parts):
-            if _shape(infos, i + 2 * k + 1) != shapes[f"{part}.bias"]:
-                return None
-    weights = {}
-    for k, part in enumerate(parts):
-        weights[f"{part}.kernel"] = infos[i + k * step].key
-        if use_bias:
-            weights[f"{part}.bias"] = infos[i + k * step + 1].key
-    layer = Layer(
-        "dense_synthesizer",
-        "DenseSynthesizer",
-        infer_config("DenseSynthesizer", shapes),
-        weights,
-        SHAPE_ORDER,
-    )
-    layer.alternatives = _equal_shape_permutations(weights, shapes, ["w1", "value"])
-    if layer.alternatives:
-        layer.notes.append("w1 and value have the same shape: creation order says w1 first")
-    return layer, 3 * step
-
-
-def _match_random_synthesizer(infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
-    """random (L,L) with no bias, then value (D,U) [(U,)] with D != L (a Dense (L,L)
-    would hand width L to the next layer)."""
-    r, kv = _shape(infos, i), _shape(infos, i + 1)
-    if r is None or kv is None or len(r) != 2 or r[0] != r[1] or len(kv) != 2:
-        return None
-    if kv[0] == r[0]:
-        return None
-    shapes = {"random.logits": r, "value.kernel": kv}
-    weights = {"random.logits": infos[i].key, "value.kernel": infos[i + 1].key}
-    if _shape(infos, i + 2) == (kv[1],):
-        shapes["value.bias"] = (kv[1],)
-        weights["value.bias"] = infos[i + 2].key
-    config = infer_config("RandomSynthesizer", shapes)
-    layer = Layer("random_synthesizer", "RandomSynthesizer", config, weights, SHAPE_ORDER)
-    return layer, len(weights)
-
-
-_MATCHERS = (
-    _match_mha,
-    _match_layer_norm,
-    _match_dense_synthesizer,
-    _match_random_synthesizer,
-    _match_dense,
-    _match_attention,
-    _match_additive,
-)
-
-
 # --------------------------------------------------------------------------- configs
 
 
 def infer_config(class_name: str, shapes: dict[str, tuple[int, ...]]) -> dict:
     """The Keras config that weights of these shapes imply (what shapes cannot
     tell keeps Keras's default and is listed in Layer.config_alternatives)."""
-    if class_name == "MultiHeadAttention":
-        qk = shapes["query.kernel"]
-        num_heads, key_dim = qk[-2], qk[-1]
-        value_dim = shapes.get("value.kernel", qk)[-1]
-        out = shapes.get("output.kernel")
-        config = {
-            "num_heads": num_heads,
-            "key_dim": key_dim,
-            "value_dim": value_dim,
-            "use_bias": "query.bias" in shapes,
-            "use_gate": "gate.kernel" in shapes,
-            "output_shape": None,
-        }
-        if len(qk) == 3 and out is not None and out[-1] != qk[0]:
-            config["output_shape"] = out[-1]
-        return config
-    if class_name == "Dense":
-        return {"units": shapes["kernel"][-1], "use_bias": "bias" in shapes, "activation": "linear"}
-    if class_name == "LayerNormalization":
-        return {"axis": -1, "epsilon": 1e-3, "center": "beta" in shapes, "scale": "gamma" in shapes}
-    if class_name == "Attention":
-        return {
-            "use_scale": "scale" in shapes,
-            "score_mode": "concat" if "concat_score_weight" in shapes else "dot",
-        }
-    if class_name == "AdditiveAttention":
-        return {"use_scale": "scale" in shapes}
-    if class_name == "DenseSynthesizer":
-        return {
-            "seq_len": shapes["w2.kernel"][-1],
-            "units": shapes["value.kernel"][-1],
-            "use_bias": "w1.bias" in shapes,
-        }
-    if class_name == "RandomSynthesizer":
-        return {
-            "seq_len": shapes["random.logits"][0],
-            "units": shapes["value.kernel"][-1],
-            "use_bias": "value.bias" in shapes,
-        }
-    if class_name == "Embedding":
-        table = shapes["embeddings"]
-        return {"input_dim": table[0], "output_dim": table[1], "mask_zero": False}
-    return {}
+    from ckpt_tool.layers import LAYERS
 
-
-_ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "softmax")
+    kind = LAYERS.get(class_name)
+    return kind.infer_config(shapes) if kind is not None else {}
 
 
 def _add_unknown_settings(layer: Layer) -> None:
-    """Settings that weights do not store: list the common alternatives."""
-    if layer.class_name == "Dense":
-        layer.config_alternatives += [{"activation": a} for a in _ACTIVATIONS]
-        layer.notes.append("activation is not stored in the weights: assumed linear")
-    elif layer.class_name == "LayerNormalization":
-        layer.config_alternatives += [{"epsilon": e} for e in (1e-5, 1e-6, 1e-12)]
-        layer.notes.append("epsilon is not stored in the weights: assumed 1e-3")
-    elif layer.class_name == "Embedding":
-        layer.config_alternatives.append({"mask_zero": True})
-        layer.notes.append("mask_zero is not stored in the weights: assumed False")
+    """Settings that weights do not store: the alternatives verify tries."""
+    from ckpt_tool.layers import LAYERS
+
+    kind = LAYERS.get(layer.class_name)
+    if kind is None:
+        return
+    alternatives, note = kind.unknown_settings()
+    layer.config_alternatives += alternatives
+    if note:
+        layer.notes.append(note)
 
 
 # --------------------------------------------------------------------------- user overrides

@@ -20,7 +20,8 @@ from ckpt_tool.errors import CkptToolError
 from ckpt_tool.graph import build_graph, run_graph
 from ckpt_tool.original import load_original
 from ckpt_tool.readers import open_reader
-from ckpt_tool.roles import SHAPE_ORDER, assign_roles
+from ckpt_tool.rolemap import SHAPE_ORDER
+from ckpt_tool.roles import assign_roles
 from ckpt_tool.verify import VerifyOptions, _settle_alternatives, load_layer_weights, verify
 from tests.perturb import write_weights_npz
 from tests.support import FIXTURES, fixture, fixture_path, fixtures_where, run_cli

@@ -19,7 +19,8 @@ from ckpt_tool.families import load_json_config
 from ckpt_tool.graph import build_graph, run_graph
 from ckpt_tool.original import load_original
 from ckpt_tool.readers import open_reader
-from ckpt_tool.roles import NAMES, assign_roles
+from ckpt_tool.rolemap import NAMES
+from ckpt_tool.roles import assign_roles
 from ckpt_tool.verify import VerifyOptions, load_layer_weights, verify
 from tests.perturb import write_weights_npz
 from tests.support import FIXTURES, fixture_path, run_cli

@@ -22,7 +22,7 @@ from ckpt_tool.diff import (
 from ckpt_tool.export import ExportOptions, export_npz, select_variables
 from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import VariableInfo
-from ckpt_tool.roles import Layer, RoleMap
+from ckpt_tool.rolemap import Layer, RoleMap
 from tests.bundle_writer import entry_of, mask, rewrite_index
 from tests.support import FIXTURES, fixture_path, run_cli
 

@@ -30,7 +30,7 @@ from ckpt_tool.layouts.base import LayerTensors
 from ckpt_tool.layouts.pytorch import mha_misfit
 from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import VariableInfo
-from ckpt_tool.roles import Layer
+from ckpt_tool.rolemap import Layer
 from tests.support import FIXTURES, fixture, fixture_path, run_cli
 
 # float32 rounding: the exported weights are the same float32 numbers, only the order

@@ -16,7 +16,8 @@ import keras
 
 from ckpt_tool.graph import build_graph, chain_graph
 from ckpt_tool.readers import open_reader
-from ckpt_tool.roles import CONFIG, NAMES, SHAPE_ORDER, assign_roles
+from ckpt_tool.rolemap import CONFIG, NAMES, SHAPE_ORDER
+from ckpt_tool.roles import assign_roles
 from ckpt_tool.verify import VerifyOptions, _settle_alternatives, load_layer_weights
 from tests.support import fixture, fixture_ids, fixture_path, run_cli
 

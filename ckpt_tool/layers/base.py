@@ -20,11 +20,15 @@ and the inputs, casts everything to `dtype`, then hands over to the kind's
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError, UnsupportedFormatError, UsageError
+
+if TYPE_CHECKING:
+    from ckpt_tool.readers.base import VariableInfo
+    from ckpt_tool.rolemap import Layer
 
 Shape = tuple[int, ...]
 #: a weight shape where None stands for a size the config does not fix
@@ -61,6 +65,25 @@ class LayerKind:
     max_inputs: ClassVar[int | None] = 1
     #: keyword arguments `apply` accepts besides `dtype` (Keras call arguments)
     call_kwargs: ClassVar[frozenset[str]] = frozenset()
+    #: when anonymous weights are parsed by shape and order, kinds with a rank try
+    #: `match_shapes` in rank order (the most specific pattern first); None: never
+    shape_match_rank: ClassVar[int | None] = None
+
+    # -- what the weights tell (roles by shape and order) --------------------------------
+
+    def match_shapes(self, infos: Sequence[VariableInfo], i: int) -> tuple[Layer, int] | None:
+        """This kind's weights at `infos[i:]` in Keras's creation order: the layer with
+        its roles and how many variables it takes, or None if the shapes do not fit."""
+        return None
+
+    def infer_config(self, shapes: Mapping[str, Shape]) -> dict:
+        """The Keras config that weights of these shapes (by role) imply."""
+        return {}
+
+    def unknown_settings(self) -> tuple[list[dict], str | None]:
+        """Settings the weights do not store: the config changes worth trying (verify
+        settles them numerically) and a note saying what was assumed."""
+        return [], None
 
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         """Roles of the layer's weights in Keras's creation order."""

@@ -29,6 +29,7 @@ import numpy as np
 from ckpt_tool.layers.activations import softmax
 from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, as_mask, const, get_bool
 from ckpt_tool.layers.contract import contract
+from ckpt_tool.layers.shape_match import shape_at, shape_layer
 
 _MASK_OFFSET = 1.0e9  # Keras: 65504 for float16 scores, else 1e9
 
@@ -146,6 +147,30 @@ class AttentionKind(LayerKind):
     max_inputs = 3
     call_kwargs = _CALL_KWARGS
 
+    shape_match_rank = 60
+
+    def match_shapes(self, infos, i):
+        """Luong Attention: scalar scale and/or scalar concat_score_weight."""
+        if shape_at(infos, i) != ():
+            return None
+        if shape_at(infos, i + 1) == ():
+            weights = {"scale": infos[i].key, "concat_score_weight": infos[i + 1].key}
+        else:
+            # A lone scalar is `scale` with score_mode "dot", or `concat_score_weight`
+            # with use_scale=False; verify tries the other reading.
+            weights = {"scale": infos[i].key}
+        layer = shape_layer("attention", self, weights, {role: () for role in weights})
+        if len(weights) == 1:
+            layer.config_alternatives.append({"use_scale": False, "score_mode": "concat"})
+            layer.notes.append("a lone scalar: `scale` (dot scores) or `concat_score_weight`")
+        return layer, len(weights)
+
+    def infer_config(self, shapes):
+        return {
+            "use_scale": "scale" in shapes,
+            "score_mode": "concat" if "concat_score_weight" in shapes else "dot",
+        }
+
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         names = ["scale"] if get_bool(config, "use_scale", False) else []
         if config.get("score_mode", "dot") == "concat":
@@ -186,6 +211,18 @@ class AdditiveAttentionKind(LayerKind):
     min_inputs = 2
     max_inputs = 3
     call_kwargs = _CALL_KWARGS
+
+    shape_match_rank = 70
+
+    def match_shapes(self, infos, i):
+        """AdditiveAttention: scale (dim,)."""
+        s = shape_at(infos, i)
+        if s is None or len(s) != 1:
+            return None
+        return shape_layer("additive_attention", self, {"scale": infos[i].key}, {"scale": s}), 1
+
+    def infer_config(self, shapes):
+        return {"use_scale": "scale" in shapes}
 
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         return ["scale"] if get_bool(config, "use_scale", True) else []

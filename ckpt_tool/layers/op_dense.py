@@ -13,6 +13,7 @@ import numpy as np
 
 from ckpt_tool.layers.activations import get_activation
 from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, get_bool, require_int
+from ckpt_tool.layers.shape_match import shape_at, shape_layer
 
 
 def dense(
@@ -30,6 +31,26 @@ def dense(
 class DenseKind(LayerKind):
     name = "Dense"
     summary = "activation(x @ kernel + bias)"
+
+    shape_match_rank = 50
+    _ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "softmax")
+
+    def match_shapes(self, infos, i):
+        """kernel (I,O) [bias (O,)]."""
+        k = shape_at(infos, i)
+        if k is None or len(k) != 2:
+            return None
+        weights, shapes = {"kernel": infos[i].key}, {"kernel": k}
+        if shape_at(infos, i + 1) == (k[1],):
+            weights["bias"], shapes["bias"] = infos[i + 1].key, (k[1],)
+        return shape_layer("dense", self, weights, shapes), len(weights)
+
+    def infer_config(self, shapes):
+        return {"units": shapes["kernel"][-1], "use_bias": "bias" in shapes, "activation": "linear"}
+
+    def unknown_settings(self):
+        alternatives = [{"activation": a} for a in self._ACTIVATIONS]
+        return alternatives, "activation is not stored in the weights: assumed linear"
 
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         return ["kernel", "bias"] if get_bool(config, "use_bias", True) else ["kernel"]

@@ -38,6 +38,13 @@ class EmbeddingKind(LayerKind):
     name = "Embedding"
     summary = "embeddings[ids] (mask_zero: Keras mask ids != 0)"
 
+    def infer_config(self, shapes):
+        table = shapes["embeddings"]
+        return {"input_dim": table[0], "output_dim": table[1], "mask_zero": False}
+
+    def unknown_settings(self):
+        return [{"mask_zero": True}], "mask_zero is not stored in the weights: assumed False"
+
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         return ["embeddings"]
 

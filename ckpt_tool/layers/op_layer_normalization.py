@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, const, get_bool
+from ckpt_tool.layers.shape_match import shape_at, shape_layer
 
 
 def _axes(config: Mapping[str, Any]) -> list[int]:
@@ -86,6 +87,23 @@ def layer_normalization(
 class LayerNormalizationKind(LayerKind):
     name = "LayerNormalization"
     summary = "(x - mean) * rsqrt(var + epsilon) * gamma + beta over `axis`"
+
+    shape_match_rank = 20
+
+    def match_shapes(self, infos, i):
+        """gamma (D,), beta (D,)."""
+        g, b = shape_at(infos, i), shape_at(infos, i + 1)
+        if g is None or len(g) != 1 or b != g:
+            return None
+        weights = {"gamma": infos[i].key, "beta": infos[i + 1].key}
+        return shape_layer("layer_normalization", self, weights, {"gamma": g, "beta": b}), 2
+
+    def infer_config(self, shapes):
+        return {"axis": -1, "epsilon": 1e-3, "center": "beta" in shapes, "scale": "gamma" in shapes}
+
+    def unknown_settings(self):
+        alternatives = [{"epsilon": e} for e in (1e-5, 1e-6, 1e-12)]
+        return alternatives, "epsilon is not stored in the weights: assumed 1e-3"
 
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         rms = get_bool(config, "rms_scaling", False)

@@ -75,6 +75,7 @@ from ckpt_tool.layers.nn import (
     dot_product_attention_softmax,
     keras_masked_softmax,
 )
+from ckpt_tool.layers.shape_match import equal_shape_permutations, shape_at, shape_layer
 
 # -- equations, built as Keras builds them --------------------------------------
 
@@ -402,6 +403,71 @@ class MultiHeadAttentionKind(LayerKind):
             "flavor",
         }
     )
+
+    shape_match_rank = 10
+
+    def match_shapes(self, infos, i):
+        """query (Dq,N,H) [bias (N,H)], key (Dk,N,H) [bias], [gate (Dq,N,Hv) [bias]],
+        value (Dv,N,Hv) [bias], output (N,Hv,Dout) [bias (Dout,)]."""
+        q = shape_at(infos, i)
+        if q is None or len(q) != 3:
+            return None
+        _, n, h = q
+        use_bias = shape_at(infos, i + 1) == (n, h)
+        step = 2 if use_bias else 1
+        for use_gate in (True, False):
+            parts = ["query", "key", *(["gate"] if use_gate else []), "value", "output"]
+            shapes = [shape_at(infos, i + k * step) for k in range(len(parts))]
+            if any(s is None or len(s) != 3 for s in shapes):
+                continue
+            by_part = dict(zip(parts, shapes, strict=True))
+            hv, dout = by_part["value"][2], by_part["output"][2]
+            expected = {
+                "query": (q[0], n, h),
+                "key": (by_part["key"][0], n, h),
+                "gate": (q[0], n, hv),
+                "value": (by_part["value"][0], n, hv),
+                "output": (n, hv, dout),
+            }
+            if any(by_part[p] != expected[p] for p in parts):
+                continue
+            weights: dict[str, str] = {}
+            roles: dict[str, tuple[int, ...]] = {}
+            for k, part in enumerate(parts):
+                weights[f"{part}.kernel"] = infos[i + k * step].key
+                roles[f"{part}.kernel"] = expected[part]
+                if use_bias:
+                    bias_shape = (dout,) if part == "output" else expected[part][1:]
+                    if shape_at(infos, i + k * step + 1) != bias_shape:
+                        break
+                    weights[f"{part}.bias"] = infos[i + k * step + 1].key
+                    roles[f"{part}.bias"] = bias_shape
+            else:
+                layer = shape_layer("multi_head_attention", self, weights, roles)
+                movable = [p for p in parts if p != "output"]
+                layer.alternatives = equal_shape_permutations(weights, roles, movable)
+                if layer.alternatives:
+                    layer.notes.append(
+                        "roles of equally shaped projections follow Keras's creation order; "
+                        f"{len(layer.alternatives)} other orders are possible"
+                    )
+                return layer, len(parts) * step
+        return None
+
+    def infer_config(self, shapes):
+        qk = shapes["query.kernel"]
+        out = shapes.get("output.kernel")
+        config = {
+            "num_heads": qk[-2],
+            "key_dim": qk[-1],
+            "value_dim": shapes.get("value.kernel", qk)[-1],
+            "use_bias": "query.bias" in shapes,
+            "use_gate": "gate.kernel" in shapes,
+            "output_shape": None,
+        }
+        if len(qk) == 3 and out is not None and out[-1] != qk[0]:
+            config["output_shape"] = out[-1]
+        return config
 
     def weight_names(self, config: Mapping[str, Any]) -> list[str]:
         return mha_weight_names(MHAConfig.from_keras(config))

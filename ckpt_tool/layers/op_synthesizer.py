@@ -42,6 +42,7 @@ from ckpt_tool.layers.base import (
 from ckpt_tool.layers.contract import contract
 from ckpt_tool.layers.nn import keras_masked_softmax
 from ckpt_tool.layers.op_dense import dense
+from ckpt_tool.layers.shape_match import equal_shape_permutations, shape_at, shape_layer
 
 
 def _synthesized(
@@ -126,6 +127,47 @@ class DenseSynthesizerKind(_SynthesizerKind):
     summary = "softmax(W2 relu(W1 x + b1) + b2) @ (x Wv + bv) (Tay et al. 2020)"
     _roles = ("w1.kernel", "w1.bias", "w2.kernel", "w2.bias", "value.kernel", "value.bias")
 
+    shape_match_rank = 30
+
+    def match_shapes(self, infos, i):
+        """w1 (D,D) [(D,)], w2 (D,L) [(L,)], value (D,U) [(U,)], with L != D: a chain of
+        three Dense layers could not take (D,U) after an output of width L."""
+        k1 = shape_at(infos, i)
+        if k1 is None or len(k1) != 2 or k1[0] != k1[1]:
+            return None
+        d = k1[0]
+        use_bias = shape_at(infos, i + 1) == (d,)
+        step = 2 if use_bias else 1
+        k2, kv = shape_at(infos, i + step), shape_at(infos, i + 2 * step)
+        if k2 is None or kv is None or len(k2) != 2 or len(kv) != 2:
+            return None
+        if k2[0] != d or kv[0] != d or k2[1] == d:
+            return None
+        parts = ["w1", "w2", "value"]
+        shapes = {"w1.kernel": k1, "w2.kernel": k2, "value.kernel": kv}
+        if use_bias:
+            shapes.update({"w1.bias": (d,), "w2.bias": (k2[1],), "value.bias": (kv[1],)})
+            for k, part in enumerate(parts):
+                if shape_at(infos, i + 2 * k + 1) != shapes[f"{part}.bias"]:
+                    return None
+        weights = {}
+        for k, part in enumerate(parts):
+            weights[f"{part}.kernel"] = infos[i + k * step].key
+            if use_bias:
+                weights[f"{part}.bias"] = infos[i + k * step + 1].key
+        layer = shape_layer("dense_synthesizer", self, weights, shapes)
+        layer.alternatives = equal_shape_permutations(weights, shapes, ["w1", "value"])
+        if layer.alternatives:
+            layer.notes.append("w1 and value have the same shape: creation order says w1 first")
+        return layer, 3 * step
+
+    def infer_config(self, shapes):
+        return {
+            "seq_len": shapes["w2.kernel"][-1],
+            "units": shapes["value.kernel"][-1],
+            "use_bias": "w1.bias" in shapes,
+        }
+
     def weight_shapes(
         self, config: Mapping[str, Any], input_shapes: Sequence[Shape]
     ) -> dict[str, WeightShape]:
@@ -147,6 +189,30 @@ class RandomSynthesizerKind(_SynthesizerKind):
     name = "RandomSynthesizer"
     summary = "softmax(R) @ (x Wv + bv), R a learned (L, L) matrix (Tay et al. 2020)"
     _roles = ("random.logits", "value.kernel", "value.bias")
+
+    shape_match_rank = 40
+
+    def match_shapes(self, infos, i):
+        """random (L,L) with no bias, then value (D,U) [(U,)] with D != L (a Dense (L,L)
+        would hand width L to the next layer)."""
+        r, kv = shape_at(infos, i), shape_at(infos, i + 1)
+        if r is None or kv is None or len(r) != 2 or r[0] != r[1] or len(kv) != 2:
+            return None
+        if kv[0] == r[0]:
+            return None
+        shapes = {"random.logits": r, "value.kernel": kv}
+        weights = {"random.logits": infos[i].key, "value.kernel": infos[i + 1].key}
+        if shape_at(infos, i + 2) == (kv[1],):
+            shapes["value.bias"] = (kv[1],)
+            weights["value.bias"] = infos[i + 2].key
+        return shape_layer("random_synthesizer", self, weights, shapes), len(weights)
+
+    def infer_config(self, shapes):
+        return {
+            "seq_len": shapes["random.logits"][0],
+            "units": shapes["value.kernel"][-1],
+            "use_bias": "value.bias" in shapes,
+        }
 
     def weight_shapes(
         self, config: Mapping[str, Any], input_shapes: Sequence[Shape]
