@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,27 +119,17 @@ def verify(
         raise UsageError(f"--mask {options.mask!r}: choose from {', '.join(MASK_MODES)}")
     with open_reader(path, options.format) as reader:
         reader.verify_crc = not options.no_crc
-        model = open_model(
-            reader,
-            ModelOptions(
-                config_file=options.config_file,
-                roles_file=options.roles_file,
-                family_config=options.bert_config,
-                ignore_names=options.ignore_names,
-                num_heads=options.num_heads,
-            ),
+        model_options = ModelOptions(
+            config_file=options.config_file,
+            roles_file=options.roles_file,
+            family_config=options.bert_config,
+            ignore_names=options.ignore_names,
+            num_heads=options.num_heads,
         )
+        model = open_model(reader, model_options)
         if model.family is None and options.against:  # the graph the checkpoint belongs to
-            model = open_model(
-                reader,
-                ModelOptions(
-                    config_file=options.config_file,
-                    roles_file=options.roles_file,
-                    ignore_names=options.ignore_names,
-                    num_heads=options.num_heads,
-                ),
-                source=options.against,
-            )
+            model_options = replace(model_options, family_config=None)
+            model = open_model(reader, model_options, source=options.against)
         infos, config, roles = model.infos, model.config, model.roles
         family = model.family
         if family is not None and family.problem(roles):

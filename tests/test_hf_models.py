@@ -174,6 +174,17 @@ def test_torch_layout_is_the_transformers_state_dict(entry, tmp_path):
         np.testing.assert_allclose(ours, data[name], atol=2e-5, rtol=0, err_msg=name)
 
 
+def _first_divergent_layer(entry: dict, weights: Path) -> str | None:
+    """verify of the entry with `weights` instead of its own fails; --per-layer's first
+    divergent layer."""
+    args = ("--weights", str(weights), "--per-layer", "--json")
+    result = run_cli("verify", str(_path(entry)), *args)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    report = json.loads(result.stdout)
+    assert not report["passed"]
+    return report["runs"][0]["first_divergent_layer"]
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e["id"])
 def test_verify_with_no_options(entry):
     result = run_cli("verify", str(_path(entry)))
@@ -193,12 +204,7 @@ def test_verify_catches_swapped_query_and_key(tmp_path):
         q = next(n for n in names if "layer_._1/attention/self/query/kernel" in n)
         k = q.replace("/query/", "/key/")
         f[q][...], f[k][...] = np.array(f[k]), np.array(f[q])
-    args = ("--weights", str(copy), "--per-layer", "--json")
-    result = run_cli("verify", str(_path(entry)), *args)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
-    report = json.loads(result.stdout)
-    assert not report["passed"]
-    first = report["runs"][0]["first_divergent_layer"]
+    first = _first_divergent_layer(entry, copy)
     assert first is not None and "layer_._1/" in first, first
 
 
@@ -241,12 +247,7 @@ def test_verify_catches_swapped_query_and_key_in_block_0(entry, tmp_path):
     hidden_states) names block 0 as the first that diverges."""
     copy = tmp_path / "swapped.h5"
     _swap_query_and_key(_path(entry), copy, entry["model"])
-    args = ("--weights", str(copy), "--per-layer", "--json")
-    result = run_cli("verify", str(_path(entry)), *args)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
-    report = json.loads(result.stdout)
-    assert not report["passed"]
-    first = report["runs"][0]["first_divergent_layer"]
+    first = _first_divergent_layer(entry, copy)
     assert first is not None and BLOCK_0[entry["model"]] in first, first
 
 

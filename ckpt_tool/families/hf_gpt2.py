@@ -24,23 +24,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ckpt_tool.errors import CkptToolError
-from ckpt_tool.families.base import Family
 from ckpt_tool.families.huggingface import (
     FLATTEN,
+    NORM,
     VERBATIM,
-    HeadCounts,
     NamedLayers,
-    block_indices,
+    ScopedNodes,
+    TransformersFamily,
     family_scope,
     find_prefix,
     heads_note,
+    norm_config,
     original_from_pretrained,
-    torch_entries,
-    torch_module,
+    token_inputs,
+    try_other_gelu,
 )
 from ckpt_tool.readers.base import VariableInfo
-from ckpt_tool.rolemap import NAMES, Layer, RoleMap
+from ckpt_tool.rolemap import Layer, RoleMap
 
 EPSILON = 1e-5  # GPT2Config.layer_norm_epsilon
 # config.json activation_function -> our kernels (transformers' get_tf_activation)
@@ -57,18 +57,14 @@ _ACTIVATIONS = {
 _BLOCK = re.compile(r"^(?P<prefix>(?:.*/)?)h_\._(?P<index>\d+)/")
 _C_ATTN = re.compile(r"^(?P<prefix>(?:.*/)?)h_\._\d+/attn/c_attn/weight$")
 _CONV1D = {"kernel": "weight", "bias": "bias"}
-_NORM = {"gamma": "gamma", "beta": "beta"}
 ATTENTION = "GPT2Attention"
 
 
-class GPT2Family(HeadCounts, Family):
+class GPT2Family(TransformersFamily):
     name = "hf_gpt2"
     title = "GPT-2 (Hugging Face TF)"
-    config_files = ("config.json",)
+    model_type = "gpt2"
     attention_classes = (ATTENTION,)
-
-    def accepts_config(self, config: dict) -> bool:
-        return config.get("model_type") in (None, "gpt2")
 
     # -- roles ---------------------------------------------------------------------------
 
@@ -82,8 +78,7 @@ class GPT2Family(HeadCounts, Family):
         named = NamedLayers(infos, prefix)
         c_attn = named.info("h_._0/attn/c_attn/weight")
         d = int(c_attn.shape[0]) if c_attn is not None else config.get("n_embd")
-        eps = float(config.get("layer_norm_epsilon", EPSILON))
-        norm = {"axis": -1, "epsilon": eps, "center": True, "scale": True}
+        norm = norm_config(float(config.get("layer_norm_epsilon", EPSILON)))
         heads = config.get("n_head")
         act = config.get("activation_function", "gelu_new")
         activation = _ACTIVATIONS.get(act, act)
@@ -93,10 +88,9 @@ class GPT2Family(HeadCounts, Family):
             table = named.info("wte/embeddings") or named.info("wte/weight")
             wte.config = {"input_dim": int(table.shape[0]), "output_dim": int(table.shape[1])}
         named.take("wpe", "AddPositionEmbedding", {"embeddings": "embeddings"}, {})
-        prefixed = [i for i in infos if i.name.startswith(prefix)]
-        for index in block_indices(prefixed, _BLOCK):
+        for index in named.block_indices(_BLOCK):
             block = f"h_._{index}"
-            named.take(f"{block}/ln_1", "LayerNormalization", _NORM, norm)
+            named.take(f"{block}/ln_1", "LayerNormalization", NORM, norm)
             attention_roles = {
                 f"{part}.{role}": f"{part}/{name}"
                 for part in ("c_attn", "c_proj")
@@ -110,74 +104,50 @@ class GPT2Family(HeadCounts, Family):
                 {"num_heads": heads, "hidden_size": d, "scale": True},
                 notes,
             )
-            named.take(f"{block}/ln_2", "LayerNormalization", _NORM, norm)
+            named.take(f"{block}/ln_2", "LayerNormalization", NORM, norm)
             fc = named.take(f"{block}/mlp/c_fc", "HFConv1D", _CONV1D, {"activation": activation})
-            if fc is not None and config.get("activation_function") is None:
-                other = "gelu" if activation == "gelu_approximate" else "gelu_approximate"
-                fc.config_alternatives.append({"activation": other})
-                fc.notes.append("no config.json: gelu_new (tanh form) assumed, verify tries erf")
+            if config.get("activation_function") is None:
+                try_other_gelu(fc, "no config.json: gelu_new (tanh form) assumed, verify tries erf")
             named.take(f"{block}/mlp/c_proj", "HFConv1D", _CONV1D, {"activation": "linear"})
-        named.take("ln_f", "LayerNormalization", _NORM, norm)
+        named.take("ln_f", "LayerNormalization", NORM, norm)
         return named.layers, named.rest(infos)
 
     # -- graph ---------------------------------------------------------------------------
 
     def graph(self, role_map: RoleMap):
         """Inputs input_ids, attention_mask (B, T); output last_hidden_state (B, T, D)."""
-        from ckpt_tool.graph import Graph, Node
-
-        scope = family_scope(role_map)
-        names = {layer.name: layer for layer in role_map.layers}
+        node = ScopedNodes(role_map)
         ids, mask = ("input_ids", 0, 0), ("attention_mask", 0, 0)
-        nodes: list[Node] = []
-
-        def node(name: str, args: list, class_name: str | None = None, **kwargs):
-            layer = names.get(scope + name)
-            if layer is None and class_name is None:
-                raise CkptToolError(f"no weights found for layer {scope + name!r}")
-            config = layer.config if layer is not None else {"name": name}
-            nodes.append(
-                Node(scope + name, class_name or layer.class_name, config, 0, args, kwargs)
-            )
-            return (scope + name, 0, 0)
-
         x = node("wpe", [node("wte", [ids])])
         for attention in self.attention_layers(role_map):
-            block = attention.name.removeprefix(scope).removesuffix("/attn")
+            block = attention.name.removeprefix(node.scope).removesuffix("/attn")
             h = node(f"{block}/attn", [node(f"{block}/ln_1", [x])], attention_mask=mask)
             x = node(f"{block}/attn_residual", [[h, x]], "Add")
             h = node(f"{block}/mlp/c_fc", [node(f"{block}/ln_2", [x])])
             h = node(f"{block}/mlp/c_proj", [h])
             x = node(f"{block}/mlp_residual", [[h, x]], "Add")
         x = node("ln_f", [x])
-        return Graph(
-            [ids, mask],
-            nodes,
-            [x],
-            self.title,
-            ["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
-        )
+        return node.graph([ids, mask], [x], self.title, ["last_hidden_state"])
 
     def original(self, path, format_name, role_map):
         """`tf_model.h5` beside its config.json runs with transformers' TFAutoModel; its
         hidden_states are the embeddings, each block's output but the last, then ln_f's."""
-        from ckpt_tool.original import InputSpec
-
         graph = self.graph(role_map)
-        specs = [InputSpec(name, (None, None), "int32") for name in graph.input_names]
         residuals = [n.layer for n in graph.nodes if n.layer.endswith("/mlp_residual")]
         scope = family_scope(role_map)
         hidden = [f"{scope}wpe", *residuals[:-1], f"{scope}ln_f"]
-        return original_from_pretrained(path, format_name, graph, specs, hidden)
+        return original_from_pretrained(path, format_name, graph, token_inputs(graph), hidden)
 
     # -- PyTorch -------------------------------------------------------------------------
 
-    def torch_arrays(self, inp, lt):
-        scope = lt.layer.scope
-        if scope is None or lt.layer.evidence != NAMES:
-            return None
-        return torch_entries(inp, lt, torch_module(lt.layer.name, scope), _torch_param)
+    @staticmethod
+    def torch_param(role: str, shape: tuple[int, ...]) -> tuple[str, str]:
+        """Our role -> GPT2Model's attribute below the layer's module, and the change."""
+        part, _, param = role.rpartition(".")
+        torch = {"kernel": "weight", "gamma": "weight", "beta": "bias", "embeddings": "weight"}
+        name = torch.get(param, param)
+        how = FLATTEN if param == "bias" and len(shape) == 2 else VERBATIM
+        return (f"{part}.{name}" if part else name), how
 
     def torch_note(self) -> str:
         return (
@@ -185,15 +155,6 @@ class GPT2Family(HeadCounts, Family):
             "h.0.attn.c_attn.weight, ...); Conv1D weights stay (in, out), biases flattened; "
             "--torch-prefix transformer. gives GPT2LMHeadModel's"
         )
-
-
-def _torch_param(role: str, shape: tuple[int, ...]) -> tuple[str, str]:
-    """Our role -> GPT2Model's attribute below the layer's module, and the change."""
-    part, _, param = role.rpartition(".")
-    torch = {"kernel": "weight", "gamma": "weight", "beta": "bias", "embeddings": "weight"}
-    name = torch.get(param, param)
-    how = FLATTEN if param == "bias" and len(shape) == 2 else VERBATIM
-    return (f"{part}.{name}" if part else name), how
 
 
 def _split_note(d: int | None) -> str:

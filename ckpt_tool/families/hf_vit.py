@@ -28,43 +28,38 @@ import math
 import re
 from collections.abc import Sequence
 
-from ckpt_tool.errors import CkptToolError
-from ckpt_tool.families.base import Family
 from ckpt_tool.families.huggingface import (
     CONV2D,
+    DENSE,
+    NORM,
     VERBATIM,
-    HeadCounts,
     NamedLayers,
-    block_indices,
-    family_scope,
+    ScopedNodes,
+    TransformersFamily,
+    dense_config,
     find_prefix,
     heads_note,
     keras_param,
+    norm_config,
     original_from_pretrained,
-    torch_entries,
-    torch_module,
+    try_other_gelu,
 )
 from ckpt_tool.readers.base import VariableInfo
-from ckpt_tool.rolemap import NAMES, Layer, RoleMap
+from ckpt_tool.rolemap import Layer, RoleMap
 
 EPSILON = 1e-12  # ViTConfig.layer_norm_eps
 _BLOCK = re.compile(r"^(?P<prefix>(?:.*/)?)encoder/layer_\._(?P<index>\d+)/")
 _QUERY = re.compile(r"^(?P<prefix>(?:.*/)?)encoder/layer_\._\d+/attention/attention/query/kernel$")
-_DENSE = {"kernel": "kernel", "bias": "bias"}
-_NORM = {"gamma": "gamma", "beta": "beta"}
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "relu": "relu"}
 _PATCH = "patch_embeddings.projection"
 ATTENTION = "BertSelfAttention"  # query, key, value (D, D) kernels; no mask
 
 
-class ViTFamily(HeadCounts, Family):
+class ViTFamily(TransformersFamily):
     name = "hf_vit"
     title = "ViT (Hugging Face TF)"
-    config_files = ("config.json",)
+    model_type = "vit"
     attention_classes = (ATTENTION,)
-
-    def accepts_config(self, config: dict) -> bool:
-        return config.get("model_type") in (None, "vit")
 
     # -- roles ---------------------------------------------------------------------------
 
@@ -79,8 +74,7 @@ class ViTFamily(HeadCounts, Family):
         query = named.info("encoder/layer_._0/attention/attention/query/kernel")
         d = int(query.shape[-1]) if query is not None else config.get("hidden_size")
         heads = config.get("num_attention_heads")
-        eps = float(config.get("layer_norm_eps", EPSILON))
-        norm = {"axis": -1, "epsilon": eps, "center": True, "scale": True}
+        norm = norm_config(float(config.get("layer_norm_eps", EPSILON)))
         act = config.get("hidden_act", "gelu")
         activation = _ACTIVATIONS.get(act, act)
 
@@ -93,28 +87,23 @@ class ViTFamily(HeadCounts, Family):
         embeddings = named.take("embeddings", "ViTEmbeddings", embedding_roles, {})
         if embeddings is not None:
             embeddings.config = _image_settings(named)
-        prefixed = [i for i in infos if i.name.startswith(prefix)]
-        for index in block_indices(prefixed, _BLOCK):
+        for index in named.block_indices(_BLOCK):
             block = f"encoder/layer_._{index}"
-            named.take(f"{block}/layernorm_before", "LayerNormalization", _NORM, norm)
-            qkv = {f"{p}.{w}": f"{p}/{w}" for p in ("query", "key", "value") for w in _DENSE}
+            named.take(f"{block}/layernorm_before", "LayerNormalization", NORM, norm)
+            qkv = {f"{p}.{w}": f"{p}/{w}" for p in ("query", "key", "value") for w in DENSE}
             notes = [heads_note(d, heads, f"({d}, {d}) query/key/value kernels")]
             attention_config = {"num_heads": heads, "hidden_size": d}
             named.take(f"{block}/attention/attention", ATTENTION, qkv, attention_config, notes)
-            named.take(f"{block}/attention/output/dense", "Dense", _DENSE, _dense(d, "linear"))
-            named.take(f"{block}/layernorm_after", "LayerNormalization", _NORM, norm)
-            inner = named.info(f"{block}/intermediate/dense/kernel")
-            units = int(inner.shape[-1]) if inner is not None else config.get("intermediate_size")
-            mlp = named.take(
-                f"{block}/intermediate/dense", "Dense", _DENSE, _dense(units, activation)
-            )
-            if mlp is not None and "hidden_act" not in config:
-                other = "gelu_approximate" if activation == "gelu" else "gelu"
-                mlp.config_alternatives.append({"activation": other})
-                mlp.notes.append("no config.json: gelu (erf form) assumed, verify tries tanh")
-            named.take(f"{block}/output/dense", "Dense", _DENSE, _dense(d, "linear"))
-        named.take("layernorm", "LayerNormalization", _NORM, norm)
-        pooler = named.take("pooler/dense", "BertPooler", _DENSE, {})
+            output = f"{block}/attention/output/dense"
+            named.take(output, "Dense", DENSE, dense_config(d, "linear"))
+            named.take(f"{block}/layernorm_after", "LayerNormalization", NORM, norm)
+            inner = config.get("intermediate_size")
+            mlp = named.dense(f"{block}/intermediate/dense", inner, activation)
+            if "hidden_act" not in config:
+                try_other_gelu(mlp, "no config.json: gelu (erf form) assumed, verify tries tanh")
+            named.take(f"{block}/output/dense", "Dense", DENSE, dense_config(d, "linear"))
+        named.take("layernorm", "LayerNormalization", NORM, norm)
+        pooler = named.take("pooler/dense", "BertPooler", DENSE, {})
         pooler_act = config.get("pooler_act", "tanh")
         if pooler is not None and pooler_act != "tanh":
             pooler.config = {"pooler_act": pooler_act}
@@ -133,24 +122,11 @@ class ViTFamily(HeadCounts, Family):
     def graph(self, role_map: RoleMap):
         """Input pixel_values (B, C, H, W); outputs last_hidden_state (B, 1 + L, D) and,
         with a pooler, pooler_output (B, D)."""
-        from ckpt_tool.graph import Graph, Node
-
-        scope = family_scope(role_map)
-        names = {layer.name: layer for layer in role_map.layers}
+        node = ScopedNodes(role_map)
         pixels = ("pixel_values", 0, 0)
-        nodes: list[Node] = []
-
-        def node(name: str, args: list, class_name: str | None = None):
-            layer = names.get(scope + name)
-            if layer is None and class_name is None:
-                raise CkptToolError(f"no weights found for layer {scope + name!r}")
-            config = layer.config if layer is not None else {"name": name}
-            nodes.append(Node(scope + name, class_name or layer.class_name, config, 0, args))
-            return (scope + name, 0, 0)
-
         x = node("embeddings", [pixels])
         for attention in self.attention_layers(role_map):
-            block = attention.name.removeprefix(scope).removesuffix("/attention/attention")
+            block = attention.name.removeprefix(node.scope).removesuffix("/attention/attention")
             h = node(f"{block}/attention/attention", [node(f"{block}/layernorm_before", [x])])
             h = node(f"{block}/attention/output/dense", [h])
             x = node(f"{block}/attention/residual", [[h, x]], "Add")
@@ -158,10 +134,10 @@ class ViTFamily(HeadCounts, Family):
             h = node(f"{block}/output/dense", [h])
             x = node(f"{block}/output/residual", [[h, x]], "Add")
         outputs, output_names = [node("layernorm", [x])], ["last_hidden_state"]
-        if f"{scope}pooler/dense" in names:
+        if f"{node.scope}pooler/dense" in node.layers:
             outputs.append(node("pooler/dense", [outputs[0]]))
             output_names.append("pooler_output")
-        return Graph([pixels], nodes, outputs, self.title, ["pixel_values"], output_names)
+        return node.graph([pixels], outputs, self.title, output_names)
 
     def original(self, path, format_name, role_map):
         """`tf_model.h5` beside its config.json runs with transformers' TFAutoModel; its
@@ -176,11 +152,14 @@ class ViTFamily(HeadCounts, Family):
 
     # -- PyTorch -------------------------------------------------------------------------
 
-    def torch_arrays(self, inp, lt):
-        scope = lt.layer.scope
-        if scope is None or lt.layer.evidence != NAMES:
-            return None
-        return torch_entries(inp, lt, torch_module(lt.layer.name, scope), _torch_param)
+    @staticmethod
+    def torch_param(role: str, shape: tuple[int, ...]) -> tuple[str, str]:
+        """Our role -> ViTModel's attribute below the layer's module, and the change."""
+        if role in ("cls_token", "position_embeddings"):
+            return role, VERBATIM
+        if role == f"{_PATCH}.kernel":
+            return f"{_PATCH}.weight", CONV2D
+        return keras_param(role)
 
     def torch_note(self) -> str:
         return (
@@ -189,19 +168,6 @@ class ViTFamily(HeadCounts, Family):
             "encoder.layer.0.attention.attention.query.weight, ...); --torch-prefix vit. "
             "gives ViTForImageClassification's"
         )
-
-
-def _torch_param(role: str, shape: tuple[int, ...]) -> tuple[str, str]:
-    """Our role -> ViTModel's attribute below the layer's module, and the change."""
-    if role in ("cls_token", "position_embeddings"):
-        return role, VERBATIM
-    if role == f"{_PATCH}.kernel":
-        return f"{_PATCH}.weight", CONV2D
-    return keras_param(role)
-
-
-def _dense(units: int | None, activation: str) -> dict:
-    return {"units": units, "activation": activation, "use_bias": True}
 
 
 def _image_settings(named: NamedLayers) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError
+from ckpt_tool.families.base import Family, MissingDefault
 from ckpt_tool.original import InputSpec, OriginalModel, first_line, quiet_tensorflow
 
 CONFIG_FILE = "config.json"
@@ -92,8 +93,19 @@ class TransformersTFModel(OriginalModel):
 
 
 # --------------------------------------------------------------------------- shared by
-# the Hugging Face TF families (GPT-2, DistilBERT, ViT): layers by name, head counts,
-# PyTorch arrays.
+# the Hugging Face TF families (BERT, GPT-2, DistilBERT, ViT): layers by name, head
+# counts, graphs, PyTorch arrays.
+
+DENSE = {"kernel": "kernel", "bias": "bias"}
+NORM = {"gamma": "gamma", "beta": "beta"}
+
+
+def dense_config(units: int | None, activation: str) -> dict:
+    return {"units": units, "activation": activation, "use_bias": True}
+
+
+def norm_config(epsilon: float) -> dict:
+    return {"axis": -1, "epsilon": epsilon, "center": True, "scale": True}
 
 
 class NamedLayers:
@@ -101,8 +113,6 @@ class NamedLayers:
     `take` makes one Layer of the variables `prefix + layer + "/" + name` found."""
 
     def __init__(self, infos: Sequence, prefix: str):
-        from ckpt_tool.families.base import MissingDefault
-
         self.prefix = prefix
         self._by_name = MissingDefault({info.name: info for info in infos})
         self.used: set[str] = set()
@@ -133,23 +143,37 @@ class NamedLayers:
         self.layers.append(entry)
         return entry
 
+    def dense(self, layer: str, units: int | None, activation: str):
+        """A Dense layer whose units are its kernel's width (`units` without a kernel)."""
+        kernel = self.info(f"{layer}/kernel")
+        if kernel is not None:
+            units = int(kernel.shape[-1])
+        return self.take(layer, "Dense", DENSE, dense_config(units, activation))
+
+    def block_indices(self, pattern) -> list[int]:
+        """The block numbers `pattern` (a regex with group `index`) finds in the names
+        below `prefix`."""
+        names = (name for name in self._by_name if name.startswith(self.prefix))
+        return sorted({int(m.group("index")) for name in names if (m := pattern.match(name))})
+
     def rest(self, infos: Sequence) -> list:
         return [info for info in infos if info.key not in self.used]
 
 
-def block_indices(infos: Sequence, pattern) -> list[int]:
-    """The block numbers `pattern` (a regex with group `index`) finds in the names."""
-    return sorted({int(m.group("index")) for i in infos if (m := pattern.match(i.name))})
-
-
-def find_prefix(infos: Sequence, pattern) -> str | None:
-    """The scope (group `prefix` of `pattern`) of the first name or alias that matches."""
+def find_match(infos: Sequence, pattern):
+    """The match of `pattern` with the first name or alias it fits, or None."""
     for info in infos:
         for name in (info.name, *info.aliases):
             m = pattern.match(name)
             if m:
-                return m.group("prefix")
+                return m
     return None
+
+
+def find_prefix(infos: Sequence, pattern) -> str | None:
+    """The scope (group `prefix` of `pattern`) of the first name or alias that matches."""
+    m = find_match(infos, pattern)
+    return m.group("prefix") if m else None
 
 
 def family_scope(role_map) -> str:
@@ -157,14 +181,23 @@ def family_scope(role_map) -> str:
     return next((la.scope for la in role_map.layers if la.scope is not None), "")
 
 
-def heads_note(d: int | None, heads: int | None, kernels: str) -> str:
+def try_other_gelu(layer, note: str) -> None:
+    """Lets verify try `layer` with the other form of gelu (erf or tanh), and says so."""
+    if layer is None:
+        return
+    other = "gelu" if layer.config["activation"] == "gelu_approximate" else "gelu_approximate"
+    layer.config_alternatives.append({"activation": other})
+    layer.notes.append(note)
+
+
+def heads_note(d: int | None, heads: int | None, kernels: str, config="config.json") -> str:
     """The note telling where an attention layer's head count came from."""
     if heads:
         return f"num_heads {heads} from the model's config file"
     fits = [n for n in range(1, (d or 0) + 1) if d and d % n == 0]
     return (
         f"number of heads unknown: the {kernels} fit {', '.join(map(str, fits))} heads "
-        "alike; give the model's config.json beside the weights or --num-heads (verify "
+        f"alike; give the model's {config} beside the weights or --num-heads (verify "
         "tries each)"
     )
 
@@ -174,6 +207,9 @@ class HeadCounts:
     layers (`attention_classes`) keep `num_heads` and `hidden_size` in their config."""
 
     attention_classes: tuple[str, ...] = ()
+    #: what `problem` calls the kernels (`{d}`: the hidden size) and the config file
+    kernels_text = "kernels"
+    config_text = "config.json"
 
     def attention_layers(self, role_map) -> list:
         return [la for la in role_map.layers if la.class_name in self.attention_classes]
@@ -183,9 +219,10 @@ class HeadCounts:
             if not layer.config.get("num_heads"):
                 d = layer.config.get("hidden_size")
                 return (
-                    f"the number of attention heads is not in the weights: the kernels of "
-                    f"{layer.name} fit any head count dividing {d}. Put the model's "
-                    "config.json beside the weights or pass --num-heads N"
+                    "the number of attention heads is not in the weights: the "
+                    f"{self.kernels_text.format(d=d)} of {layer.name} fit any head count "
+                    f"dividing {d}. Put the model's {self.config_text} beside the weights "
+                    "or pass --num-heads N"
                 )
         return None
 
@@ -217,6 +254,40 @@ class HeadCounts:
             layer.notes = [n for n in layer.notes if "heads" not in n]
             layer.notes.append(f"num_heads {num_heads} given by the user")
         return bool(layers)
+
+
+class ScopedNodes:
+    """A family graph's nodes, named below the family's scope: calling it with a layer's
+    name below the scope adds that layer's node (one without weights needs `class_name`,
+    e.g. "Add") and returns its output."""
+
+    def __init__(self, role_map):
+        self.scope = family_scope(role_map)
+        self.layers = {layer.name: layer for layer in role_map.layers}
+        self.nodes: list = []
+
+    def __call__(self, name: str, args: list, class_name: str | None = None, **kwargs):
+        from ckpt_tool.graph import Node
+
+        full = self.scope + name
+        layer = self.layers.get(full)
+        if layer is None and class_name is None:
+            raise CkptToolError(f"no weights found for layer {full!r}")
+        config = layer.config if layer is not None else {"name": name}
+        self.nodes.append(Node(full, class_name or layer.class_name, config, 0, args, kwargs))
+        return (full, 0, 0)
+
+    def graph(self, inputs: list, outputs: list, title: str, output_names: list[str]):
+        """The Graph of the nodes added, its inputs named as their refs."""
+        from ckpt_tool.graph import Graph
+
+        names = [ref[0] for ref in inputs]
+        return Graph(inputs, self.nodes, outputs, title, names, output_names=output_names)
+
+
+def token_inputs(graph) -> list[InputSpec]:
+    """An int32 (B, T) input for each of the graph's inputs (token ids, masks)."""
+    return [InputSpec(name, (None, None), "int32") for name in graph.input_names]
 
 
 # How a TF array becomes its PyTorch counterpart.
@@ -270,6 +341,17 @@ def torch_module(layer_name: str, scope: str) -> str:
     return re.sub(r"_\._(\d+)(?=/|$)", r".\1", name).replace("/", ".")
 
 
+def named_torch_arrays(inp, lt, param, module=torch_module) -> list | None:
+    """`torch_entries` of a layer the family found by name, below the PyTorch module
+    `module(layer name, scope)`; None for other layers."""
+    from ckpt_tool.rolemap import NAMES
+
+    scope = lt.layer.scope
+    if scope is None or lt.layer.evidence != NAMES:
+        return None
+    return torch_entries(inp, lt, module(lt.layer.name, scope), param)
+
+
 def keras_param(role: str) -> tuple[str, str]:
     """A Keras-named role's PyTorch attribute: `query.kernel` -> `query.weight`
     (transposed: Linear is (out, in)), `gamma`/`beta` -> `weight`/`bias`."""
@@ -281,6 +363,25 @@ def keras_param(role: str) -> tuple[str, str]:
         "beta": ("bias", VERBATIM),
     }.get(param, (param, VERBATIM))
     return (f"{part}.{torch}" if part else torch), how
+
+
+class TransformersFamily(HeadCounts, Family):
+    """A Hugging Face TF family (GPT-2, DistilBERT, ViT): its `config.json` (of
+    `model_type`), head counts, and PyTorch names by `torch_param`."""
+
+    config_files = ("config.json",)
+    model_type = ""
+
+    def accepts_config(self, config: dict) -> bool:
+        return config.get("model_type") in (None, self.model_type)
+
+    def torch_arrays(self, inp, lt):
+        return named_torch_arrays(inp, lt, self.torch_param)
+
+    @staticmethod
+    def torch_param(role: str, shape: tuple[int, ...]) -> tuple[str, str]:
+        """Our role -> the PyTorch attribute below the layer's module, and the change."""
+        raise NotImplementedError
 
 
 def original_from_pretrained(path: Path, format_name: str, graph, specs, hidden_layers):

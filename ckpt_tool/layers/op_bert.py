@@ -78,6 +78,50 @@ def bert_embeddings(
     )
 
 
+def split_heads_attention(
+    x: np.ndarray,
+    attention_mask: np.ndarray | None,
+    weights: Mapping[str, np.ndarray],
+    num_heads: int,
+    projections: Sequence[str] = ("query", "key", "value"),
+    mask_adder: float = BERT_MASK_ADDER,
+    scale_queries: bool = False,
+    width: str = "hidden size",
+) -> np.ndarray:
+    """Self-attention whose 2-D (D, D) kernels `projections` (query, key, value) hold N
+    heads of H side by side -> context (B, T, D). Masked keys' scores get `mask_adder`;
+    1/sqrt(H) scales the scores (BERT) or, with `scale_queries`, the queries
+    (DistilBERT). `width`: what the error calls D."""
+    query, key, value = projections
+    d = weights[f"{query}.kernel"].shape[-1]
+    if d % num_heads:
+        raise LayerConfigError(f"{width} {d} is not a multiple of num_heads {num_heads}")
+    h = d // num_heads
+
+    def heads(role: str) -> np.ndarray:
+        y = dense(x, weights[f"{role}.kernel"], weights[f"{role}.bias"])  # (B, T, D)
+        return y.reshape((*y.shape[:-1], num_heads, h))  # (B, T, N, H)
+
+    scale = const(1.0 / math.sqrt(h), x.dtype)
+    q, k, v = heads(query), heads(key), heads(value)
+    if scale_queries:
+        q = q * scale
+    scores = contract("btnh,bsnh->bnts", q, k)  # (B, N, T, S)
+    if not scale_queries:
+        scores = scores * scale
+    if attention_mask is not None:
+        keep = np.asarray(attention_mask).astype(x.dtype)[:, None, None, :]  # (B, 1, 1, S)
+        scores = scores + (const(1.0, x.dtype) - keep) * const(mask_adder, x.dtype)
+    probs = softmax(scores, axis=-1)
+    ctx = contract("bnts,bsnh->btnh", probs, v)  # (B, T, N, H)
+    return ctx.reshape((*ctx.shape[:-2], d))
+
+
+def square_projection_shapes(names: Sequence[str], d: int | None) -> dict[str, Shape]:
+    """(D, D) for each projection's kernel, (D,) for its bias."""
+    return {name: (d, d) if name.endswith("kernel") else (d,) for name in names}
+
+
 def bert_self_attention(
     x: np.ndarray,
     attention_mask: np.ndarray | None,
@@ -85,24 +129,7 @@ def bert_self_attention(
     num_heads: int,
 ) -> np.ndarray:
     """BERT's attention_layer with 2-D kernels -> context (B, T, D)."""
-    d = weights["query.kernel"].shape[-1]
-    if d % num_heads:
-        raise LayerConfigError(f"hidden size {d} is not a multiple of num_heads {num_heads}")
-    h = d // num_heads
-
-    def heads(role: str) -> np.ndarray:
-        y = dense(x, weights[f"{role}.kernel"], weights[f"{role}.bias"])  # (B, T, D)
-        return y.reshape((*y.shape[:-1], num_heads, h))  # (B, T, N, H)
-
-    q, k, v = heads("query"), heads("key"), heads("value")
-    # scores = (B, N, T, S), scaled after the product as BERT does
-    scores = contract("btnh,bsnh->bnts", q, k) * const(1.0 / math.sqrt(h), x.dtype)
-    if attention_mask is not None:
-        keep = np.asarray(attention_mask).astype(x.dtype)[:, None, None, :]  # (B, 1, 1, S)
-        scores = scores + (const(1.0, x.dtype) - keep) * const(BERT_MASK_ADDER, x.dtype)
-    probs = softmax(scores, axis=-1)
-    ctx = contract("bnts,bsnh->btnh", probs, v)  # (B, T, N, H)
-    return ctx.reshape((*ctx.shape[:-2], d))
+    return split_heads_attention(x, attention_mask, weights, num_heads)
 
 
 class BertEmbeddingsKind(LayerKind):
@@ -154,10 +181,7 @@ class BertSelfAttentionKind(LayerKind):
     def weight_shapes(
         self, config: Mapping[str, Any], input_shapes: Sequence[Shape]
     ) -> dict[str, Shape]:
-        d = input_shapes[0][-1]
-        return {
-            name: (d, d) if name.endswith("kernel") else (d,) for name in self.weight_names(config)
-        }
+        return square_projection_shapes(self.weight_names(config), input_shapes[0][-1])
 
     def compute(self, config, weights, inputs, **call_kwargs):
         x = inputs[0]

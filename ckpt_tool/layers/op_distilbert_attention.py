@@ -16,15 +16,13 @@ Call: `attention_mask` (B, S), 1 keep, 0 pad (TF DistilBERT uses all ones when n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ckpt_tool.layers.activations import softmax
-from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, const, require_int
-from ckpt_tool.layers.contract import contract
+from ckpt_tool.layers.base import LayerKind, Shape, require_int
+from ckpt_tool.layers.op_bert import split_heads_attention, square_projection_shapes
 from ckpt_tool.layers.op_dense import dense
 
 DISTILBERT_MASK_ADDER = -1e30
@@ -38,24 +36,16 @@ def distilbert_attention(
     num_heads: int,
 ) -> np.ndarray:
     """x (B, T, D) -> (B, T, D)."""
-    d = weights["q_lin.kernel"].shape[-1]
-    if d % num_heads:
-        raise LayerConfigError(f"width {d} is not a multiple of num_heads {num_heads}")
-    h = d // num_heads
-
-    def heads(role: str) -> np.ndarray:
-        y = dense(x, weights[f"{role}.kernel"], weights[f"{role}.bias"])  # (B, T, D)
-        return y.reshape((*y.shape[:-1], num_heads, h))  # (B, T, N, H)
-
-    q = heads("q_lin") * const(1.0 / math.sqrt(h), x.dtype)  # scaled before the product
-    k, v = heads("k_lin"), heads("v_lin")
-    scores = contract("btnh,bsnh->bnts", q, k)  # (B, N, T, S)
-    if attention_mask is not None:
-        keep = np.asarray(attention_mask).astype(x.dtype)[:, None, None, :]  # (B, 1, 1, S)
-        scores = scores - const(-DISTILBERT_MASK_ADDER, x.dtype) * (const(1.0, x.dtype) - keep)
-    probs = softmax(scores, axis=-1)
-    ctx = contract("bnts,bsnh->btnh", probs, v)  # (B, T, N, H)
-    ctx = ctx.reshape((*ctx.shape[:-2], d))  # (B, T, D)
+    ctx = split_heads_attention(
+        x,
+        attention_mask,
+        weights,
+        num_heads,
+        PROJECTIONS[:3],
+        DISTILBERT_MASK_ADDER,
+        scale_queries=True,
+        width="width",
+    )
     return dense(ctx, weights["out_lin.kernel"], weights["out_lin.bias"])
 
 
@@ -70,10 +60,7 @@ class DistilBertAttentionKind(LayerKind):
     def weight_shapes(
         self, config: Mapping[str, Any], input_shapes: Sequence[Shape]
     ) -> dict[str, Shape]:
-        d = input_shapes[0][-1]
-        return {
-            name: (d, d) if name.endswith("kernel") else (d,) for name in self.weight_names(config)
-        }
+        return square_projection_shapes(self.weight_names(config), input_shapes[0][-1])
 
     def compute(self, config, weights, inputs, attention_mask=None, **call_kwargs):
         (x,) = inputs

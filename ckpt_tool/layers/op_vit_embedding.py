@@ -22,7 +22,7 @@ from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, get_bool
 def vit_embedding(
     patches: np.ndarray, positions: np.ndarray, class_token: np.ndarray | None
 ) -> np.ndarray:
-    """(B, h, w, D) patches, (1, T, D) positions -> (B, T, D)."""
+    """(B, h, w, D) (or (B, h*w, D)) patches, (1, T, D) positions -> (B, T, D)."""
     b, d = patches.shape[0], patches.shape[-1]
     x = patches.reshape(b, -1, d)
     if class_token is not None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, get_bool
+from ckpt_tool.layers.op_vit_embedding import vit_embedding
 
 KERNEL, BIAS = "patch_embeddings.projection.kernel", "patch_embeddings.projection.bias"
 
@@ -57,8 +58,7 @@ def vit_embeddings(
             f"the image gives {emb.shape[1]} patches, the position embeddings fit "
             f"{positions.shape[1] - 1} (no interpolation here)"
         )
-    cls = np.broadcast_to(weights["cls_token"], (emb.shape[0], 1, emb.shape[-1]))  # (B, 1, D)
-    return np.concatenate([cls, emb], axis=1) + positions
+    return vit_embedding(emb, positions, weights["cls_token"])
 
 
 class ViTEmbeddingsKind(LayerKind):
