@@ -127,7 +127,8 @@ def verify(
             num_heads=options.num_heads,
         )
         model = open_model(reader, model_options)
-        if model.family is None and options.against:  # the graph the checkpoint belongs to
+        if options.against and (model.family is None or model.family.problem(model.roles)):
+            # the config files beside the model the checkpoint belongs to
             model_options = replace(model_options, family_config=None)
             model = open_model(reader, model_options, source=options.against)
         infos, config, roles = model.infos, model.config, model.roles
