@@ -61,3 +61,11 @@ def fixture_custom_objects() -> dict:
 
     sources = sorted({f["custom_objects"] for f in fixture_index() if f.get("custom_objects")})
     return import_custom_objects([str(FIXTURES / s) for s in sources])
+
+
+def sigint_as_on_a_terminal() -> None:
+    """`preexec_fn` for a child that must take Ctrl-C: a job a shell starts in the
+    background inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -43,7 +43,7 @@ from tests.bundle_writer import (
     rewrite_index,
     varint,
 )
-from tests.support import ROOT, fixture_path, run_cli
+from tests.support import ROOT, fixture_path, run_cli, sigint_as_on_a_terminal
 
 SEED_CKPT = fixture_path("seed_checkpoint")  # prefix .../ckpt-1, with a `checkpoint` file
 SEED_KERAS = fixture_path("seed_keras")
@@ -894,6 +894,7 @@ def test_ctrl_c_mid_export(large_source: Path, tmp_path: Path, existing: bool) -
         text=True,
         cwd=ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"},
+        preexec_fn=sigint_as_on_a_terminal,
     )
     deadline = time.monotonic() + 60
     temp = []

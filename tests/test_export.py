@@ -32,7 +32,14 @@ from ckpt_tool.export import (
 from ckpt_tool.layouts.keras import is_anonymous
 from ckpt_tool.listing import attach_roles, build_listing
 from ckpt_tool.readers import open_reader
-from tests.support import ROOT, fixture, fixture_index, fixture_path, run_cli
+from tests.support import (
+    ROOT,
+    fixture,
+    fixture_index,
+    fixture_path,
+    run_cli,
+    sigint_as_on_a_terminal,
+)
 
 ALL_FIXTURES = [f["id"] for f in fixture_index()]
 
@@ -408,6 +415,7 @@ def test_signal_mid_export_subprocess(signum: int, big_npz: Path, tmp_path: Path
         text=True,
         env=env,
         cwd=ROOT,
+        preexec_fn=sigint_as_on_a_terminal,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
