@@ -110,10 +110,3 @@ def load_json_config(path: str | Path, what: str = "model config") -> dict:
     if not isinstance(config, dict):
         raise UsageError(f"the {what} is not a JSON object", path)
     return config
-
-
-class MissingDefault(dict):
-    """A dict that answers None for a missing key (name lookups that may fail)."""
-
-    def __missing__(self, key: str) -> None:
-        return None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError
-from ckpt_tool.families.base import Family, MissingDefault
+from ckpt_tool.families.base import Family
 from ckpt_tool.original import InputSpec, OriginalModel, first_line, quiet_tensorflow
 
 CONFIG_FILE = "config.json"
@@ -114,13 +114,13 @@ class NamedLayers:
 
     def __init__(self, infos: Sequence, prefix: str):
         self.prefix = prefix
-        self._by_name = MissingDefault({info.name: info for info in infos})
+        self._by_name = {info.name: info for info in infos}
         self.used: set[str] = set()
         self.layers: list = []
 
     def info(self, name: str):
         """The variable named `prefix + name`, or None."""
-        return self._by_name[self.prefix + name]
+        return self._by_name.get(self.prefix + name)
 
     def take(self, layer: str, class_name: str, roles: dict, config: dict, notes=()):
         """A Layer named `prefix + layer` with role -> variable for each role whose name

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ckpt_tool.layers.activations import get_activation
-from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape
+from ckpt_tool.layers.base import LayerKind, Shape
 
 
 def add(inputs: Sequence[np.ndarray]) -> np.ndarray:
     """inputs[0] + inputs[1] + ..., summed left to right as keras.layers.Add does."""
-    out = inputs[0]
-    for x in inputs[1:]:
-        try:
-            np.broadcast_shapes(out.shape, x.shape)
-        except ValueError:
-            raise LayerConfigError(
-                f"Add: input shapes {out.shape} and {x.shape} do not broadcast"
-            ) from None
-        out = out + x
-    return out
+    return functools.reduce(np.add, inputs)
 
 
 def multiply(inputs: Sequence[np.ndarray]) -> np.ndarray:
     """inputs[0] * inputs[1] * ..., left to right as keras.layers.Multiply does."""
-    out = inputs[0]
-    for x in inputs[1:]:
-        out = out * x
-    return out
+    return functools.reduce(np.multiply, inputs)
 
 
 class _NoWeights(LayerKind):
