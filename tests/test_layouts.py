@@ -815,7 +815,7 @@ README_EXPORT = "ckpt-tool export fixtures/seed/seed_keras/seed.keras --layout t
 README_SNIPPET = """\
 import numpy as np, torch, torch.nn.functional as F
 
-w = {k: torch.from_numpy(v) for k, v in np.load("seed.npz").items() if k != "__manifest__"}
+w = {k: torch.from_numpy(v) for k, v in np.load("seed.npz").items()}
 x = torch.from_numpy(np.load("fixtures/seed/inputs.npz")["x"])  # (batch, 2, 3)
 fc = lambda name, t: F.linear(t, w[f"{name}.weight"], w[f"{name}.bias"])
 q, k, v = (fc(f"multi_head_attention.{p}_proj", x).unflatten(-1, (2, 4)).transpose(1, 2) for p in "qkv")
