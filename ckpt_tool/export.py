@@ -481,6 +481,8 @@ class _AtomicTarget:
 
 def _remove_stale(path: Path) -> None:
     """A manifest beside `out` left by an earlier export in another layout (--force)."""
+    if path.is_dir() and not path.is_symlink():
+        return  # not a manifest: leave it
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:

@@ -707,6 +707,22 @@ def test_haiku_refuses_a_separate_key_input(tmp_path: Path) -> None:
     assert not any("how it is called" in note for note in manifest.get("notes", []))
 
 
+def test_haiku_notes_masks_and_axes_the_caller_must_give(tmp_path: Path) -> None:
+    """Keras applies a causal mask, a sliding window and attention axes itself; AlphaFold's
+    Attention takes them from its caller: the manifest's notes say so."""
+    x = keras.Input((3, 5, 8), name="x")
+    mha = keras.layers.MultiHeadAttention(
+        num_heads=2, key_dim=4, sliding_window=2, attention_axes=(2,), name="attention"
+    )
+    model = keras.Model(x, mha(x, x, use_causal_mask=True))
+    zero_qkv_biases(mha)
+    model.save(tmp_path / "masked.keras")
+    manifest, _ = export(tmp_path / "masked.keras", tmp_path / "af.npz", "haiku")
+    notes = "\n".join(manifest["notes"])
+    assert "the causal mask (use_causal_mask=True) and the band of sliding_window=2" in notes
+    assert "attends over axes [2]" in notes
+
+
 def test_haiku_without_a_config_says_what_it_assumes(tmp_path: Path) -> None:
     """Weights alone (Keras 3 model.export()) cannot tell the call: the manifest says
     what the port assumes."""

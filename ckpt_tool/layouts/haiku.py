@@ -38,6 +38,7 @@ from ckpt_tool.layouts.base import (
     verbatim,
     zeros,
 )
+from ckpt_tool.layouts.calls import AttentionCall
 from ckpt_tool.layouts.common import module_entry, port
 from ckpt_tool.rolemap import Layer
 
@@ -252,6 +253,7 @@ def _check_calls(inp: LayoutInput, layer: Layer, refuse: Callable[[str], None]) 
             "layer was called without a separate key"
         )
         return
+    _mask_notes(inp, layer, calls)
     for call in calls:
         if call.separate_key:
             refuse(
@@ -259,6 +261,30 @@ def _check_calls(inp: LayoutInput, layer: Layer, refuse: Callable[[str], None]) 
                 f"value from {_source(call.value)}); AlphaFold's Attention computes keys "
                 "from its value input m_data"
             )
+
+
+def _mask_notes(inp: LayoutInput, layer: Layer, calls: list[AttentionCall]) -> None:
+    """Masking and axes the Keras layer applies by itself, which AlphaFold's Attention
+    takes from its caller (an additive bias; inputs shaped (batch, N, channels))."""
+    masks = []
+    if any(call.options.get("use_causal_mask") for call in calls):
+        masks.append("the causal mask (use_causal_mask=True)")
+    window = layer.config.get("sliding_window")
+    if window:
+        masks.append(f"the band of sliding_window={window}")
+    if masks:
+        inp.notes.append(
+            f"{layer.name!r}: pass {' and '.join(masks)} to AlphaFold's Attention as its "
+            "bias, 1e9 * (mask - 1)"
+        )
+    axes = layer.config.get("attention_axes")
+    if axes is not None:
+        shown = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+        inp.notes.append(
+            f"{layer.name!r} attends over axes {shown}: "
+            "AlphaFold's Attention attends over axis 1 of (batch, N, channels); put those "
+            "axes there (flattened) and the others into the batch"
+        )
 
 
 def _source(ref: object) -> str:
