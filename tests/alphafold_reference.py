@@ -147,3 +147,12 @@ class Linear(hk.Module):
             )
             output += bias
         return output
+
+
+# The manifest's module names (as AlphaFold 2.0 spells them) -> the module to build.
+MODULES = {
+    "alphafold.model.modules.Attention": Attention,
+    "alphafold.model.common_modules.Linear": Linear,
+    "haiku.LayerNorm": hk.LayerNorm,
+    "haiku.Embed": hk.Embed,
+}

@@ -521,7 +521,7 @@ def haiku_run(af, build, params, *args):
 
 def attention_module(af, entry: dict):
     """AlphaFold's Attention built as the manifest's `modules` entry says."""
-    assert entry["module"] == "alphafold.model.modules.Attention"
+    assert af.MODULES[entry["module"]] is af.Attention
     a = entry["args"]
     config, global_config = af.Config(a["config"]), af.Config(a["global_config"])
     return af.Attention(config, global_config, a["output_dim"], name=entry["prefix"])
@@ -622,7 +622,6 @@ def test_haiku_ungated_attention_without_biases(af, tmp_path: Path) -> None:
 def test_haiku_transformer_block(af, tmp_path: Path) -> None:
     """The whole block as AlphaFold 2.0's modules, each built from its manifest entry:
     Attention, haiku.LayerNorm, common_modules.Linear."""
-    import haiku as hk
     import jax
 
     src = fixture_path("transformer_block_keras")
@@ -637,13 +636,12 @@ def test_haiku_transformer_block(af, tmp_path: Path) -> None:
     }
 
     def build(name: str):
+        """The module the manifest names, with its arguments, then any activation."""
         entry = modules[name]
-        if entry["module"] == "haiku.LayerNorm":
-            return hk.LayerNorm(**entry["args"], name=entry["prefix"])
-        linear = af.Linear(**entry["args"], name=entry["prefix"])
+        module = af.MODULES[entry["module"]](**entry["args"], name=entry["prefix"])
         activation = {"gelu": lambda t: jax.nn.gelu(t, approximate=False), "linear": None}
-        act = activation[entry["activation"]]  # Keras "gelu" is the exact erf form
-        return (lambda t: act(linear(t))) if act else linear
+        act = activation[entry.get("activation", "linear")]  # Keras "gelu": the erf form
+        return (lambda t: act(module(t))) if act else module
 
     def block(x, bias):
         a = attention_module(af, modules["attention"])(x, x, bias)
