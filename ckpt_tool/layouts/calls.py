@@ -40,7 +40,7 @@ def attention_calls(model_config: dict | None, roles: RoleMap) -> dict[str, list
         return {}
     try:
         graph = build_graph(model_config, roles)
-    except (CkptToolError, KeyError, TypeError, ValueError, IndexError):
+    except (CkptToolError, AttributeError, KeyError, TypeError, ValueError, IndexError):
         return {}
     if graph.source.startswith("chain"):
         return {}
