@@ -21,6 +21,8 @@ def render_export(result: ExportResult, notes: list[str] | None = None) -> None:
         f"wrote [bold]{escape(str(result.path))}[/]{how}: {result.arrays} arrays, "
         f"{human_bytes(result.source_bytes)} of tensors, {human_bytes(result.file_bytes)} on disk"
     )
+    if result.manifest_path is not None:
+        err.print(f"wrote its manifest beside it: [bold]{escape(str(result.manifest_path))}[/]")
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -1,15 +1,17 @@
 """Export a weight file to .npz: meaningful names, a manifest, streamed and crash-safe.
 
 The output is an ordinary .npz (a zip of .npy members) that `np.load(path,
-allow_pickle=False)` opens. Besides one member per tensor it holds
-`__manifest__`, a 0-d unicode array with JSON describing every array
-(see MANIFEST_SCHEMA and `manifest_entry`).
+allow_pickle=False)` opens, one member per tensor. The manifest, JSON describing every
+array (see MANIFEST_SCHEMA and `manifest_entry`), is the member `__manifest__` (a 0-d
+unicode array) in the `keras` layout. Layouts whose target has a standard loader
+(STANDARD_LOADERS: `load_state_dict`, `flat_params_to_haiku`) take the archive's members
+as parameters, so their manifest is written beside it as `<OUT>.manifest.json`.
 
 Writing is streamed: one tensor is read from the source, written as one zip
 member and dropped before the next is read. Everything goes to a hidden
 temporary file next to the target, which is fsynced and renamed onto the
-target only when complete; on any failure (including a full disk or Ctrl-C)
-the temporary file is removed and the target is left as it was.
+target only when complete (a manifest beside it first); on any failure (including a
+full disk or Ctrl-C) the temporary files are removed and the targets are left as they were.
 
 A *layout* (see `ckpt_tool.layouts`) decides the output names and arrays: from the
 selected tensors and the role parser's layer and role for each, a list of
@@ -30,12 +32,14 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UsageError
 from ckpt_tool.layouts import (
     LAYOUTS,
+    STANDARD_LOADERS,
     ExportArray,
     LayoutInput,
     LayoutRefused,
@@ -45,7 +49,11 @@ from ckpt_tool.layouts import (
 )
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.npz import manifest_beside
 from ckpt_tool.rolemap import RoleMap
+
+if TYPE_CHECKING:
+    from ckpt_tool.model import Model
 
 __all__ = [
     "CAST_DTYPES",
@@ -58,6 +66,7 @@ __all__ = [
     "ExportResult",
     "LayoutRefused",
     "export_npz",
+    "manifest_beside",
     "npz_name",
     "plan_export",
     "select_variables",
@@ -98,6 +107,7 @@ class ExportResult:
     source_bytes: int  # the exported tensors' bytes as stored in the source (as `list`)
     file_bytes: int  # size of the written .npz
     manifest: dict = field(repr=False, default_factory=dict)
+    manifest_path: Path | None = None  # the manifest beside the .npz; None: inside it
 
 
 # --- selection and manifest ---------------------------------------------------------------
@@ -157,6 +167,11 @@ def manifest_entry(arr: ExportArray, position: int, dtype: str, stored: np.dtype
 def source_roles(reader: Reader, options: ExportOptions) -> RoleMap:
     """The role parser's layers over all of the reader's variables. A model config that
     cannot be read only matters to ported layouts: `keras` then names by weights alone."""
+    return source_model(reader, options).roles
+
+
+def source_model(reader: Reader, options: ExportOptions) -> Model:
+    """The opened model: roles, and the Keras config that says how layers are called."""
     from ckpt_tool.model import ModelOptions, open_model
 
     model_options = ModelOptions(
@@ -164,14 +179,15 @@ def source_roles(reader: Reader, options: ExportOptions) -> RoleMap:
         roles_file=options.roles_file,
         lenient_config=options.layout == "keras",
     )
-    return open_model(reader, model_options).roles
+    return open_model(reader, model_options)
 
 
 # --- export --------------------------------------------------------------------------------
 
 
 def check_target(out: Path, source: Path, *, force: bool) -> None:
-    """Refuse before writing anything: no directory, not writable, exists, or is the source."""
+    """Refuse before writing anything: no directory, not writable, exists, or is the source.
+    `out`'s manifest beside it (`manifest_beside`) counts as part of `out`."""
     parent = out.parent
     if not parent.is_dir():
         raise NotFoundError("output directory does not exist", parent)
@@ -181,8 +197,10 @@ def check_target(out: Path, source: Path, *, force: bool) -> None:
         raise UsageError("output is a directory", out)
     if any(_same_file(out, f) for f in _source_files(source)):
         raise UsageError("output would overwrite the source", out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise UsageError("already exists; use --force to overwrite", out)
+    if not force:
+        for path in (out, manifest_beside(out)):
+            if path.exists() or path.is_symlink():
+                raise UsageError("already exists; use --force to overwrite", path)
 
 
 @dataclass
@@ -195,6 +213,7 @@ class ExportPlan:
     manifest: dict
     compress: bool = False
     notes: list[str] = field(default_factory=list)  # what the layout kept, assumed, made
+    manifest_beside: bool = False  # written as <OUT>.manifest.json instead of a member
 
     @property
     def source_bytes(self) -> int:
@@ -217,8 +236,9 @@ def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
     if not infos:
         what = f"matching {options.pattern!r}" if options.pattern else "to export"
         raise UsageError(f"no tensors {what}", reader.path)
+    model = source_model(reader, options)
     layout_input = LayoutInput(
-        reader, infos, source_roles(reader, options), torch_prefix=options.torch_prefix
+        reader, infos, model.roles, torch_prefix=options.torch_prefix, model_config=model.config
     )
     arrays = LAYOUTS[options.layout](layout_input)
     dtypes = [stored_dtype(arr.dtype, options.dtype) for arr in arrays]
@@ -237,7 +257,13 @@ def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
     if layout_input.notes:
         manifest["notes"] = layout_input.notes
     return ExportPlan(
-        reader.path, arrays, dtypes, manifest, options.compress, notes=layout_input.notes
+        reader.path,
+        arrays,
+        dtypes,
+        manifest,
+        options.compress,
+        notes=layout_input.notes,
+        manifest_beside=options.layout in STANDARD_LOADERS,
     )
 
 
@@ -249,20 +275,37 @@ def write_npz(
     on_array: Callable[[ExportArray], None] | None = None,
 ) -> ExportResult:
     """Write a plan to `out`, one tensor at a time, through a temporary file renamed into
-    place at the end. on_array(array) is called after each member (for progress)."""
+    place at the end; a manifest beside `out` is renamed into place just before it (and a
+    stale one from an earlier export removed when the manifest goes inside).
+    on_array(array) is called after each member (for progress)."""
     out = Path(out)
     check_target(out, plan.source, force=force)
     compression = zipfile.ZIP_DEFLATED if plan.compress else zipfile.ZIP_STORED
-    target = _AtomicTarget(out, force=force)
-    with target as fh, zipfile.ZipFile(fh, "w", compression=compression) as zf:
-        write_member(zf, MANIFEST_KEY, np.array(json.dumps(plan.manifest, sort_keys=True)))
-        for arr, (dtype, stored) in zip(plan.arrays, plan.dtypes, strict=True):
-            array = arr.produce()
-            write_member(zf, arr.name, _to_storable(array, dtype, stored, arr, plan.source))
-            del array
-            if on_array is not None:
-                on_array(arr)
-    return ExportResult(out, len(plan.arrays), plan.source_bytes, out.stat().st_size, plan.manifest)
+    text = json.dumps(plan.manifest, sort_keys=True)
+    beside = manifest_beside(out)
+    with _AtomicTarget(out, force=force) as fh:
+        with zipfile.ZipFile(fh, "w", compression=compression) as zf:
+            if not plan.manifest_beside:
+                write_member(zf, MANIFEST_KEY, np.array(text))
+            for arr, (dtype, stored) in zip(plan.arrays, plan.dtypes, strict=True):
+                array = arr.produce()
+                write_member(zf, arr.name, _to_storable(array, dtype, stored, arr, plan.source))
+                del array
+                if on_array is not None:
+                    on_array(arr)
+        if plan.manifest_beside:
+            with _AtomicTarget(beside, force=force) as side:
+                side.write(text.encode("utf-8"))
+    if not plan.manifest_beside and force:
+        _remove_stale(beside)
+    return ExportResult(
+        out,
+        len(plan.arrays),
+        plan.source_bytes,
+        out.stat().st_size,
+        plan.manifest,
+        beside if plan.manifest_beside else None,
+    )
 
 
 def export_npz(
@@ -272,7 +315,8 @@ def export_npz(
     *,
     on_array: Callable[[ExportArray], None] | None = None,
 ) -> ExportResult:
-    """Export the reader's selected tensors to `out` (.npz with `__manifest__`).
+    """Export the reader's selected tensors to `out` (.npz with its manifest inside as
+    `__manifest__`, or beside it as `<out>.manifest.json` for STANDARD_LOADERS layouts).
     Raises CkptToolError on every user-facing problem; `out` is never left half-written."""
     options = options or ExportOptions()
     check_target(Path(out), reader.path, force=options.force)  # refuse before reading
@@ -433,6 +477,16 @@ class _AtomicTarget:
             pass  # closing a file on a full disk can fail again; it is removed below
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
+
+
+def _remove_stale(path: Path) -> None:
+    """A manifest beside `out` left by an earlier export in another layout (--force)."""
+    if path.is_dir() and not path.is_symlink():
+        return  # not a manifest: leave it
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, path) from None
 
 
 def _os_error(exc: OSError, out: Path) -> CkptToolError:

@@ -4,9 +4,12 @@ computation on the exported arrays and comparing with the Keras model itself.
 - torch: small PyTorch modules written here (nn.Linear projections, nn.LayerNorm) load the
   export with `load_state_dict(strict=True)` and reproduce the Keras outputs;
 - torch-mha: `torch.nn.MultiheadAttention` loads it and reproduces them;
-- haiku: a NumPy transcription of AlphaFold's `Attention` (alphafold/model/modules.py),
-  `common_modules.Linear` and `LayerNorm`, fed through the `scope//name` split of
-  AlphaFold's `utils.flat_params_to_haiku`, reproduces them.
+- haiku: AlphaFold's own loading, `flat_params_to_haiku(np.load(export))`, then AlphaFold
+  2.0's `Attention` and `Linear` and `haiku.LayerNorm` under `hk.transform`
+  (tests/alphafold_reference.py) reproduce them.
+
+Layouts with a standard loader keep the manifest beside the archive, so that every member
+is a parameter: the arrays load as they are.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import tensorflow as tf
 import torch
 from torch import nn
 
-from ckpt_tool.export import MANIFEST_KEY, ExportOptions, export_npz
-from ckpt_tool.layouts import LayoutRefused
+from ckpt_tool.diff import match_tensors
+from ckpt_tool.errors import CorruptFileError, UsageError
+from ckpt_tool.export import MANIFEST_KEY, ExportOptions, export_npz, manifest_beside
+from ckpt_tool.layouts import STANDARD_LOADERS, LayoutRefused
 from ckpt_tool.layouts.base import LayerTensors
 from ckpt_tool.layouts.pytorch import mha_misfit
 from ckpt_tool.readers import open_reader
@@ -43,12 +48,17 @@ torch.set_grad_enabled(False)
 def export(
     src: Path, out: Path, layout: str, torch_prefix: str = ""
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Export `src` with `layout`, then read it back as a user would (np.load)."""
+    """Export `src` with `layout`, then read it back as a user would (np.load). A layout
+    with a standard loader has only parameters in the archive, its manifest beside it."""
     options = ExportOptions(layout=layout, force=True, torch_prefix=torch_prefix)
     with open_reader(src) as reader:
         export_npz(reader, out, options)
     with np.load(out, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    if layout in STANDARD_LOADERS:
+        assert MANIFEST_KEY not in arrays
+        return json.loads(manifest_beside(out).read_text()), arrays
+    assert not manifest_beside(out).exists()
     return json.loads(str(arrays.pop(MANIFEST_KEY))), arrays
 
 
@@ -212,9 +222,9 @@ def test_torch_savedmodel_with_config_matches_keras_file(tmp_path: Path) -> None
     with open_reader(fixture_path("transformer_block_savedmodel")) as reader:
         options = ExportOptions(layout="torch", config_file=str(config))
         export_npz(reader, tmp_path / "b.npz", options)
+    manifest = json.loads(manifest_beside(tmp_path / "b.npz").read_text())
     with np.load(tmp_path / "b.npz") as z:
-        manifest = json.loads(str(z[MANIFEST_KEY]))
-        assert [k for k in z.files if k != MANIFEST_KEY] == list(expected)
+        assert z.files == list(expected)
         for key, value in expected.items():
             assert z[key].tobytes() == value.tobytes(), key
     modules = {m["layer"]: m for m in manifest["modules"]}
@@ -479,140 +489,169 @@ def test_torch_mha_fit_rules(shapes: dict, config: dict, why: str | None) -> Non
     assert misfit == why if why is None else why in misfit
 
 
-# --- haiku (AlphaFold) ------------------------------------------------------------------------
-
-SOFTMAX_MASK = -1e9  # alphafold/model/modules.py _SOFTMAX_MASK
-
-
-def flat_params_to_haiku(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """alphafold/model/utils.py flat_params_to_haiku: `scope//name` -> params[scope][name]."""
-    params: dict[str, dict[str, np.ndarray]] = {}
-    for path, array in arrays.items():
-        scope, name = path.split("//")
-        params.setdefault(scope, {})[name] = array
-    return params
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def alphafold_attention(params, q_data, m_data, mask, nonbatched_bias=None, gating=True):
-    """AlphaFold's Attention.__call__ (modules.py) in NumPy, float32 as in the model."""
-    q_weights, k_weights, v_weights = params["query_w"], params["key_w"], params["value_w"]
-    key_dim = q_weights.shape[-1]
-    q = np.einsum("bqa,ahc->bqhc", q_data, q_weights) * key_dim ** (-0.5)
-    k = np.einsum("bka,ahc->bkhc", m_data, k_weights)
-    v = np.einsum("bka,ahc->bkhc", m_data, v_weights)
-    logits = np.einsum("bqhc,bkhc->bhqk", q, k)
-    if nonbatched_bias is not None:
-        logits += np.expand_dims(nonbatched_bias, axis=0)
-    logits = np.where(mask, logits, np.float32(SOFTMAX_MASK))
-    weights = softmax(logits)
-    weighted_avg = np.einsum("bhqk,bkhc->bqhc", weights, v)
-    if gating:
-        gate_values = np.einsum("bqc, chv->bqhv", q_data, params["gating_w"]) + params["gating_b"]
-        weighted_avg *= 1 / (1 + np.exp(-gate_values))
-    return np.einsum("bqhc,hco->bqo", weighted_avg, params["output_w"]) + params["output_b"]
-
-
-def alphafold_linear(params, x):
-    """common_modules.Linear with num_input_dims=1: `...a, ah->...h` plus bias."""
-    return np.einsum("...a,ah->...h", x, params["weights"]) + params["bias"]
-
-
-def alphafold_layer_norm(params, x, eps):
-    """common_modules.LayerNorm over the last axis with scale and offset (hk.LayerNorm)."""
-    mean = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * params["scale"] + params["offset"]
+# --- haiku (AlphaFold 2.0) ------------------------------------------------------------------
+# The exported file goes through AlphaFold's own loading (`flat_params_to_haiku(np.load(f))`)
+# and AlphaFold 2.0's modules under `hk.transform` (tests/alphafold_reference.py): the
+# parameters the modules create must be exactly the exported names and shapes, and their
+# outputs must be Keras's to float32 rounding.
 
 
 @pytest.fixture(scope="module")
-def gated_zero_bias_model(tmp_path_factory) -> Path:
-    """A Keras MultiHeadAttention(use_gate=True) whose query/key/value biases are zero
-    (AlphaFold has none) and whose other weights are random, saved as .keras."""
-    x = keras.Input((5, 8), name="x")
-    mha = keras.layers.MultiHeadAttention(
-        num_heads=2, key_dim=4, value_dim=3, use_gate=True, name="attention"
-    )
-    model = keras.Model(x, mha(x, x))
+def af():
+    """AlphaFold 2.0's modules (jax and Haiku on CPU, imported once)."""
+    from tests import alphafold_reference
+
+    return alphafold_reference
+
+
+def shapes(params) -> dict:
+    return {scope: {k: tuple(v.shape) for k, v in p.items()} for scope, p in params.items()}
+
+
+def haiku_run(af, build, params, *args):
+    """Run `build(*args)` under hk.transform with `params` (jitted), after checking that it
+    creates exactly the parameters given (names and shapes, traced without running)."""
+    import haiku as hk
+    import jax
+
+    fn = hk.transform(build)
+    assert shapes(jax.eval_shape(fn.init, jax.random.PRNGKey(0), *args)) == shapes(params)
+    return np.asarray(jax.jit(fn.apply)(params, None, *args))
+
+
+def attention_module(af, entry: dict):
+    """AlphaFold's Attention built as the manifest's `modules` entry says."""
+    assert af.MODULES[entry["module"]] is af.Attention
+    a = entry["args"]
+    config, global_config = af.Config(a["config"]), af.Config(a["global_config"])
+    return af.Attention(config, global_config, a["output_dim"], name=entry["prefix"])
+
+
+def padding_bias(mask: np.ndarray) -> np.ndarray:
+    """A (B,K) key mask as AlphaFold 2.0 passes it to Attention: (1e9 * (mask - 1))[:, None,
+    None, :] (MSARowAttentionWithPairBias)."""
+    return (1e9 * (mask.astype("float32") - 1.0))[:, None, None, :]
+
+
+def zero_qkv_biases(mha) -> None:
+    """Random weights, query/key/value biases zero (AlphaFold has none)."""
     rng = np.random.default_rng(3)
     weights = []
     for var in mha.weights:
-        is_qkv_bias = (
-            var.path.endswith("bias") and "output" not in var.path and "gate" not in var.path
-        )
+        part = var.path.split("/")[-2]
         value = rng.normal(0, 0.5, var.shape).astype("float32")
+        is_qkv_bias = var.path.endswith("bias") and part in ("query", "key", "value")
         weights.append(np.zeros(var.shape, "float32") if is_qkv_bias else value)
     mha.set_weights(weights)
+
+
+@pytest.fixture(scope="module")
+def gated_cross_attention(tmp_path_factory) -> Path:
+    """MultiHeadAttention(use_gate=True) from queries (B,4,6) to values (B,5,10), value_dim
+    3 != key_dim 4, output_shape 7, zero query/key/value biases, saved as .keras."""
+    query, value = keras.Input((4, 6), name="query"), keras.Input((5, 10), name="value")
+    mha = keras.layers.MultiHeadAttention(
+        num_heads=2, key_dim=4, value_dim=3, output_shape=7, use_gate=True, name="attention"
+    )
+    model = keras.Model([query, value], mha(query, value))
+    zero_qkv_biases(mha)
     path = tmp_path_factory.mktemp("haiku") / "gated.keras"
     model.save(path)
     return path
 
 
-def test_haiku_gated_attention(gated_zero_bias_model: Path, tmp_path: Path) -> None:
-    manifest, arrays = export(gated_zero_bias_model, tmp_path / "af.npz", "haiku")
-    params = flat_params_to_haiku(arrays)
-    assert {k: v.shape for k, v in params["attention"].items()} == {
-        "query_w": (8, 2, 4),
-        "key_w": (8, 2, 4),
-        "gating_w": (8, 2, 3),
-        "gating_b": (2, 3),
-        "value_w": (8, 2, 3),
-        "output_w": (2, 3, 8),
-        "output_b": (8,),
+def test_haiku_gated_cross_attention_with_masks(
+    af, gated_cross_attention: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "af.npz"
+    manifest, _ = export(gated_cross_attention, out, "haiku")
+    params = af.flat_params_to_haiku(np.load(out))  # AlphaFold's own call, as it is
+    assert shapes(params) == {
+        "attention": {
+            "query_w": (6, 2, 4),
+            "key_w": (10, 2, 4),
+            "value_w": (10, 2, 3),
+            "gating_w": (6, 2, 3),
+            "gating_b": (2, 3),
+            "output_w": (2, 3, 7),
+            "output_b": (7,),
+        }
     }
-    (args,) = [m["args"] for m in manifest["modules"]]
-    assert args == {"num_head": 2, "key_dim": 8, "value_dim": 6, "gating": True, "output_dim": 8}
-    model = keras.saving.load_model(gated_zero_bias_model)
-    x = np.random.default_rng(5).normal(size=(3, 5, 8)).astype("float32")
-    everything = np.ones((3, 1, 5, 5), bool)
-    actual = alphafold_attention(params["attention"], x, x, everything)
-    assert_close(actual, np.asarray(model(x)))
-
-    # Masks: Keras's attention_mask (B,T,S) against AlphaFold's mask (B,1,T,S), and a
-    # mask shared by the batch given as AlphaFold's nonbatched_bias (T,S) instead.
+    (entry,) = manifest["modules"]
+    assert entry["args"]["config"] == {"num_head": 2, "key_dim": 8, "value_dim": 6, "gating": True}
+    model = keras.saving.load_model(gated_cross_attention)
     mha = model.get_layer("attention")
-    shared = np.tril(np.ones((5, 5), bool)) | np.eye(5, k=2, dtype=bool)
-    keras_masked = np.asarray(mha(x, x, attention_mask=np.broadcast_to(shared, (3, 5, 5))))
-    by_mask = alphafold_attention(params["attention"], x, x, shared[None, None])
-    assert_close(by_mask, keras_masked)
-    bias = np.where(shared, 0.0, SOFTMAX_MASK).astype("float32")
-    by_bias = alphafold_attention(params["attention"], x, x, everything, nonbatched_bias=bias)
-    assert_close(by_bias, keras_masked)
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(3, 4, 6)).astype("float32")
+    m = rng.normal(size=(3, 5, 10)).astype("float32")
+
+    def run(bias, nonbatched_bias=None):
+        build = lambda q, m, b, nb: attention_module(af, entry)(q, m, b, nb)  # noqa: E731
+        return haiku_run(af, build, params, q, m, bias, nonbatched_bias)
+
+    no_bias = np.zeros((4, 5), "float32")
+    assert_close(run(np.zeros((3, 1, 1, 5), "float32"), no_bias), np.asarray(model([q, m])))
+    # A key padding mask per example as AlphaFold builds its bias, and a mask shared by
+    # the batch as its nonbatched_bias, against Keras's attention_mask (B,Q,K).
+    keys = np.ones((3, 5), bool)
+    keys[0, 3:], keys[2, 1] = False, False
+    shared = np.tril(np.ones((4, 5), bool), k=1)
+    keras_masked = np.asarray(mha(q, m, attention_mask=keys[:, None, :] & shared))
+    shared_bias = np.where(shared, 0.0, -1e9).astype("float32")
+    assert_close(run(padding_bias(keys), shared_bias), keras_masked)
+    assert np.abs(keras_masked - np.asarray(model([q, m]))).max() > 1e-2  # the masks matter
 
 
-def test_haiku_ungated_attention_without_biases(tmp_path: Path) -> None:
+def test_haiku_ungated_attention_without_biases(af, tmp_path: Path) -> None:
     """No gate: exported without gating_w/b (AlphaFold's gating=False); no output bias in
     Keras (use_bias=False): output_b is written as zeros."""
     src = fixture_path("mha_nobias_keras")
-    manifest, arrays = export(src, tmp_path / "af.npz", "haiku")
-    params = flat_params_to_haiku(arrays)["attention"]
-    assert sorted(params) == ["key_w", "output_b", "output_w", "query_w", "value_w"]
-    assert not params["output_b"].any()
-    (args,) = [m["args"] for m in manifest["modules"]]
-    assert args["gating"] is False
+    out = tmp_path / "af.npz"
+    manifest, _ = export(src, out, "haiku")
+    params = af.flat_params_to_haiku(np.load(out))
+    assert sorted(params["attention"]) == ["key_w", "output_b", "output_w", "query_w", "value_w"]
+    assert not np.asarray(params["attention"]["output_b"]).any()
+    (entry,) = manifest["modules"]
+    assert entry["args"]["config"]["gating"] is False
     x = inputs("mha_nobias")["x"]
-    actual = alphafold_attention(params, x, x, np.ones((1, 1, 5, 5), bool), gating=False)
+    build = lambda x, b: attention_module(af, entry)(x, x, b)  # noqa: E731
+    actual = haiku_run(af, build, params, x, np.zeros((1, 1, 1, 5), "float32"))
     assert_close(actual, keras_output(src, x))
 
 
-def test_haiku_transformer_block(tmp_path: Path) -> None:
-    """The whole block in AlphaFold's modules: Attention, LayerNorm, Linear."""
+def test_haiku_transformer_block(af, tmp_path: Path) -> None:
+    """The whole block as AlphaFold 2.0's modules, each built from its manifest entry:
+    Attention, haiku.LayerNorm, common_modules.Linear."""
+    import jax
+
     src = fixture_path("transformer_block_keras")
-    manifest, arrays = export(src, tmp_path / "af.npz", "haiku")
-    p = flat_params_to_haiku(arrays)
-    eps = {m["layer"]: m["args"]["eps"] for m in manifest["modules"] if "eps" in m["args"]}
+    out = tmp_path / "af.npz"
+    manifest, _ = export(src, out, "haiku")
+    params = af.flat_params_to_haiku(np.load(out))
+    modules = {m["layer"]: m for m in manifest["modules"]}
+    assert {m["module"] for m in modules.values()} == {
+        "alphafold.model.modules.Attention",
+        "haiku.LayerNorm",
+        "alphafold.model.common_modules.Linear",
+    }
+
+    def build(name: str):
+        """The module the manifest names, with its arguments, then any activation."""
+        entry = modules[name]
+        module = af.MODULES[entry["module"]](**entry["args"], name=entry["prefix"])
+        activation = {"gelu": lambda t: jax.nn.gelu(t, approximate=False), "linear": None}
+        act = activation[entry.get("activation", "linear")]  # Keras "gelu": the erf form
+        return (lambda t: act(module(t))) if act else module
+
+    def block(x, bias):
+        a = attention_module(af, modules["attention"])(x, x, bias)
+        h = build("attention_norm")(x + a)
+        f = build("ffn_out")(build("ffn_in")(h))
+        return build("ffn_norm")(h + f)
+
     x = inputs("transformer_block")["x"]
-    a = alphafold_attention(p["attention"], x, x, np.ones((1, 1, 5, 5), bool), gating=False)
-    h = alphafold_layer_norm(p["attention_norm"], x + a, eps["attention_norm"])
-    f = alphafold_linear(p["ffn_in"], h)
-    f = 0.5 * f * (1 + np.vectorize(math.erf)(f / math.sqrt(2)))  # exact gelu
-    f = alphafold_linear(p["ffn_out"], f.astype("float32"))
-    out = alphafold_layer_norm(p["ffn_norm"], h + f, eps["ffn_norm"])
-    assert_close(out, keras_output(src, x))
+    actual = haiku_run(af, block, params, x, np.zeros((1, 1, 1, 5), "float32"))
+    assert_close(actual, keras_output(src, x))
 
 
 def test_haiku_refusal_names_the_largest_bias(tmp_path: Path) -> None:
@@ -628,6 +667,109 @@ def test_haiku_refusal_names_the_largest_bias(tmp_path: Path) -> None:
         export_npz(reader, tmp_path / "af.npz", ExportOptions(layout="haiku"))
     assert f"non-zero {worst} (max |b| = {peaks[worst]:.4g})" in info.value.message
     assert not (tmp_path / "af.npz").exists()
+
+
+def _called_with_key(path: Path, separate: bool) -> Path:
+    """MultiHeadAttention(q, v, key=k): k a tensor of its own (of v's width) or v itself."""
+    query, value = keras.Input((4, 8), name="query"), keras.Input((5, 8), name="value")
+    key = keras.Input((5, 8), name="key_input") if separate else value
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attention")
+    inputs_ = [query, value, key] if separate else [query, value]
+    model = keras.Model(inputs_, mha(query, value, key=key))
+    zero_qkv_biases(mha)
+    model.save(path)
+    return path
+
+
+def test_haiku_refuses_a_separate_key_input(tmp_path: Path) -> None:
+    """AlphaFold computes keys from m_data (Keras's value): a model that passes a key tensor
+    of its own is refused in one line, exit 2, nothing written; key=value is fine."""
+    from click.testing import CliRunner
+
+    from ckpt_tool.cli import cli
+
+    src = _called_with_key(tmp_path / "separate.keras", separate=True)
+    out = tmp_path / "out" / "af.npz"
+    out.parent.mkdir()
+    args = ["export", str(src), "-o", str(out), "--layout", "haiku"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "key tensor of its own (key from 'key_input', value from 'value')" in lines[0]
+    assert os.listdir(out.parent) == []
+
+    same = _called_with_key(tmp_path / "same.keras", separate=False)
+    manifest, _ = export(same, tmp_path / "same.npz", "haiku")
+    assert [m["layer"] for m in manifest["modules"]] == ["attention"]
+    assert not any("how it is called" in note for note in manifest.get("notes", []))
+
+
+def test_haiku_notes_masks_and_axes_the_caller_must_give(tmp_path: Path) -> None:
+    """Keras applies a causal mask, a sliding window and attention axes itself; AlphaFold's
+    Attention takes them from its caller: the manifest's notes say so."""
+    x = keras.Input((3, 5, 8), name="x")
+    mha = keras.layers.MultiHeadAttention(
+        num_heads=2, key_dim=4, sliding_window=2, attention_axes=(2,), name="attention"
+    )
+    model = keras.Model(x, mha(x, x, use_causal_mask=True))
+    zero_qkv_biases(mha)
+    model.save(tmp_path / "masked.keras")
+    manifest, _ = export(tmp_path / "masked.keras", tmp_path / "af.npz", "haiku")
+    notes = "\n".join(manifest["notes"])
+    assert "the causal mask (use_causal_mask=True) and the band of sliding_window=2" in notes
+    assert "attends over axes [2]" in notes
+
+
+def test_haiku_without_a_config_says_what_it_assumes(tmp_path: Path) -> None:
+    """Weights alone (Keras 3 model.export()) cannot tell the call: the manifest says
+    what the port assumes."""
+    manifest, _ = export(fixture_path("seed_keras3_export"), tmp_path / "af.npz", "haiku")
+    assert any("computes keys from its m_data" in note for note in manifest["notes"])
+
+
+@pytest.mark.parametrize("layout", ["torch", "torch-mha", "haiku"])
+def test_standard_loader_layouts_keep_the_manifest_beside(layout: str, tmp_path: Path) -> None:
+    """Every member is a parameter; `list` and `diff` still read names, roles and source
+    keys from OUT.manifest.json."""
+    src = fixture_path("mha_nobias_keras")
+    out = tmp_path / "out.npz"
+    manifest, arrays = export(src, out, layout)
+    with open_reader(out) as reader:
+        back = reader.variables()
+    assert [i.key for i in back] == list(arrays)
+    assert [i.name for i in back] == [v["name"] for v in manifest["variables"]]
+    assert all(i.extra["role"]["layer"] == "attention" for i in back)
+    if layout == "haiku":  # verbatim arrays: diff pairs them with the source by source key
+        assert pairs(src, out)["attention//query_w"] == "attention/query/kernel"
+        manifest_beside(out).unlink()
+        assert "attention//query_w" not in pairs(src, out)
+
+
+def pairs(a: Path, b: Path) -> dict[str, str]:
+    """What `diff A B` pairs: B's key -> A's name."""
+    with open_reader(a) as ra, open_reader(b) as rb:
+        matches, _, _ = match_tensors(ra.variables(), rb.variables())
+    return {m.b.key: m.a.name for m in matches}
+
+
+def test_manifest_beside_belongs_to_its_archive(tmp_path: Path) -> None:
+    """OUT.manifest.json is part of OUT: refused without --force, removed when a --force
+    export puts the manifest inside, and one naming other arrays is refused on reading."""
+    src = fixture_path("seed_keras")
+    out = tmp_path / "seed.npz"
+    export(src, out, "torch")
+    side = manifest_beside(out)
+    out.unlink()
+    with open_reader(src) as reader, pytest.raises(UsageError, match="already exists"):
+        export_npz(reader, out, ExportOptions(layout="haiku"))
+    export(src, out, "keras")  # --force: the stale manifest beside goes
+    assert not side.exists()
+    export(src, out, "torch")
+    np.savez(out, **{"dense.weight": np.zeros((1, 3), "float32")})
+    with pytest.raises(CorruptFileError, match="belongs to another export") as info:
+        open_reader(out)
+    assert info.value.path == str(side)
 
 
 # --- keras layout: roles in the manifest, names for anonymous tensors -----------------------
@@ -687,7 +829,7 @@ README_EXPORT = "ckpt-tool export fixtures/seed/seed_keras/seed.keras --layout t
 README_SNIPPET = """\
 import numpy as np, torch, torch.nn.functional as F
 
-w = {k: torch.from_numpy(v) for k, v in np.load("seed.npz").items() if k != "__manifest__"}
+w = {k: torch.from_numpy(v) for k, v in np.load("seed.npz").items()}
 x = torch.from_numpy(np.load("fixtures/seed/inputs.npz")["x"])  # (batch, 2, 3)
 fc = lambda name, t: F.linear(t, w[f"{name}.weight"], w[f"{name}.bias"])
 q, k, v = (fc(f"multi_head_attention.{p}_proj", x).unflatten(-1, (2, 4)).transpose(1, 2) for p in "qkv")

@@ -109,9 +109,11 @@ def command(
     """Export the weights in SRC to OUT (.npz) under meaningful names.
 
     OUT holds one array per tensor plus `__manifest__` (JSON: source, names, keys,
-    aliases, dtypes, shapes, layer roles). `--layout torch|torch-mha|haiku` renames,
-    transposes and packs the weights for those frameworks, or refuses (exit 2, nothing
-    written) with the reason when a layer cannot be expressed there. bfloat16 is stored
+    aliases, dtypes, shapes, layer roles); for torch, torch-mha and haiku, whose loaders
+    take every array as a parameter, the manifest is OUT.manifest.json beside OUT
+    instead. `--layout torch|torch-mha|haiku` renames, transposes and packs the weights
+    for those frameworks, or refuses (exit 2, nothing written) with the reason when a
+    layer cannot be expressed there. bfloat16 is stored
     as its uint16 bit pattern; strings as bytes arrays. OUT is written to a temporary
     file and renamed into place when complete: an error or Ctrl-C leaves no partial file.
     """

@@ -32,8 +32,17 @@ LAYOUTS: dict[str, Layout] = {
     "haiku": haiku_layout,
 }
 
+# Layouts whose target loads a dict of arrays with its own loader, which would trip on any
+# member that is not a parameter: their export keeps the manifest beside the archive.
+STANDARD_LOADERS: dict[str, str] = {
+    "torch": "torch.nn.Module.load_state_dict",
+    "torch-mha": "torch.nn.Module.load_state_dict",
+    "haiku": "alphafold.model.utils.flat_params_to_haiku",
+}
+
 __all__ = [
     "LAYOUTS",
+    "STANDARD_LOADERS",
     "ExportArray",
     "Layout",
     "LayoutInput",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ckpt_tool.errors import UsageError
+from ckpt_tool.layouts.calls import AttentionCall, attention_calls
 from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
 from ckpt_tool.rolemap import Layer, RoleMap
 
@@ -73,9 +74,17 @@ class LayoutInput:
     modules: list[dict] = field(default_factory=list)  # ported layouts: module per layer
     dropped: set[str] = field(default_factory=set)  # keys left out on purpose (zero biases)
     torch_prefix: str = ""  # before a model family's PyTorch names (`bert.`)
+    model_config: dict | None = None  # the Keras model config, if any (how layers are called)
 
     def __post_init__(self) -> None:
         self._by_key = self.roles.by_key()
+        self._calls: dict[str, list[AttentionCall]] | None = None
+
+    def calls(self, layer: Layer) -> list[AttentionCall] | None:
+        """How the model calls `layer` (query, value, key); None when no graph tells."""
+        if self._calls is None:
+            self._calls = attention_calls(self.model_config, self.roles)
+        return self._calls.get(layer.name)
 
     @property
     def path(self) -> Path:

@@ -1,25 +1,31 @@
-"""The `haiku` layout: AlphaFold's Haiku parameter names (alphafold/model/modules.py).
+"""The `haiku` layout: AlphaFold 2.0's Haiku parameter names (alphafold 2.0.0,
+alphafold/model/modules.py and common_modules.py).
 
 Keys are `<scope>//<param>`, the flat form AlphaFold's parameter files use and
-`alphafold.model.utils.flat_params_to_haiku` splits on `//`:
+`alphafold.model.utils.flat_params_to_haiku` splits on `//` (every key of the archive
+must have one: the manifest lies beside the archive, see `export`):
 
-    MultiHeadAttention -> Attention: <layer>//query_w (Dq,N,H), key_w (Dm,N,H),
+    MultiHeadAttention -> modules.Attention: <layer>//query_w (Dq,N,H), key_w (Dm,N,H),
                           value_w (Dm,N,Hv), [gating_w (Dq,N,Hv), gating_b (N,Hv)],
                           output_w (N,Hv,Dout), output_b (Dout,)
     Dense              -> common_modules.Linear: <layer>//weights (I,O), <layer>//bias
-    LayerNormalization -> common_modules.LayerNorm: <layer>//scale, <layer>//offset
-    Embedding          -> hk.Embed: <layer>//embeddings
+    LayerNormalization -> haiku.LayerNorm (as AlphaFold uses it): <layer>//scale, offset
+    Embedding          -> haiku.Embed: <layer>//embeddings
 
 AlphaFold's Attention has the Keras einsums with three differences the layout
 checks: no query/key/value biases (refused unless they are all zero), keys and
-values projected from the same memory `m_data` (key and value input dims must be
-equal), and a gate with a bias whenever `gating` is on. A Keras layer without a
-gate exports without gating_w/gating_b: AlphaFold's Attention with
-`config.gating=False` (the manifest's `modules` says so). A missing gate or
-output bias (use_bias=False) is written as zeros, which computes the same.
+values projected from the same memory `m_data` (refused when the model calls the
+layer with a key tensor of its own, or key and value widths differ), and a gate
+with a bias whenever `gating` is on. A Keras layer without a gate exports without
+gating_w/gating_b: AlphaFold's Attention with `config.gating=False` (the manifest's
+`modules` says so). A missing gate or output bias (use_bias=False) is written as
+zeros, which computes the same. The manifest's `modules` give each module's
+constructor arguments as AlphaFold 2.0 takes them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,6 +38,7 @@ from ckpt_tool.layouts.base import (
     verbatim,
     zeros,
 )
+from ckpt_tool.layouts.calls import AttentionCall
 from ckpt_tool.layouts.common import module_entry, port
 from ckpt_tool.rolemap import Layer
 
@@ -75,27 +82,30 @@ def _rename(inp: LayoutInput, lt: LayerTensors, names: dict[str, str]) -> list[E
 def _linear(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
     kernel = lt.tensors.get("kernel")
     if kernel is not None:
-        inp.modules.append(
-            module_entry(
-                lt.layer,
-                scope(lt.layer),
-                "alphafold.model.common_modules.Linear",
-                {
-                    "num_output": kernel.shape[-1],
-                    "use_bias": "bias" in lt.tensors,
-                    "activation": lt.layer.config.get("activation", "linear"),
-                },
-            )
+        entry = module_entry(
+            lt.layer,
+            scope(lt.layer),
+            "alphafold.model.common_modules.Linear",
+            {"num_output": kernel.shape[-1], "use_bias": "bias" in lt.tensors},
         )
+        # Linear has no activation: the Keras layer's is applied after it
+        entry["activation"] = lt.layer.config.get("activation", "linear")
+        inp.modules.append(entry)
     return _rename(inp, lt, {"kernel": "weights", "bias": "bias"})
 
 
 def _layer_norm(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    if lt.layer.config.get("rms_scaling"):
+        raise LayoutRefused(
+            f"--layout haiku: layer {lt.layer.name!r} is an RMS norm (rms_scaling=True), "
+            f"which haiku.LayerNorm does not compute; {_INSTEAD}",
+            inp.path,
+        )
     inp.modules.append(
         module_entry(
             lt.layer,
             scope(lt.layer),
-            "alphafold.model.common_modules.LayerNorm",
+            "haiku.LayerNorm",
             {
                 "axis": [-1],
                 "create_scale": "gamma" in lt.tensors,
@@ -108,6 +118,10 @@ def _layer_norm(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
 
 
 def _embedding(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
+    table = lt.tensors.get("embeddings")
+    if table is not None and len(table.shape) == 2:
+        args = {"vocab_size": table.shape[0], "embed_dim": table.shape[1]}
+        inp.modules.append(module_entry(lt.layer, scope(lt.layer), "haiku.Embed", args))
     return _rename(inp, lt, {"embeddings": "embeddings"})
 
 
@@ -176,11 +190,14 @@ def _attention(inp: LayoutInput, lt: LayerTensors) -> list[ExportArray]:
             layer,
             scope(layer),
             "alphafold.model.modules.Attention",
-            {
-                "num_head": q[1],
-                "key_dim": q[1] * q[2],  # AlphaFold's config gives totals over heads
-                "value_dim": v[1] * v[2],
-                "gating": gated,
+            {  # Attention(config, global_config, output_dim, name=prefix)
+                "config": {
+                    "num_head": q[1],
+                    "key_dim": q[1] * q[2],  # AlphaFold's config gives totals over heads
+                    "value_dim": v[1] * v[2],
+                    "gating": gated,
+                },
+                "global_config": {"zero_init": True},  # initializers only; AlphaFold's default
                 "output_dim": output.shape[2],
             },
         )
@@ -222,7 +239,57 @@ def _check_attention(inp: LayoutInput, lt: LayerTensors, full: dict[str, str]) -
             f"projects keys from dim {kernels['key'][0]} and values from dim "
             f"{kernels['value'][0]}; AlphaFold's Attention projects both from one m_data"
         )
+    _check_calls(inp, layer, refuse)
     _refuse_nonzero_biases(inp, layer, full)
+
+
+def _check_calls(inp: LayoutInput, layer: Layer, refuse: Callable[[str], None]) -> None:
+    """AlphaFold's Attention has no key input: refuse a layer the model calls with one."""
+    calls = inp.calls(layer)
+    if calls is None:
+        inp.notes.append(
+            f"{layer.name!r}: no model config tells how it is called; AlphaFold's Attention "
+            "computes keys from its m_data (Keras's value), so the port holds only if the "
+            "layer was called without a separate key"
+        )
+        return
+    _mask_notes(inp, layer, calls)
+    for call in calls:
+        if call.separate_key:
+            refuse(
+                f"is called with a key tensor of its own (key from {_source(call.key)}, "
+                f"value from {_source(call.value)}); AlphaFold's Attention computes keys "
+                "from its value input m_data"
+            )
+
+
+def _mask_notes(inp: LayoutInput, layer: Layer, calls: list[AttentionCall]) -> None:
+    """Masking and axes the Keras layer applies by itself, which AlphaFold's Attention
+    takes from its caller (an additive bias; inputs shaped (batch, N, channels))."""
+    masks = []
+    if any(call.options.get("use_causal_mask") for call in calls):
+        masks.append("the causal mask (use_causal_mask=True)")
+    window = layer.config.get("sliding_window")
+    if window:
+        masks.append(f"the band of sliding_window={window}")
+    if masks:
+        inp.notes.append(
+            f"{layer.name!r}: pass {' and '.join(masks)} to AlphaFold's Attention as its "
+            "bias, 1e9 * (mask - 1)"
+        )
+    axes = layer.config.get("attention_axes")
+    if axes is not None:
+        shown = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+        inp.notes.append(
+            f"{layer.name!r} attends over axes {shown}: "
+            "AlphaFold's Attention attends over axis 1 of (batch, N, channels); put those "
+            "axes there (flattened) and the others into the batch"
+        )
+
+
+def _source(ref: object) -> str:
+    """The layer a `(layer, node, tensor)` ref comes from, quoted."""
+    return repr(ref[0]) if isinstance(ref, tuple) and ref else repr(ref)
 
 
 def _refuse_nonzero_biases(inp: LayoutInput, layer: Layer, full: dict[str, str]) -> None:

@@ -4,10 +4,13 @@ An `.npz` is a zip of `<key>.npy` members. Stored (uncompressed) members are
 memory-mapped straight out of the archive; compressed ones are inflated on
 read. Arrays whose dtype holds Python objects are pickles and are refused.
 
-An archive written by `ckpt-tool export` carries a JSON manifest as the array
-`__manifest__` (see `parse_manifest`): it restores dtypes NumPy cannot store
-(bfloat16 is saved as its uint16 bits), human names, roles and source keys.
-Every key starting with `__` is bookkeeping, not a weight.
+An archive written by `ckpt-tool export` carries a JSON manifest (see
+`parse_manifest`): it restores dtypes NumPy cannot store (bfloat16 is saved as its
+uint16 bits), human names, roles and source keys. The `keras` layout keeps it in the
+archive as the array `__manifest__`; layouts whose target has its own loader
+(`load_state_dict`, AlphaFold's `flat_params_to_haiku`) write it beside the archive as
+`<archive>.manifest.json` (`manifest_beside`), so that the archive holds nothing but
+parameters. Every key starting with `__` is bookkeeping, not a weight.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ckpt_tool.readers.zip_member import (
 
 NPY_MAGIC = b"\x93NUMPY"
 MANIFEST_KEY = "__manifest__"
+MANIFEST_SUFFIX = ".manifest.json"  # the manifest beside an archive: <archive>.manifest.json
 BOOKKEEPING_PREFIX = "__"
 MAX_MANIFEST_BYTES = 64 << 20
 _KINDS = (WEIGHT, OPTIMIZER, BOOKKEEPING)
@@ -74,25 +78,37 @@ class ManifestEntry:
     other: dict[str, Any] = field(default_factory=dict)  # fields we do not interpret
 
 
+def manifest_beside(path: str | Path) -> Path:
+    """Where the manifest of an archive whose layout keeps it outside the archive lies."""
+    path = Path(path)
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
 def parse_manifest(raw: np.ndarray, path: Path) -> dict[str, ManifestEntry]:
-    """Decode the `__manifest__` array: JSON text as uint8 bytes or a str array.
+    """Decode the `__manifest__` array: JSON text as uint8 bytes or a str array."""
+    return parse_manifest_text(_manifest_text(raw, path), path)
+
+
+def parse_manifest_text(
+    text: str, path: Path, what: str = MANIFEST_KEY
+) -> dict[str, ManifestEntry]:
+    """Decode a manifest's JSON text (`what` names it in errors).
 
     Accepted layout: {"variables": [{"key": ..., "name": ..., "dtype": ...,
     "role": ..., "source_key": ...}, ...]} or "variables" as a mapping from
     key to entry; a bare list of entries is accepted too.
     """
-    text = _manifest_text(raw, path)
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
-        raise CorruptFileError(f"{MANIFEST_KEY} is not valid JSON ({reason(e)})", path) from None
+        raise CorruptFileError(f"{what} is not valid JSON ({reason(e)})", path) from None
     variables = doc.get("variables") if isinstance(doc, dict) else doc
     if isinstance(variables, dict):
         items = [{"key": k, **v} for k, v in variables.items() if isinstance(v, dict)]
     elif isinstance(variables, list):
         items = [v for v in variables if isinstance(v, dict)]
     else:
-        raise CorruptFileError(f"{MANIFEST_KEY} has no 'variables' list", path)
+        raise CorruptFileError(f"{what} has no 'variables' list", path)
     out: dict[str, ManifestEntry] = {}
     for item in items:
         values = {
@@ -100,7 +116,7 @@ def parse_manifest(raw: np.ndarray, path: Path) -> dict[str, ManifestEntry]:
             for fname, keys in MANIFEST_FIELDS.items()
         }
         if not isinstance(values["key"], str):
-            raise CorruptFileError(f"{MANIFEST_KEY} has an entry without a 'key'", path)
+            raise CorruptFileError(f"{what} has an entry without a 'key'", path)
         used = {k for keys in MANIFEST_FIELDS.values() for k in keys}
         order = values["order"]
         out[values["key"]] = ManifestEntry(
@@ -224,6 +240,8 @@ class NpzReader(Reader):
             if MANIFEST_KEY in self._members:
                 raw = self._read_stored(self._members[MANIFEST_KEY])
                 self._manifest = parse_manifest(raw, self.path)
+            elif self._zip is not None:
+                self._manifest = self._manifest_beside()
         except BaseException:
             self.close()
             raise
@@ -296,6 +314,34 @@ class NpzReader(Reader):
             self._members[key] = _Member(key, info.filename, shape, dtype, fortran, offset)
         if not self._members:
             raise UnsupportedFormatError("the zip archive holds no .npy arrays", self.path)
+
+    def _manifest_beside(self) -> dict[str, ManifestEntry]:
+        """The manifest written beside the archive, if there is one; it must name exactly
+        the archive's arrays (a manifest left from another export is refused)."""
+        side = manifest_beside(self.path)
+        if not side.is_file():
+            return {}
+        try:
+            if side.stat().st_size > MAX_MANIFEST_BYTES:
+                raise CorruptFileError(f"larger than {MAX_MANIFEST_BYTES} bytes", side)
+            text = side.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CorruptFileError(f"not UTF-8 text ({reason(e)})", side) from None
+        except OSError as e:
+            raise CorruptFileError(f"cannot read the manifest ({reason(e)})", side) from None
+        entries = parse_manifest_text(text, side, "the manifest")
+        extra = sorted(set(entries) - set(self._members))
+        missing = sorted(set(self._members) - set(entries))
+        if extra or missing:
+            if extra:
+                why = f"names {extra[0]!r}, which {self.path.name} does not hold"
+            else:
+                why = f"does not name {missing[0]!r}, which {self.path.name} holds"
+            raise CorruptFileError(
+                f"the manifest {why}: it belongs to another export; remove it or export again",
+                side,
+            )
+        return entries
 
     # -- Reader protocol
 

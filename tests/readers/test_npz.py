@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT
-from ckpt_tool.readers.npz import MANIFEST_KEY, NpzReader, parse_manifest
+from ckpt_tool.readers.npz import MANIFEST_KEY, NpzReader, manifest_beside, parse_manifest
 from tests.support import FIXTURES
 
 
@@ -104,6 +104,31 @@ def test_bfloat16_as_uint16_bits_with_manifest(tmp_path):
         assert w0.aliases == ("layers/multi_head_attention/query_dense/vars/0",)
         assert meta.key == MANIFEST_KEY and meta.kind == BOOKKEEPING
         _bitwise(reader.read("w0"), original)
+
+
+def test_manifest_beside_the_archive(tmp_path):
+    """`<archive>.manifest.json` (the export of a layout with its own loader) does what
+    the `__manifest__` member does: bfloat16 from its bits, names, order."""
+    original = np.random.default_rng(2).standard_normal((2, 3)).astype(ml_dtypes.bfloat16)
+    path = tmp_path / "export.npz"
+    np.savez(path, **{"a//w": original.view(np.uint16), "a//b": np.ones(3, np.float32)})
+    doc = {
+        "variables": [
+            {"key": "a//b", "name": "bias", "order": 1},
+            {"key": "a//w", "name": "weights", "dtype": "bfloat16", "order": 0},
+        ]
+    }
+    manifest_beside(path).write_text(json.dumps(doc))
+    with NpzReader(path) as reader:
+        assert [(i.key, i.name, i.dtype) for i in reader.variables()] == [
+            ("a//w", "weights", "bfloat16"),
+            ("a//b", "bias", "float32"),
+        ]
+        _bitwise(reader.read("a//w"), original)
+    manifest_beside(path).write_text("{oops")
+    with pytest.raises(CorruptFileError, match="the manifest is not valid JSON") as info:
+        NpzReader(path)
+    assert info.value.path == str(manifest_beside(path))
 
 
 def test_manifest_as_text_array_and_mapping(tmp_path):
