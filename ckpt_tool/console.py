@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,21 @@ out = Console(highlight=False, soft_wrap=False)
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 200  # piped to a file or a program: do not fold names at 80 columns
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def end_on_closed_pipe() -> None:
+    """Exit quietly with the code of a process ended by SIGPIPE (128 + 13), as shells
+    show for `yes | head -1`, not 1 (which means "numbers disagree"); stdout goes to
+    devnull so that nothing more is written to the closed pipe at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor
+        pass
+    sys.exit(128 + signal.SIGPIPE)
+
+
+out.on_broken_pipe = end_on_closed_pipe  # rich's own handler exits 1
 
 
 def print_error(message: str) -> None:

@@ -10,6 +10,7 @@ from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
 from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
+from ckpt_tool.readers import require_path
 from ckpt_tool.verify import MASK_MODES, PRECISIONS, VerifyOptions, verify
 
 
@@ -146,6 +147,7 @@ def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **optio
     2 for usage or input errors. The defaults (atol 1e-5, rtol 1e-4) hold with margin
     for float32 models checked against the float64 NumPy reference.
     """
+    require_path(path)  # before saying that it will run anything
     console.print_note("verify executes the model with TensorFlow (list and export never do)")
     options["custom_objects"] = list(options["custom_objects"])
     opts = VerifyOptions(format=format_, no_crc=no_crc, **options)
