@@ -172,13 +172,13 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
             cells += [_stat(s.get(k)) for k in ("min", "max", "mean", "std")]
             cells += [str(s.get("nan", "-")), str(s.get("inf", "-"))]
         rows.append(Row(cells, below=[Text(line, style="dim") for line in more]))
-    title = Text(f"{listing.path} ({listing.format})", style="bold")
+    title = Text(f"{listing.path} ({listing.description or listing.format})", style="bold")
     print_table(out, columns, rows, title)
     _print_totals(listing)
 
 
 def render_tree(listing: Listing) -> None:
-    root = Tree(escape(f"{listing.path} ({listing.format})"))
+    root = Tree(escape(f"{listing.path} ({listing.description or listing.format})"))
     nodes: dict[str, Tree] = {}
     for t in listing.tensors:
         parts = t.info.name.split("/")

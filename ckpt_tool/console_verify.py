@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from ckpt_tool import console
+from ckpt_tool.readers.choice import describe_format
 from ckpt_tool.table_layout import Column, Row, print_lines, print_table
 
 
@@ -105,7 +106,7 @@ def render_agreements(report) -> None:
 def render_verify(report) -> None:
     out = console.out
     header = [
-        Text(report.path, style="bold") + Text(f" ({report.format})"),
+        Text(report.path, style="bold") + Text(f" ({describe_format(report.path, report.format)})"),
         Text(f"original: {report.original}"),
         Text(f"weights:  {report.weights_source}"),
         Text(f"graph:    {report.graph_source}; NumPy in {report.precision}"),

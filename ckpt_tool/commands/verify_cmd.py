@@ -7,7 +7,7 @@ import sys
 import click
 
 from ckpt_tool import console
-from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
 from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
 from ckpt_tool.readers import require_path
@@ -137,8 +137,11 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     is_flag=True,
     help="Load .keras files with safe_mode off (allows lambdas): trusted files only.",
 )
+@step_option
 @no_crc_option
-def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **options) -> None:
+def command(
+    path: str, format_: str | None, as_json: bool, no_crc: bool, step: int | None, **options
+) -> None:
     """Map PATH's variables to layer roles, rebuild the forward pass in NumPy einsum, run the
     original model with TensorFlow, and report how closely the two agree.
 
@@ -148,6 +151,7 @@ def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **optio
     for float32 models checked against the float64 NumPy reference.
     """
     require_path(path)  # before saying that it will run anything
+    path = resolve_step(path, step)
     console.print_note("verify executes the model with TensorFlow (list and export never do)")
     options["custom_objects"] = list(options["custom_objects"])
     opts = VerifyOptions(format=format_, no_crc=no_crc, **options)
