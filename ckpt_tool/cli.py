@@ -8,7 +8,7 @@ import sys
 import click
 
 from ckpt_tool import __version__, console
-from ckpt_tool.errors import EXIT_USAGE, CkptToolError
+from ckpt_tool.errors import EXIT_USAGE, CkptToolError, UsageError
 
 # Each command's module is imported only when that command runs (or --help lists it),
 # so `list` does not pay for export, diff or verify at start-up.
@@ -33,10 +33,16 @@ class _Group(click.Group):
         return importlib.import_module(_COMMANDS[name]).command
 
     def invoke(self, ctx: click.Context):
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]  # invoke consumes them
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        except BrokenPipeError:  # `ckpt-tool list X | head -1`: the reader has enough
+            console.end_on_closed_pipe()
         except CkptToolError as exc:
-            console.print_error(str(exc))
+            console.print_error(_naming_the_file(exc, ctx, args))
             sys.exit(exc.exit_code)
         except OSError as exc:  # permission denied, disk full, ... outside a reader's checks
             where = f"{exc.filename}: " if exc.filename else ""
@@ -45,6 +51,31 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             console.print_error("interrupted")
             sys.exit(130)
+
+
+def _naming_the_file(exc: CkptToolError, ctx: click.Context, args: list[str]) -> str:
+    """The error line, led by the command's input file when the error did not name one
+    (a layer the rebuild cannot compute, a model TensorFlow fails to run). Option
+    errors stay as they are."""
+    if exc.path is not None or isinstance(exc, UsageError):
+        return str(exc)
+    path = _input_file(ctx, args)
+    return f"{path}: {exc}" if path else str(exc)
+
+
+def _input_file(ctx: click.Context, args: list[str]) -> str | None:
+    """PATH (or SRC, or A) of the command that ran, parsed again from its arguments."""
+    try:
+        name, command, rest = ctx.command.resolve_command(ctx, args)
+        if command is None:
+            return None
+        sub = command.make_context(name, rest, parent=ctx, resilient_parsing=True)
+    except click.ClickException:
+        return None
+    for param in ("path", "src", "a"):
+        if sub.params.get(param):
+            return str(sub.params[param])
+    return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,10 +13,11 @@ from typing import TypeVar
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from ckpt_tool.listing import ListedTensor, Listing
+from ckpt_tool.table_layout import Column, Row, print_table
 
 T = TypeVar("T")
 
@@ -23,6 +25,21 @@ out = Console(highlight=False, soft_wrap=False)
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 200  # piped to a file or a program: do not fold names at 80 columns
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def end_on_closed_pipe() -> None:
+    """Exit quietly with the code of a process ended by SIGPIPE (128 + 13), as shells
+    show for `yes | head -1`, not 1 (which means "numbers disagree"); stdout goes to
+    devnull so that nothing more is written to the closed pipe at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor
+        pass
+    sys.exit(128 + signal.SIGPIPE)
+
+
+out.on_broken_pipe = end_on_closed_pipe  # rich's own handler exits 1
 
 
 def print_error(message: str) -> None:
@@ -101,6 +118,17 @@ def _stat(value: float | None) -> str:
 
 
 _RIGHT = {"params", "bytes", "min", "max", "mean", "std", "nan", "inf"}
+# The order in which columns give way on a narrow terminal (see table_layout):
+# sizes first, then what is least needed to tell rows apart; names move above their
+# row rather than being cut.
+_GIVE_PLAIN = {"params": 1, "bytes": 2, "name": 3, "dtype": 4}
+_GIVE_ROLES = {"params": 1, "bytes": 2, "dtype": 3, "evidence": 4, "name": 5, "layer": 6}
+_GIVE_STATS = {"params": 1, "bytes": 2, "dtype": 3, "nan": 4, "inf": 5, "name": 6, "shape": 7}
+_GIVE_ROLES_STATS = {
+    **{"params": 1, "bytes": 2, "dtype": 3, "evidence": 4, "nan": 5, "inf": 6},
+    **{"name": 7, "layer": 8, "shape": 9},
+}
+_STACKED = {"name", "layer"}
 
 
 def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bool = False) -> None:
@@ -110,13 +138,30 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
     headers += ["shape", "dtype", "params", "bytes"]
     if show_stats:
         headers += ["min", "max", "mean", "std", "nan", "inf"]
+    give = {
+        (False, False): _GIVE_PLAIN,
+        (True, False): _GIVE_ROLES,
+        (False, True): _GIVE_STATS,
+        (True, True): _GIVE_ROLES_STATS,
+    }[show_roles, show_stats]
+    columns = [
+        Column(
+            h,
+            right=h in _RIGHT,
+            give=give.get(h),
+            stack=h in _STACKED,
+            style="dim" if h == "evidence" else None,
+        )
+        for h in headers
+    ]
     rows = []
     for t in listing.tensors:
-        row = [_name_lines(t)]
+        first, *more = _name_lines(t)
+        cells: list = [first]
         if show_roles:
             role = t.role or {}
-            row += [role.get("layer") or "-", role.get("role") or "?", role.get("evidence") or ""]
-        row += [
+            cells += [role.get("layer") or "-", role.get("role") or "?", role.get("evidence") or ""]
+        cells += [
             _shape(t.info.shape),
             t.info.dtype,
             f"{t.info.num_elements:,}",
@@ -124,58 +169,16 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
         ]
         if show_stats:
             s = t.stats or {}
-            row += [_stat(s.get(k)) for k in ("min", "max", "mean", "std")]
-            row += [str(s.get("nan", "-")), str(s.get("inf", "-"))]
-        rows.append(row)
-    title = f"{listing.path} ({listing.format})"
-    if out.is_terminal:
-        _rich_table(title, headers, rows)
-    else:  # piped: plain aligned text, fast for thousands of rows, no escape codes
-        _plain_table(title, headers, rows)
+            cells += [_stat(s.get(k)) for k in ("min", "max", "mean", "std")]
+            cells += [str(s.get("nan", "-")), str(s.get("inf", "-"))]
+        rows.append(Row(cells, below=[Text(line, style="dim") for line in more]))
+    title = Text(f"{listing.path} ({listing.description or listing.format})", style="bold")
+    print_table(out, columns, rows, title)
     _print_totals(listing)
 
 
-def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
-    table = Table(title=escape(title), title_justify="left", box=None)
-    for header in headers:
-        if header == "name":
-            table.add_column(header, overflow="fold", ratio=1)
-        elif header == "layer":
-            table.add_column(header, overflow="fold")
-        else:
-            justify = "right" if header in _RIGHT else "left"
-            style = "dim" if header == "evidence" else None
-            table.add_column(header, justify=justify, no_wrap=True, style=style)
-    for name_lines, *cells in rows:
-        first, *more = (escape(line) for line in name_lines)
-        name = "\n".join([first, *(f"[dim]{line}[/]" for line in more)])
-        table.add_row(name, *(escape(c) for c in cells))
-    out.print(table)
-
-
-def _plain_table(title: str, headers: list[str], rows: list[list]) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths[0] = max(widths[0], *(len(line) for line in row[0]))
-        for i, cell in enumerate(row[1:], 1):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(w) if h in _RIGHT else c.ljust(w)
-            for c, w, h in zip(cells, widths, headers, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    text = [title, line(headers)]
-    for name_lines, *cells in rows:
-        text.append(line([name_lines[0], *cells]))
-        text.extend("  " + extra for extra in name_lines[1:])
-    out.file.write("\n".join(text) + "\n")
-
-
 def render_tree(listing: Listing) -> None:
-    root = Tree(escape(f"{listing.path} ({listing.format})"))
+    root = Tree(escape(f"{listing.path} ({listing.description or listing.format})"))
     nodes: dict[str, Tree] = {}
     for t in listing.tensors:
         parts = t.info.name.split("/")
@@ -212,81 +215,12 @@ def _print_totals(listing: Listing) -> None:
 
 def render_roles(role_map, infos_by_key: dict | None = None) -> None:
     """The layers found in a weight file and which variable plays which role."""
-    table = Table(title="layers and roles", title_justify="left", box=None)
-    for col in ("layer", "class", "role", "variable", "shape", "evidence"):
-        table.add_column(col, overflow="fold")
-    for layer in role_map.layers:
-        first = True
-        for role, key in layer.weights.items():
-            info = (infos_by_key or {}).get(key)
-            shape = _shape(info.shape) if info is not None else ""
-            name = info.name if info is not None else key
-            table.add_row(
-                escape(layer.name) if first else "",
-                layer.class_name if first else "",
-                escape(role),
-                escape(name),
-                shape,
-                layer.evidence if first else "",
-            )
-            first = False
-        for note in layer.notes:
-            table.add_row("", "", "", f"[dim]{escape(note)}[/]", "", "")
-    for info in role_map.unassigned:
-        table.add_row("-", "-", "?", escape(info.name), _shape(info.shape), "no pattern fits")
-    out.print(table)
+    from ckpt_tool import console_verify
 
-
-def _verdict(passed: bool) -> str:
-    return "[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"
-
-
-def _agreement_table(title: str, agreements) -> Table:
-    table = Table(title=title, title_justify="left", box=None)
-    for col in (
-        "",
-        "shape",
-        "max abs",
-        "mean abs",
-        "median abs",
-        "max rel",
-        "cosine",
-        "req atol",
-        "req rtol",
-        "",
-    ):
-        table.add_column(col, justify="right" if col not in ("", "shape") else "left")
-    for a in agreements:
-        table.add_row(
-            a.name,
-            _shape(a.shape),
-            f"{a.max_abs:.3g}",
-            f"{a.mean_abs:.3g}",
-            f"{a.median_abs:.3g}",
-            f"{a.max_rel:.3g}",
-            f"{a.cosine:.9f}",
-            f"{a.required_atol:.3g}",
-            f"{a.required_rtol:.3g}",
-            _verdict(a.passed),
-        )
-    return table
+    console_verify.render_roles(role_map, infos_by_key)
 
 
 def render_verify(report) -> None:
-    out.print(f"[bold]{report.path}[/] ({report.format})")
-    out.print(f"original: {report.original}")
-    out.print(f"weights:  {report.weights_source}")
-    out.print(f"graph:    {report.graph_source}; NumPy in {report.precision}")
-    render_roles(report.roles, report.variables)
-    for line in report.settled:
-        out.print(f"[cyan]settled[/] {line}")
-    for run in report.runs:
-        out.print(_agreement_table(f"outputs, inputs: {run.label}", run.outputs))
-        if run.layers is not None:
-            out.print(_agreement_table("per layer", run.layers))
-            if run.first_divergent:
-                out.print(f"first layer that diverges: [bold red]{run.first_divergent}[/]")
-    if report.runs:
-        a = report.runs[0].outputs[0] if report.runs[0].outputs else None
-        tol = f" (atol {a.atol:g}, rtol {a.rtol:g})" if a else ""
-        out.print(f"{_verdict(report.passed)}{tol}")
+    from ckpt_tool import console_verify
+
+    console_verify.render_verify(report)

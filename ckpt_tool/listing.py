@@ -51,6 +51,7 @@ class Listing:
     tensors: list[ListedTensor]
     hidden: Counter  # kind -> number of tensors not shown
     hidden_bytes: int
+    description: str = ""  # the format in words ("SavedModel", "Keras .keras file")
 
     @property
     def totals(self) -> dict:
@@ -65,6 +66,7 @@ class Listing:
             "schema": "ckpt-tool.list/1",
             "path": self.path,
             "format": self.format,
+            "description": self.description,
             "tensors": [t.to_json() for t in self.tensors],
             "hidden": dict(self.hidden),
             "hidden_bytes": self.hidden_bytes,
@@ -92,7 +94,10 @@ def build_listing(
         elif not pattern or _matches(info, pattern):
             shown.append(tensor)
     shown.sort(key=_sort_key(sort))
-    return Listing(str(reader.path), reader.format_name, shown, hidden, hidden_bytes)
+    from ckpt_tool.readers.choice import describe_format
+
+    description = describe_format(reader.path, reader.format_name)
+    return Listing(str(reader.path), reader.format_name, shown, hidden, hidden_bytes, description)
 
 
 def _matches(info: VariableInfo, pattern: str) -> bool:

@@ -25,6 +25,7 @@ from ckpt_tool.original import InputSpec, OriginalModel, load_original
 from ckpt_tool.readers import Reader, open_reader
 from ckpt_tool.rolemap import SHAPE_ORDER, Layer, RoleMap
 from ckpt_tool.roles import assign_roles
+from ckpt_tool.verdict import explain_failure, scales_note, summarize_hints
 
 PRECISIONS = {"float64": np.float64, "float32": np.float32}
 # How generated inputs exercise masks (token-id inputs of Embedding(mask_zero=True),
@@ -90,6 +91,7 @@ class VerifyReport:
     runs: list[Run]
     settled: list[str]  # what the numerical check decided among alternatives
     variables: dict = field(default_factory=dict)  # key -> VariableInfo, for display
+    hints: list[str] = field(default_factory=list)  # known causes of a failure, notes
 
     @property
     def passed(self) -> bool:
@@ -108,6 +110,7 @@ class VerifyReport:
             "roles": self.roles.to_json(),
             "settled": self.settled,
             "runs": [r.to_json() for r in self.runs],
+            "hints": self.hints,
         }
 
 
@@ -159,9 +162,12 @@ def verify(
         raise
     order = _input_order(original.input_specs, graph, path, against=bool(options.against))
     kinds = graph_input_kinds(graph, weights)
-    input_sets = make_inputs(original.input_specs, options, _spec_kinds(order, graph, kinds))
+    spec_kinds = _spec_kinds(order, graph, kinds)
+    input_sets = make_inputs(original.input_specs, options, spec_kinds)
+    hints = [scales_note(original.input_specs, spec_kinds)[1]] if options.scales else []
     settled: list[str] = []
     configs = {layer.name: layer.config for layer in roles.layers}
+    first_configs = dict(configs)  # as read, before settling (for explain_failure)
     first_inputs = input_sets[0][1]
     expected = original(first_inputs)
     if not options.roles_file:  # settled on the model's own weights, then kept for OTHER
@@ -194,6 +200,12 @@ def verify(
             for name, a, e in zip(names, actual, expected, strict=True)
         ]
         run = Run(label, outputs)
+        if not run.passed:
+            hints += explain_failure(
+                label, outputs, graph, weights, ours, actual, expected, configs,
+                options.precision, roles, other_weights=bool(options.weights),
+                first_configs=first_configs,
+            )  # fmt: skip
         if options.per_layer:
             _compare_layers(run, original, graph, per_layer, arrays, options)
             if run.layers is None and label == input_sets[0][0]:
@@ -213,6 +225,7 @@ def verify(
         runs=runs,
         settled=settled,
         variables={info.key: info for info in infos},
+        hints=summarize_hints(hints),
     )
 
 
@@ -387,7 +400,8 @@ def make_inputs(
     if any(k.get("kind") in ("ids", "mask") for k in kinds.values()):
         label += f", masks {options.mask}"
     sets = [(label, first)]
-    for scale in options.scales:
+    can_scale, _ = scales_note(specs, kinds)  # ids and masks only: a constant run repeats
+    for scale in options.scales if can_scale else ():
         arrays = []
         for i, (shape, spec) in enumerate(zip(shapes, specs, strict=True)):
             if i in kinds or not spec.dtype.startswith(("float", "bfloat", "half")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ckpt_tool import console, console_diff
-from ckpt_tool.commands.options import no_crc_option
+from ckpt_tool.commands.options import no_crc_option, resolve_step
 from ckpt_tool.diff import diff_readers
 from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK, UsageError
 from ckpt_tool.readers import FORMATS, open_reader
@@ -75,6 +75,7 @@ def command(
     for option, value in (("--atol", atol), ("--rtol", rtol)):
         if not value >= 0:  # also rejects NaN
             raise UsageError(f"{option} must be a number >= 0, not {value}")
+    a, b = resolve_step(a, None), resolve_step(b, None)  # notes naming what is read
     with open_reader(a, format_a) as reader_a, open_reader(b, format_b) as reader_b:
         reader_a.verify_crc = reader_b.verify_crc = not no_crc
         report = diff_readers(

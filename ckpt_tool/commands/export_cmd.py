@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ckpt_tool import console, console_diff
-from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.export import (
     CAST_DTYPES,
     LAYOUTS,
@@ -90,6 +90,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
     "for BertForPreTraining (default: the bare model's names, as BertModel).",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@step_option
 @no_crc_option
 def command(
     src: str,
@@ -105,6 +106,7 @@ def command(
     torch_prefix: str,
     force: bool,
     no_crc: bool,
+    step: int | None,
 ) -> None:
     """Export the weights in SRC to OUT (.npz) under meaningful names.
 
@@ -128,6 +130,7 @@ def command(
         config_file=config_file,
         torch_prefix=torch_prefix,
     )
+    src = resolve_step(src, step)
     check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
     with _terminate_as_interrupt(), open_reader(src, format_) as reader:
         reader.verify_crc = not no_crc

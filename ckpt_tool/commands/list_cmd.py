@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ckpt_tool import console
-from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.listing import SORT_KEYS, attach_roles, build_listing, tensor_stats
 from ckpt_tool.readers import open_reader
 
@@ -30,6 +30,7 @@ from ckpt_tool.readers import open_reader
     "--roles", "show_roles", is_flag=True, help="Show each variable's layer, role and evidence."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema ckpt-tool.list/1).")
+@step_option
 @no_crc_option
 def command(
     path: str,
@@ -42,12 +43,14 @@ def command(
     show_roles: bool,
     as_json: bool,
     no_crc: bool,
+    step: int | None,
 ) -> None:
     """List the variables in PATH with resolved names, shapes, dtypes and sizes.
 
     PATH is a checkpoint prefix, a .index or .data file, a directory with a `checkpoint`
     file, a SavedModel directory, a .keras, .weights.h5 or .h5 file, or an .npz.
     """
+    path = resolve_step(path, step)
     with open_reader(path, format_) as reader:
         reader.verify_crc = not no_crc
         listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)

@@ -7,9 +7,10 @@ import sys
 import click
 
 from ckpt_tool import console
-from ckpt_tool.commands.options import format_option, no_crc_option
+from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
 from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
+from ckpt_tool.readers import require_path
 from ckpt_tool.verify import MASK_MODES, PRECISIONS, VerifyOptions, verify
 
 
@@ -100,7 +101,8 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "--scales",
     callback=_scales,
     metavar="LIST",
-    help="Also run constant inputs at these magnitudes, e.g. 0.1,1,10,100,1000.",
+    help="Also run constant inputs at these magnitudes, e.g. 0.1,1,10,100,1000 (one table, "
+    "a row per input set); token ids and masks cannot be scaled and keep their values.",
 )
 @click.option(
     "--inputs",
@@ -136,16 +138,25 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     is_flag=True,
     help="Load .keras files with safe_mode off (allows lambdas): trusted files only.",
 )
+@step_option
 @no_crc_option
-def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **options) -> None:
+def command(
+    path: str, format_: str | None, as_json: bool, no_crc: bool, step: int | None, **options
+) -> None:
     """Map PATH's variables to layer roles, rebuild the forward pass in NumPy einsum, run the
     original model with TensorFlow, and report how closely the two agree.
 
     Runs the model's own code (TensorFlow executes it): use it on files you trust.
     Exit code 0 when every output agrees within --atol/--rtol, 1 when any disagrees,
     2 for usage or input errors. The defaults (atol 1e-5, rtol 1e-4) hold with margin
-    for float32 models checked against the float64 NumPy reference.
+    for float32 models checked against the float64 NumPy reference. When outputs
+    disagree, `hint:` lines name the cause where it is known (the original's float32
+    rounding, a causal mask the file does not store, roles read from shapes alone).
     """
+    for given in (path, options.get("against"), options.get("weights")):
+        if given:
+            require_path(given)  # before saying that it will run anything
+    path = resolve_step(path, step)
     console.print_note("verify executes the model with TensorFlow (list and export never do)")
     options["custom_objects"] = list(options["custom_objects"])
     opts = VerifyOptions(format=format_, no_crc=no_crc, **options)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
 
-__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
+__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader", "require_path"]
 
 
 # Reader classes by format, in sniffing order; each module is imported only when its
@@ -38,8 +38,7 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
         return _reader_class(format)(path)
-    if not path.exists() and not _is_checkpoint_prefix(path):
-        raise NotFoundError("no such file or directory", path)
+    require_path(path)
     for name in _READERS:
         cls = _reader_class(name)
         if cls.sniff(path):
@@ -52,6 +51,13 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
     )
+
+
+def require_path(path: str | Path) -> None:
+    """NotFoundError unless the path exists (or is a checkpoint prefix)."""
+    path = Path(path)
+    if not path.exists() and not _is_checkpoint_prefix(path):
+        raise NotFoundError("no such file or directory", path)
 
 
 def _check_readable(path: Path) -> None:
