@@ -46,7 +46,7 @@ def command(
     """List the variables in PATH with resolved names, shapes, dtypes and sizes.
 
     PATH is a checkpoint prefix, a .index or .data file, a directory with a `checkpoint`
-    file, a SavedModel directory, a .keras, .weights.h5 or .h5 file, or an .npz.
+    file, a SavedModel directory, a .keras, .weights.h5 or .h5 file, an .npz or a .safetensors.
     """
     with open_reader(path, format_) as reader:
         reader.verify_crc = not no_crc

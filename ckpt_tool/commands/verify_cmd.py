@@ -29,7 +29,7 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "--weights",
     "weights",
     metavar="OTHER",
-    help="Run NumPy on the weights from OTHER (an export, a ported or edited npz, a .weights.h5) against PATH's model.",
+    help="Run NumPy on the weights from OTHER (an export, a ported or edited .npz or .safetensors, a .weights.h5) against PATH's model.",
 )
 @click.option(
     "--roles",
