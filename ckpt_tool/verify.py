@@ -55,6 +55,7 @@ class VerifyOptions:
     num_heads: int | None = None  # BERT: heads of the 2-D attention kernels
     bert_config: str | None = None  # BERT: bert_config.json (default: beside PATH)
     mask: str = "padding"  # how generated inputs fill masks: one of MASK_MODES
+    keep_arrays: bool = False  # keep the first run's arrays on the report (verify --plot)
 
 
 @dataclass
@@ -79,6 +80,21 @@ class Run:
 
 
 @dataclass
+class RunArrays:
+    """The first input set's arrays and what made them, kept for pictures (--plot)."""
+
+    inputs: list[np.ndarray]  # in the original model's input order
+    expected: list[np.ndarray]  # the original's outputs, aligned with the graph's
+    actual: list[np.ndarray]  # the NumPy rebuild's outputs
+    graph: Graph
+    weights: dict[str, dict[str, np.ndarray]]
+    configs: dict[str, dict]
+    order: list[int]  # graph input i is the original's input order[i]
+    dtype: type
+    original: OriginalModel
+
+
+@dataclass
 class VerifyReport:
     path: str
     format: str
@@ -90,6 +106,7 @@ class VerifyReport:
     runs: list[Run]
     settled: list[str]  # what the numerical check decided among alternatives
     variables: dict = field(default_factory=dict)  # key -> VariableInfo, for display
+    arrays: RunArrays | None = field(default=None, repr=False)  # with keep_arrays
 
     @property
     def passed(self) -> bool:
@@ -180,6 +197,7 @@ def verify(
         weights = _weights_from_other(options.weights, roles, infos, options)
         weights_source = options.weights
     runs = []
+    kept: RunArrays | None = None
     for label, arrays in input_sets:
         expected = _aligned_expected(original, graph, original(arrays))
         ours = [arrays[i] for i in order]
@@ -194,6 +212,10 @@ def verify(
             for name, a, e in zip(names, actual, expected, strict=True)
         ]
         run = Run(label, outputs)
+        if options.keep_arrays and kept is None:
+            kept = RunArrays(
+                arrays, expected, actual, graph, weights, configs, order, dtype, original
+            )
         if options.per_layer:
             _compare_layers(run, original, graph, per_layer, arrays, options)
             if run.layers is None and label == input_sets[0][0]:
@@ -213,6 +235,7 @@ def verify(
         runs=runs,
         settled=settled,
         variables={info.key: info for info in infos},
+        arrays=kept,
     )
 
 
