@@ -12,6 +12,7 @@
     api.export("model.keras", "port.safetensors", layout="torch")
     api.diff("model.keras", "port.safetensors").ok
     api.show(report)                           # the table the CLI prints
+    api.figure(api.verify("model.keras", keep_arrays=True))  # verify --plot's picture
 
 Every function returns the report object the CLI renders (`VerifyReport`,
 `ExportResult`, `DiffReport`, `Listing`); `report.to_json()` is the CLI's `--json`.
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.figure import Figure
 
     from ckpt_tool.diff import DiffReport
     from ckpt_tool.export import ExportResult
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from ckpt_tool.rolemap import RoleMap
     from ckpt_tool.verify import VerifyReport
 
-__all__ = ["WeightFile", "diff", "export", "open", "show", "verify"]
+__all__ = ["WeightFile", "diff", "export", "figure", "open", "show", "verify"]
 
 EXPORT_FORMATS = ("npz", "safetensors")
 
@@ -245,6 +247,17 @@ def diff(
             pattern=pattern,
             by_role=by_role,
         )
+
+
+def figure(report: VerifyReport, *, per_layer: bool | None = None) -> Figure:
+    """The `verify --plot` figure of a report made with `verify(..., keep_arrays=True)`
+    (a matplotlib Figure: shown inline in a notebook, `.savefig(path)` to keep it).
+    per_layer defaults to whether the report compared layers."""
+    from ckpt_tool.plot import build_figure
+
+    if per_layer is None:
+        per_layer = bool(report.runs and report.runs[0].layers is not None)
+    return build_figure(report, per_layer=per_layer)
 
 
 def show(report: Any) -> None:
