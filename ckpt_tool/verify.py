@@ -322,9 +322,18 @@ def _weights_from_other(
     other_path: str, roles: RoleMap, infos: Sequence, options: VerifyOptions
 ) -> dict[str, dict[str, np.ndarray]]:
     """The same layers and roles, with each tensor taken from another source. Tensors
-    match by key, then by resolved name or alias, then by layer order and role."""
+    match by key, then by resolved name or alias, then by layer order and role; a PyTorch
+    port (torch or torch-mha names) is brought back through its layout (`unport`)."""
     with open_reader(other_path) as other:
         other.verify_crc = not options.no_crc
+        from ckpt_tool.unport import unported_weights
+
+        ported = unported_weights(other.path, infos, roles, other)
+        if ported is not None:
+            return {
+                layer.name: {role: ported[key] for role, key in layer.weights.items()}
+                for layer in roles.layers
+            }
         other_infos = other.variables()
         by_name: dict[str, str] = {}
         for info in other_infos:

@@ -182,6 +182,27 @@ def test_verify_weights_from_safetensors(tmp_path: Path, block_export: Path) -> 
     assert not verify(str(BLOCK), VerifyOptions(weights=str(perturbed))).passed
 
 
+def test_verify_weights_of_a_pytorch_port(tmp_path: Path) -> None:
+    """A PyTorch module loaded from the torch-layout export, its own `state_dict()` saved
+    under a prefix by `safetensors.torch.save_file` (PyTorch names and shapes, no
+    manifest), is checked against the Keras original; a perturbed module fails."""
+    export_path = export(BLOCK, tmp_path / "block.safetensors", layout="torch")
+    manifest = json.loads(metadata(export_path)[MANIFEST_KEY])
+    attention = LinearAttention.like(mha_config(BLOCK, "attention"), 8, 8, 8)
+    model = TransformerBlock(attention, layer_norm_eps(manifest))
+    model.load_state_dict(safetensors.torch.load_file(str(export_path)), strict=True)
+    port = tmp_path / "port.safetensors"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(state, str(port))
+    report = verify(str(BLOCK), VerifyOptions(weights=str(port)))
+    assert report.passed
+    with torch.no_grad():
+        model.attention.k_proj.weight[0, 0] += 0.05
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(state, str(port))
+    assert not verify(str(BLOCK), VerifyOptions(weights=str(port))).passed
+
+
 # --- atomic writes and hostile files -----------------------------------------------------
 
 
