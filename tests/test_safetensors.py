@@ -157,6 +157,17 @@ def test_round_trip_export_list_diff(block_export: Path) -> None:
     assert code == 0, stderr
 
 
+def test_detected_by_its_header_without_the_suffix(tmp_path: Path, block_export: Path) -> None:
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(block_export.read_bytes())
+    with open_reader(renamed) as reader:
+        assert reader.format_name == "safetensors"
+    not_one = tmp_path / "other.bin"
+    not_one.write_bytes(struct.pack("<Q", 4) + b"{ab}")  # a length and a brace, no key
+    code, _, stderr = invoke(["list", str(not_one)])
+    assert_one_line_error(code, stderr, not_one, ("not a TensorFlow checkpoint",))
+
+
 def test_file_written_by_the_library_lists_and_diffs(tmp_path: Path, block_export: Path) -> None:
     """A file from `safetensors.numpy.save_file` (no manifest; names are its keys)."""
     arrays = safetensors.numpy.load_file(str(block_export))

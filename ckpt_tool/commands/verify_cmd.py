@@ -29,7 +29,9 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "--weights",
     "weights",
     metavar="OTHER",
-    help="Run NumPy on the weights from OTHER (an export, a ported or edited .npz or .safetensors, a .weights.h5) against PATH's model.",
+    help="Run NumPy on the weights from OTHER (an export, a ported or edited .npz or "
+    ".safetensors, a .weights.h5, a PyTorch state_dict under the torch layout's names) "
+    "against PATH's model.",
 )
 @click.option(
     "--roles",

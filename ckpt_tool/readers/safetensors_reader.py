@@ -110,7 +110,14 @@ class SafetensorsReader(Reader):
         if path.suffix == ".safetensors" and path.is_file():
             return True  # even a broken one: the reader says what is wrong
         found = _header_length(path) if path.is_file() else None
-        return found is not None and _HEADER_LEN.size + found[0] <= found[1]
+        if found is None or _HEADER_LEN.size + found[0] > found[1]:
+            return False
+        try:  # without the suffix, a header that starts like one: {"name": or {"__metadata__":
+            with open(path, "rb") as f:
+                f.seek(_HEADER_LEN.size)
+                return f.read(2) == b'{"'
+        except OSError:
+            return False
 
     # -- the header
 
