@@ -71,7 +71,7 @@ def _write_safetensors():
 @click.option(
     "--include-optimizer", is_flag=True, help="Also export optimizer state (never bookkeeping)."
 )
-@click.option("--compress", is_flag=True, help="Deflate the members (smaller, slower).")
+@click.option("--compress", is_flag=True, help="Deflate the members (smaller, slower; .npz only).")
 @click.option(
     "--dtype",
     type=click.Choice(CAST_DTYPES),
