@@ -199,6 +199,23 @@ def _layer_errors(ax: Axes, run: Any, report: VerifyReport) -> None:
 def _attention_row(fig: Figure, axes: list[Axes], m: Any) -> None:
     where = f"example {m.example}, head {m.head}"
     original_ax, rebuild_ax, diff_ax = axes
+    if m.rebuild is None:
+        for ax, what in zip(
+            axes, ("original attention", "rebuild attention", "|difference|"), strict=True
+        ):
+            ax.set_title(f"{m.layer}: {what}\nnot drawn", fontsize=9)
+            ax.set_axis_off()
+        rebuild_ax.text(
+            0.5,
+            0.5,
+            m.why_missing,
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=8,
+            transform=rebuild_ax.transAxes,
+        )
+        return
     vmax = (
         float(m.rebuild.max())
         if m.original is None

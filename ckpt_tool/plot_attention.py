@@ -31,13 +31,13 @@ class AttentionMaps:
     layer: str
     example: int
     head: int
-    rebuild: np.ndarray
+    rebuild: np.ndarray | None  # None: no (T, S) map to draw (see why_missing)
     original: np.ndarray | None
-    why_missing: str | None = None  # why `original` is None
+    why_missing: str | None = None  # why `original` (or `rebuild`) is None
 
     @property
     def max_difference(self) -> float | None:
-        if self.original is None:
+        if self.original is None or self.rebuild is None:
             return None
         return float(np.max(np.abs(self.original - self.rebuild)))
 
@@ -58,8 +58,10 @@ def attention_maps(arrays: Any, limit: int = 4) -> list[AttentionMaps]:
     for node in nodes:
         scores = ours[node.layer]
         original, why = theirs.get(node.layer, (None, "not computed"))
-        if scores.ndim != 4:
-            continue  # attention over several axes: no single (T, S) map to show
+        if scores.ndim != 4:  # custom attention_axes: (B, ..., N, T..., S...)
+            why = f"scores of shape {scores.shape} (attention_axes): no single (T, S) map"
+            maps.append(AttentionMaps(node.layer, 0, 0, None, None, why))
+            continue
         if original is not None and original.shape != scores.shape:
             original, why = None, f"the original's scores have shape {original.shape}"
         example = 0

@@ -150,3 +150,21 @@ def test_api_figure_draws_the_same_panels(keras_report) -> None:
     titles = set(axes_by_title(api.figure(keras_report)))
     assert "error per layer (along the depth of the model)" in titles  # the report has layers
     assert "attention: original attention" in titles
+
+
+@pytest.mark.parametrize(
+    ("fixture_id", "why"),
+    [
+        ("mha_masks_keras", "carry masks that re-calling it would drop"),
+        ("mha_axes_keras", "no single (T, S) map"),
+    ],
+)
+def test_attention_maps_that_cannot_be_drawn_faithfully_say_why(fixture_id, why) -> None:
+    report = verify(str(fixture_path(fixture_id)), VerifyOptions(keep_arrays=True))
+    fig = build_figure(report)
+    originals = [ax for ax in fig.axes if "original attention" in ax.get_title()]
+    assert originals
+    for ax in originals:
+        assert not ax.images  # nothing drawn that is not the original's own
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert why in texts
