@@ -69,8 +69,8 @@ def unported_weights(
     for layout in PORTED_LAYOUTS:
         try:
             arrays = LAYOUTS[layout](LayoutInput(ids, select_variables(ids), roles))
-        except CkptToolError:
-            continue  # the layout refuses this model
+        except (CkptToolError, LookupError, ValueError, TypeError):
+            continue  # the layout refuses (or cannot express) this model: not this layout
         sourced = [a for a in arrays if a.sources]  # not the zeros a layout makes up
         prefix = _prefix([a.name for a in sourced], other_keys)
         if prefix is None:
