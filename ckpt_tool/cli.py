@@ -83,8 +83,8 @@ def _input_file(ctx: click.Context, args: list[str]) -> str | None:
 def cli() -> None:
     """Open TensorFlow and Keras weight files, name every variable, prove ports numerically.
 
-    Reads TF checkpoints (TF1 and TF2), SavedModels, .keras, .weights.h5, legacy .h5 and
-    .npz without running any model code. Exit codes: 0 ok, 1 numbers disagree
+    Reads TF checkpoints (TF1 and TF2), SavedModels, .keras, .weights.h5, legacy .h5,
+    .npz and .safetensors without running any model code. Exit codes: 0 ok, 1 numbers disagree
     (verify, diff), 2 bad usage or an unreadable, missing or corrupt file.
     """
 

@@ -350,6 +350,11 @@ class _KerasModel(OriginalModel):
             for t in self._model.inputs
         ]
 
+    @property
+    def keras_model(self) -> Any:
+        """The loaded Keras model (verify --plot asks its attention layers for scores)."""
+        return self._model
+
     def _structured(self, inputs: Sequence[np.ndarray]) -> Any:
         try:
             named = isinstance(self._model.input, dict)  # e.g. keras-hub backbones

@@ -56,6 +56,7 @@ class VerifyOptions:
     num_heads: int | None = None  # BERT: heads of the 2-D attention kernels
     bert_config: str | None = None  # BERT: bert_config.json (default: beside PATH)
     mask: str = "padding"  # how generated inputs fill masks: one of MASK_MODES
+    keep_arrays: bool = False  # keep the first run's arrays on the report (verify --plot)
 
 
 @dataclass
@@ -80,6 +81,21 @@ class Run:
 
 
 @dataclass
+class RunArrays:
+    """The first input set's arrays and what made them, kept for pictures (--plot)."""
+
+    inputs: list[np.ndarray]  # in the original model's input order
+    expected: list[np.ndarray]  # the original's outputs, aligned with the graph's
+    actual: list[np.ndarray]  # the NumPy rebuild's outputs
+    graph: Graph
+    weights: dict[str, dict[str, np.ndarray]]
+    configs: dict[str, dict]
+    order: list[int]  # graph input i is the original's input order[i]
+    dtype: type
+    original: OriginalModel
+
+
+@dataclass
 class VerifyReport:
     path: str
     format: str
@@ -92,6 +108,7 @@ class VerifyReport:
     settled: list[str]  # what the numerical check decided among alternatives
     variables: dict = field(default_factory=dict)  # key -> VariableInfo, for display
     hints: list[str] = field(default_factory=list)  # known causes of a failure, notes
+    arrays: RunArrays | None = field(default=None, repr=False)  # with keep_arrays
 
     @property
     def passed(self) -> bool:
@@ -186,6 +203,7 @@ def verify(
         weights = _weights_from_other(options.weights, roles, infos, options)
         weights_source = options.weights
     runs = []
+    kept: RunArrays | None = None
     for label, arrays in input_sets:
         expected = _aligned_expected(original, graph, original(arrays))
         ours = [arrays[i] for i in order]
@@ -206,6 +224,10 @@ def verify(
                 options.precision, roles, other_weights=bool(options.weights),
                 first_configs=first_configs,
             )  # fmt: skip
+        if options.keep_arrays and kept is None:
+            kept = RunArrays(
+                arrays, expected, actual, graph, weights, configs, order, dtype, original
+            )
         if options.per_layer:
             _compare_layers(run, original, graph, per_layer, arrays, options)
             if run.layers is None and label == input_sets[0][0]:
@@ -226,6 +248,7 @@ def verify(
         settled=settled,
         variables={info.key: info for info in infos},
         hints=summarize_hints(hints),
+        arrays=kept,
     )
 
 
@@ -312,9 +335,18 @@ def _weights_from_other(
     other_path: str, roles: RoleMap, infos: Sequence, options: VerifyOptions
 ) -> dict[str, dict[str, np.ndarray]]:
     """The same layers and roles, with each tensor taken from another source. Tensors
-    match by key, then by resolved name or alias, then by layer order and role."""
+    match by key, then by resolved name or alias, then by layer order and role; a PyTorch
+    port (torch or torch-mha names) is brought back through its layout (`unport`)."""
     with open_reader(other_path) as other:
         other.verify_crc = not options.no_crc
+        from ckpt_tool.unport import unported_weights
+
+        ported = unported_weights(other.path, infos, roles, other)
+        if ported is not None:
+            return {
+                layer.name: {role: ported[key] for role, key in layer.weights.items()}
+                for layer in roles.layers
+            }
         other_infos = other.variables()
         by_name: dict[str, str] = {}
         for info in other_infos:

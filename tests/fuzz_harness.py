@@ -124,16 +124,19 @@ def targets(npz_dir: Path) -> dict[str, Target]:
         Target("npz-compressed", npz_dir / "compressed.npz", ""),
         Target("npz-export", npz_dir / "export.npz", ""),
         Target("npz-export-manifest", npz_dir / "export.npz", "", "", "member:__manifest__.npy"),
+        Target("safetensors-export", npz_dir / "export.safetensors", ""),
     ]
     return {t.name: t for t in out}
 
 
 def make_npz_sources(directory: Path) -> Path:
-    """A stored and a compressed np.savez archive, and a ckpt-tool export (with its
-    manifest, bfloat16 bits and strings) of the edge_dtypes checkpoint."""
+    """A stored and a compressed np.savez archive, and ckpt-tool exports (with their
+    manifest, bfloat16 bits and strings) of the edge_dtypes checkpoint: .npz and
+    .safetensors."""
     import numpy as np
 
     from ckpt_tool.export import ExportOptions, export_npz
+    from ckpt_tool.export_safetensors import export_safetensors
     from ckpt_tool.readers import open_reader
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -150,6 +153,9 @@ def make_npz_sources(directory: Path) -> Path:
     np.savez_compressed(directory / "compressed.npz", **arrays)
     with open_reader(fixture_path("edge_dtypes")) as reader:
         export_npz(reader, directory / "export.npz", ExportOptions(force=True))
+        # every dtype safetensors holds (complex and strings it cannot): bfloat16, ints, bool
+        options = ExportOptions(force=True, pattern="[bfeiu]*")
+        export_safetensors(reader, directory / "export.safetensors", options)
     return directory
 
 

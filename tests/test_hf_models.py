@@ -108,6 +108,17 @@ def _torch_model(model: str):
     return getattr(transformers, entry["torch_class"])(config).eval()
 
 
+@cache
+def _transformers_conversion(model: str):
+    """transformers' own TF->PyTorch conversion of the fixture's tf_model.h5
+    (from_pretrained(from_tf=True) leaves meta tensors in 4.57)."""
+    import transformers
+
+    entry = next(e for e in H5 if e["model"] == model)
+    reference = getattr(transformers, entry["torch_class"])(_torch_model(model).config)
+    return transformers.load_tf2_checkpoint_in_pytorch_model(reference, str(_path(entry)))
+
+
 def _torch_input(array: np.ndarray) -> torch.Tensor:
     """Token ids and masks as int64, images as they are (float32)."""
     if np.issubdtype(array.dtype, np.floating):
@@ -153,16 +164,11 @@ def test_every_weight_has_its_role(entry):
 def test_torch_layout_is_the_transformers_state_dict(entry, tmp_path):
     """Loads with strict=True, equals transformers' own TF->PyTorch conversion array for
     array, and the PyTorch forward matches the TF model's outputs."""
-    import transformers
-
     arrays = _export_torch(_path(entry), tmp_path / "out.npz")
     model = _torch_model(entry["model"])
     model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
 
-    # transformers' own conversion (from_pretrained(from_tf=True) leaves meta tensors in 4.57)
-    reference = getattr(transformers, entry["torch_class"])(model.config)
-    reference = transformers.load_tf2_checkpoint_in_pytorch_model(reference, str(_path(entry)))
-    converted = reference.state_dict()
+    converted = _transformers_conversion(entry["model"]).state_dict()
     for name, array in arrays.items():
         np.testing.assert_array_equal(array, converted[name].numpy(), err_msg=name)
 
@@ -263,3 +269,29 @@ def test_saved_model_verify_catches_swapped_weights(entry, tmp_path):
     result = run_cli("verify", str(_path(entry)), "--weights", str(copy))
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr
     assert "FAIL" in result.stdout
+
+
+@pytest.mark.parametrize("model", ["gpt2", "bert"])
+def test_verify_a_transformers_port_saved_as_safetensors(model, tmp_path):
+    """A finished port checked against the TensorFlow original: transformers' own PyTorch
+    conversion, saved with safetensors.torch.save_file (PyTorch names, no manifest),
+    passes `verify tf_model.h5 --weights port.safetensors` (GPT-2's fused c_attn is
+    unpacked through the layout); one perturbed tensor fails."""
+    import safetensors.torch
+
+    from ckpt_tool.verify import VerifyOptions, verify
+
+    entry = next(e for e in H5 if e["model"] == model)
+    state = {
+        k: v.detach().clone().contiguous()
+        for k, v in _transformers_conversion(model).state_dict().items()
+    }
+    port = tmp_path / "port.safetensors"
+    safetensors.torch.save_file(state, str(port))
+    assert verify(str(_path(entry)), VerifyOptions(weights=str(port))).passed
+    name = (
+        "h.1.attn.c_attn.weight" if model == "gpt2" else "encoder.layer.1.attention.self.key.weight"
+    )
+    state[name][0, :] += 0.1
+    safetensors.torch.save_file(state, str(port))
+    assert not verify(str(_path(entry)), VerifyOptions(weights=str(port))).passed

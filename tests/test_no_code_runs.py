@@ -143,6 +143,12 @@ def test_every_format_lists_exports_and_diffs_without_frameworks(
         ["diff", seed_keras, exported],
         ["diff", str(fixture_path("seed_keras")), str(fixture_path("seed_weights_h5"))],
     ]
+    safetensors = str(tmp_path / "seed.safetensors")
+    commands += [
+        ["export", seed_keras, "-o", safetensors],
+        ["list", "--roles", safetensors],
+        ["diff", exported, safetensors],
+    ]
     codes, heavy, result = run_commands(commands, work, env=blocked_frameworks)
     failed = [(c, code) for c, code in zip(commands, codes, strict=True) if code != 0]
     assert not failed, (failed, result.stderr)

@@ -1,4 +1,4 @@
-"""`ckpt-tool export`: write a weight file's tensors to .npz under meaningful names."""
+"""`ckpt-tool export`: write a weight file's tensors to .npz or .safetensors under meaningful names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import click
 
 from ckpt_tool import console, console_diff
 from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
+from ckpt_tool.errors import UsageError
 from ckpt_tool.export import (
     CAST_DTYPES,
     LAYOUTS,
@@ -40,6 +41,12 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _write_safetensors():
+    from ckpt_tool.export_safetensors import write_safetensors
+
+    return write_safetensors
+
+
 @click.command("export")
 @click.argument("src", type=click.Path(path_type=str, readable=False))
 @click.option(
@@ -48,14 +55,23 @@ def _terminate_as_interrupt() -> Iterator[None]:
     "out",
     required=True,
     type=click.Path(path_type=str, readable=False),
-    help="The .npz to write.",
+    help="The file to write (.npz, or .safetensors: see --to).",
+)
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["npz", "safetensors"]),
+    default=None,
+    help="Output format (default: safetensors when OUT ends in .safetensors, else npz). "
+    "safetensors is what PyTorch loads (safetensors.torch.load_file); the manifest is in "
+    "its metadata under __manifest__.",
 )
 @format_option
 @click.option("--filter", "pattern", metavar="GLOB", help="Only names (or keys) matching GLOB.")
 @click.option(
     "--include-optimizer", is_flag=True, help="Also export optimizer state (never bookkeeping)."
 )
-@click.option("--compress", is_flag=True, help="Deflate the members (smaller, slower).")
+@click.option("--compress", is_flag=True, help="Deflate the members (smaller, slower; .npz only).")
 @click.option(
     "--dtype",
     type=click.Choice(CAST_DTYPES),
@@ -95,6 +111,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def command(
     src: str,
     out: str,
+    to: str | None,
     format_: str | None,
     pattern: str | None,
     include_optimizer: bool,
@@ -108,16 +125,18 @@ def command(
     no_crc: bool,
     step: int | None,
 ) -> None:
-    """Export the weights in SRC to OUT (.npz) under meaningful names.
+    """Export the weights in SRC to OUT (.npz or .safetensors) under meaningful names.
 
     OUT holds one array per tensor plus `__manifest__` (JSON: source, names, keys,
-    aliases, dtypes, shapes, layer roles); for torch, torch-mha and haiku, whose loaders
-    take every array as a parameter, the manifest is OUT.manifest.json beside OUT
-    instead. `--layout torch|torch-mha|haiku` renames, transposes and packs the weights
-    for those frameworks, or refuses (exit 2, nothing written) with the reason when a
-    layer cannot be expressed there. bfloat16 is stored
-    as its uint16 bit pattern; strings as bytes arrays. OUT is written to a temporary
-    file and renamed into place when complete: an error or Ctrl-C leaves no partial file.
+    aliases, dtypes, shapes, layer roles; in a .safetensors, in the header's metadata);
+    for torch, torch-mha and haiku, whose loaders take every array as a parameter, the
+    manifest of an .npz is OUT.manifest.json beside OUT instead. `--layout
+    torch|torch-mha|haiku` renames, transposes and packs the weights for those
+    frameworks, or refuses (exit 2, nothing written) with the reason when a layer cannot
+    be expressed there. bfloat16 is stored as its uint16 bit pattern in .npz (as BF16 in
+    .safetensors); strings as bytes arrays (safetensors holds none: exclude them with
+    --filter). OUT is written to a temporary file and renamed into place when complete:
+    an error or Ctrl-C leaves no partial file.
     """
     options = ExportOptions(
         pattern=pattern,
@@ -131,11 +150,15 @@ def command(
         torch_prefix=torch_prefix,
     )
     src = resolve_step(src, step)
+    to = to or ("safetensors" if Path(out).suffix == ".safetensors" else "npz")
+    if to == "safetensors" and compress:
+        raise UsageError("--compress applies to .npz only; safetensors stores raw bytes")
     check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
     with _terminate_as_interrupt(), open_reader(src, format_) as reader:
         reader.verify_crc = not no_crc
         plan = plan_export(reader, options)
         big = len(plan.arrays) >= _PROGRESS_MIN_ARRAYS or plan.source_bytes >= _PROGRESS_MIN_BYTES
         with console.progress("export", len(plan.arrays) if big else 0) as advance:
-            result = write_npz(plan, out, force=force, on_array=lambda _arr: advance())
+            write = write_npz if to == "npz" else _write_safetensors()
+            result = write(plan, out, force=force, on_array=lambda _arr: advance())
     console_diff.render_export(result, plan.notes)

@@ -48,7 +48,7 @@ def command(
     """List the variables in PATH with resolved names, shapes, dtypes and sizes.
 
     PATH is a checkpoint prefix, a .index or .data file, a directory with a `checkpoint`
-    file, a SavedModel directory, a .keras, .weights.h5 or .h5 file, or an .npz.
+    file, a SavedModel directory, a .keras, .weights.h5 or .h5 file, an .npz or a .safetensors.
     """
     path = resolve_step(path, step)
     with open_reader(path, format_) as reader:

@@ -30,7 +30,9 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "--weights",
     "weights",
     metavar="OTHER",
-    help="Run NumPy on the weights from OTHER (an export, a ported or edited npz, a .weights.h5) against PATH's model.",
+    help="Run NumPy on the weights from OTHER (an export, a ported or edited .npz or "
+    ".safetensors, a .weights.h5, a PyTorch state_dict under the torch layout's names) "
+    "against PATH's model.",
 )
 @click.option(
     "--roles",
@@ -131,6 +133,15 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "TF1 graphs through name scopes that match the layer names, e.g. BERT).",
 )
 @click.option(
+    "--plot",
+    "plot",
+    metavar="OUT",
+    help="Also draw the agreement to OUT (.png, .svg or .html; needs matplotlib, the "
+    "`plot` extra): per output the error distribution and where the largest errors sit; "
+    "with --per-layer the error of every layer along the depth; attention maps of the "
+    "original and the rebuild side by side.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckpt-tool.verify/1)."
 )
 @click.option(
@@ -157,10 +168,19 @@ def command(
         if given:
             require_path(given)  # before saying that it will run anything
     path = resolve_step(path, step)
+    plot = options.pop("plot")
+    if plot:
+        from ckpt_tool.plot import check_plot_target
+
+        check_plot_target(plot)  # before the model runs
     console.print_note("verify executes the model with TensorFlow (list and export never do)")
     options["custom_objects"] = list(options["custom_objects"])
-    opts = VerifyOptions(format=format_, no_crc=no_crc, **options)
+    opts = VerifyOptions(format=format_, no_crc=no_crc, keep_arrays=bool(plot), **options)
     report = verify(path, opts, note=console.print_note)
+    if plot:
+        from ckpt_tool.plot import write_plot
+
+        console.print_note(f"wrote {write_plot(report, plot, per_layer=opts.per_layer)}")
     if as_json:
         console.print_json(report.to_json())
     else:

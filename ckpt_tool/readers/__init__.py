@@ -20,6 +20,7 @@ _READERS = {
     "weights-h5": ("ckpt_tool.readers.keras_h5", "WeightsH5Reader"),
     "h5": ("ckpt_tool.readers.keras_h5", "LegacyH5Reader"),
     "npz": ("ckpt_tool.readers.npz", "NpzReader"),
+    "safetensors": ("ckpt_tool.readers.safetensors_reader", "SafetensorsReader"),
 }
 
 
@@ -49,7 +50,7 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
         # (no .index, a `checkpoint` file naming a missing prefix, a damaged table).
         return _reader_class("checkpoint")(path)
     raise UnsupportedFormatError(
-        "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
+        "not a TensorFlow checkpoint, SavedModel, .keras, .h5, .npz or .safetensors file", path
     )
 
 
