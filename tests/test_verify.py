@@ -142,3 +142,45 @@ def test_weights_from_another_format_pass():
         VerifyOptions(weights=str(fixture_path("seed_weights_h5"))),
     )
     assert report.passed
+
+
+@pytest.fixture(scope="module")
+def shared_qk_export(tmp_path_factory):
+    """A Keras 3 self-attention model whose query and key projections hold the same
+    weights (shared-QK attention, as in Reformer), exported with `model.export()`:
+    reading query as key and key as query computes exactly the same thing."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    x_in = keras.Input(shape=(5, 8), name="x")
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attention")
+    model = keras.Model(x_in, mha(query=x_in, value=x_in))
+    rng = np.random.default_rng(7)
+    for w in mha.weights:  # Keras starts biases at zero: make every bias matter
+        w.assign(rng.standard_normal(tuple(w.shape)).astype(np.float32) * 0.3)
+    mha._key_dense.set_weights(mha._query_dense.get_weights())
+    out = tmp_path_factory.mktemp("shared_qk") / "export"
+    model.export(str(out), verbose=False)
+    return out
+
+
+def test_numerical_tie_keeps_creation_order_and_says_so(shared_qk_export):
+    report = verify(str(shared_qk_export), VerifyOptions(ignore_names=True))
+    assert report.passed
+    mha = report.roles.layers[0]
+    assert mha.evidence == "shape+order"
+    # Keras creates query, key, value, output (kernel then bias): variables/0 is the query
+    assert mha.weights["query.kernel"].startswith("variables/0/")
+    assert mha.weights["key.kernel"].startswith("variables/2/")
+    lines = [line for line in report.settled if "cannot decide" in line]
+    assert len(lines) == 1, report.settled
+    assert "kept Keras's creation order" in lines[0]
+    assert "query.kernel=variables/2/" in lines[0]  # the reading that tied
+    assert "not needed" not in " ".join(report.settled)
+
+
+def test_no_tie_reported_when_the_numbers_decide():
+    report = verify(str(fixture_path("seed_keras3_export")), VerifyOptions())
+    assert report.passed
+    assert not any("cannot decide" in line for line in report.settled), report.settled
+    assert any("creation order agrees" in line for line in report.settled), report.settled
