@@ -600,8 +600,18 @@ def test_haiku_ungated_attention_without_biases(tmp_path: Path) -> None:
 
 
 def test_haiku_transformer_block(tmp_path: Path) -> None:
-    """The whole block in AlphaFold's modules: Attention, LayerNorm, Linear."""
-    src = fixture_path("transformer_block_keras")
+    """The whole block in AlphaFold's modules: Attention, LayerNorm, Linear. AlphaFold's
+    Attention has no query/key/value biases: the trained block (biases non-zero) is
+    refused, and a copy with those biases zeroed (saved by Keras) ports exactly."""
+    trained = fixture_path("transformer_block_keras")
+    with open_reader(trained) as reader, pytest.raises(LayoutRefused, match="non-zero"):
+        export_npz(reader, tmp_path / "refused.npz", ExportOptions(layout="haiku"))
+    model = keras.saving.load_model(trained)
+    mha = model.get_layer("attention")
+    for part in (mha._query_dense, mha._key_dense, mha._value_dense):
+        part.bias.assign(np.zeros(part.bias.shape, np.float32))
+    src = tmp_path / "no_qkv_biases.keras"
+    model.save(src)
     manifest, arrays = export(src, tmp_path / "af.npz", "haiku")
     p = flat_params_to_haiku(arrays)
     eps = {m["layer"]: m["args"]["eps"] for m in manifest["modules"] if "eps" in m["args"]}
