@@ -76,7 +76,7 @@ def hostile_model_writes_its_file() -> bool:
     """Positive control for every "the hostile model never runs" test: executing its
     serving signature with TensorFlow, in a scratch working directory, does write
     `pwned.txt`. So a test that finds no such file shows the model did not run (and
-    not that the fixture is harmless). Runs once per session."""
+    not that the fixture is harmless). Runs once per test run."""
     import tempfile
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
