@@ -579,11 +579,13 @@ def _settle_alternatives(
     current = _Trial(graph, weights, configs)
     best = badness(current)
     if best == 0:
+        current, ties = _tied_readings(current, roles, weights, badness, best)
+        tied = {line.split(":")[0] for line in ties}
         return graph, [
             f"{layer.name}: Keras's creation order agrees ({len(layer.alternatives)} alternatives not needed)"
             for layer in roles.layers
-            if layer.alternatives
-        ]
+            if layer.alternatives and layer.name not in tied
+        ] + ties
     for _ in range(2):  # a second sweep lets choices that depend on each other settle
         for trial in _choices(current, roles, weights):
             score = badness(trial)
@@ -593,6 +595,7 @@ def _settle_alternatives(
                 break
         if best == 0:
             break
+    current, ties = _tied_readings(current, roles, weights, badness, best)
     settled = [f"wiring: {current.graph.source}"] if current.graph is not graph else []
     for layer in roles.layers:  # record the chosen reading in the role map
         key_of = {id(weights[layer.name][role]): key for role, key in layer.weights.items()}
@@ -605,7 +608,61 @@ def _settle_alternatives(
         layer.weights, layer.config = chosen, config
     weights.update(current.weights)
     configs.update(current.configs)
-    return current.graph, settled
+    return current.graph, settled + ties
+
+
+def _tied_readings(
+    current: _Trial,
+    roles: RoleMap,
+    base: dict[str, dict[str, np.ndarray]],
+    badness: Callable[[_Trial], float],
+    best: float,
+) -> tuple[_Trial, list[str]]:
+    """Readings of a layer's roles that the numbers cannot tell from the one kept (equal
+    biases, tied projections): keep, among them, the one closest to Keras's creation
+    order, the evidence the file itself gives, and say so."""
+    notes = []
+    for layer in roles.layers:
+        if layer.evidence != SHAPE_ORDER or not layer.alternatives:
+            continue
+        by_key = {key: base[layer.name][role] for role, key in layer.weights.items()}
+        key_of = {id(array): key for key, array in by_key.items()}
+        kept = {role: key_of[id(a)] for role, a in current.weights[layer.name].items()}
+        tied = []
+        for reading in [dict(layer.weights), *layer.alternatives]:
+            if reading == kept or reading in tied:
+                continue
+            arrays = {role: by_key[key] for role, key in reading.items()}
+            trial = _Trial(current.graph, {**current.weights, layer.name: arrays}, current.configs)
+            if badness(trial) <= best:
+                tied.append(reading)
+        if not tied:
+            continue
+
+        def moved(reading: dict[str, str], layer: Layer = layer) -> int:
+            return sum(reading[role] != key for role, key in layer.weights.items())
+
+        closest = min([kept, *tied], key=moved)  # min keeps the first of equals: kept
+        if closest is not kept:
+            tied = [kept, *(r for r in tied if r is not closest)]
+            arrays = {role: by_key[key] for role, key in closest.items()}
+            current = _Trial(
+                current.graph, {**current.weights, layer.name: arrays}, current.configs
+            )
+        others = "; ".join(
+            ", ".join(f"{role}={key}" for role, key in r.items() if r[role] != closest[role])
+            for r in tied
+        )
+        why = (
+            "Keras's creation order"
+            if moved(closest) == 0
+            else f"the reading closest to Keras's creation order ({moved(closest)} roles moved)"
+        )
+        notes.append(
+            f"{layer.name}: the numbers cannot decide: {len(tied)} other reading(s) agree "
+            f"as well ({others}); kept {why}, the only evidence left to decide"
+        )
+    return current, notes
 
 
 def _choices(current: _Trial, roles: RoleMap, base: dict[str, dict[str, np.ndarray]]):

@@ -69,3 +69,25 @@ def sigint_as_on_a_terminal() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@cache
+def hostile_model_writes_its_file() -> bool:
+    """Positive control for every "the hostile model never runs" test: executing its
+    serving signature with TensorFlow, in a scratch working directory, does write
+    `pwned.txt`. So a test that finds no such file shows the model did not run (and
+    not that the fixture is harmless). Runs once per test run."""
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    old = Path.cwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            loaded = tf.saved_model.load(str(fixture_path("hostile_savedmodel")))
+            loaded.signatures["serving_default"](x=tf.zeros((1, 3)))
+        finally:
+            os.chdir(old)
+        return (Path(scratch) / "pwned.txt").exists()

@@ -37,6 +37,7 @@ from tests.support import (
     fixture,
     fixture_index,
     fixture_path,
+    hostile_model_writes_its_file,
     run_cli,
     sigint_as_on_a_terminal,
 )
@@ -345,6 +346,7 @@ def test_hostile_savedmodel_exports_without_running_anything(tmp_path: Path) -> 
     assert not (ROOT / "pwned.txt").exists()
     assert {p.name for p in src.parent.rglob("*")} == before
     assert load_npz(out)[0]["variables"]
+    assert hostile_model_writes_its_file()  # positive control: run by TensorFlow, it does
 
 
 # --- failures while writing ----------------------------------------------------------------

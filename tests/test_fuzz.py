@@ -87,6 +87,51 @@ def test_damaged_file_gives_a_result_or_one_clear_error(worker, name: str) -> No
     case()
 
 
+# Every byte of these data files belongs to one tensor, and every tensor entry carries
+# the crc32c of its bytes (for strings: of the lengths, their own crc and the bytes).
+# crc32c detects every change of up to three bits in a message of this size, so with
+# checking on such damage must be an error, never an "ok" read of wrong values.
+CRC_COVERED_DATA = ["ckpt-data", "dtypes-data"]
+_bit_flips = st.lists(
+    st.tuples(_position, st.integers(min_value=0, max_value=7)),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda flip: flip[0],
+)
+
+
+@pytest.mark.parametrize("name", CRC_COVERED_DATA)
+def test_changed_tensor_bytes_are_always_detected(worker, fuzz_targets, name: str) -> None:
+    target = fuzz_targets[name]
+    size = (target.source / target.damaged).stat().st_size
+
+    @settings(settings.get_profile(PROFILE))
+    @given(flips=_bit_flips)
+    def case(flips):
+        ops = [("flip", pos % size, bit, b"") for pos, bit in flips]
+        if len({pos % size for pos, _ in flips}) < len(flips):
+            return  # two flips of one byte may cancel
+        outcome, detail = worker.run(name, ops, True)
+        assert outcome == "error" and "crc32c" in detail, f"{name} {ops!r}: {outcome} {detail}"
+
+    case()
+
+
+def test_changed_tensor_bytes_read_with_crc_checks_off(worker, fuzz_targets) -> None:
+    """The counterpart: a bit flipped in a float32 weight reads (a wrong value, no error)
+    with `--no-crc` and is an error with the checks on, so nothing but the crc check
+    stands between the damage and an "ok" read."""
+    from ckpt_tool.readers.bundle import BundleReader
+
+    target = fuzz_targets["ckpt-data"]
+    with BundleReader(target.source / target.opened) as bundle:
+        entry = next(e for e in bundle.entries.values() if e.dtype == 1 and e.size >= 4)
+    flip = [("flip", entry.offset + 1, 3, b"")]  # DT_FLOAT: a mantissa bit
+    assert worker.run("ckpt-data", flip, False)[0] == "ok"
+    outcome, detail = worker.run("ckpt-data", flip, True)
+    assert outcome == "error" and "crc32c" in detail, detail
+
+
 # Cases the long fuzz found, kept as regressions (each was a bug before its fix).
 REGRESSIONS = [
     ("npz-compressed", [("flip", 74, 4, b"")], False),  # zlib.error from a deflated member

@@ -621,10 +621,20 @@ def test_haiku_ungated_attention_without_biases(af, tmp_path: Path) -> None:
 
 def test_haiku_transformer_block(af, tmp_path: Path) -> None:
     """The whole block as AlphaFold 2.0's modules, each built from its manifest entry:
-    Attention, haiku.LayerNorm, common_modules.Linear."""
+    Attention, haiku.LayerNorm, common_modules.Linear. AlphaFold's Attention has no
+    query/key/value biases: the trained block (biases non-zero) is refused, and a copy
+    with those biases zeroed (saved by Keras) ports exactly."""
     import jax
 
-    src = fixture_path("transformer_block_keras")
+    trained = fixture_path("transformer_block_keras")
+    with open_reader(trained) as reader, pytest.raises(LayoutRefused, match="non-zero"):
+        export_npz(reader, tmp_path / "refused.npz", ExportOptions(layout="haiku"))
+    model = keras.saving.load_model(trained)
+    mha = model.get_layer("attention")
+    for part in (mha._query_dense, mha._key_dense, mha._value_dense):
+        part.bias.assign(np.zeros(part.bias.shape, np.float32))
+    src = tmp_path / "no_qkv_biases.keras"
+    model.save(src)
     out = tmp_path / "af.npz"
     manifest, _ = export(src, out, "haiku")
     params = af.flat_params_to_haiku(np.load(out))
@@ -722,9 +732,9 @@ def test_haiku_notes_masks_and_axes_the_caller_must_give(tmp_path: Path) -> None
 
 
 def test_haiku_without_a_config_says_what_it_assumes(tmp_path: Path) -> None:
-    """Weights alone (Keras 3 model.export()) cannot tell the call: the manifest says
+    """Weights alone (a SavedModel's variables) cannot tell the call: the manifest says
     what the port assumes."""
-    manifest, _ = export(fixture_path("seed_keras3_export"), tmp_path / "af.npz", "haiku")
+    manifest, _ = export(fixture_path("mha_nobias_savedmodel"), tmp_path / "af.npz", "haiku")
     assert any("computes keys from its m_data" in note for note in manifest["notes"])
 
 
@@ -854,8 +864,8 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
 
 
 def test_readme_shows_the_tested_walkthrough() -> None:
+    """The walk-through tested above is the one the README shows: a README without it,
+    or with an edited copy, fails here (it never skips)."""
     readme = (FIXTURES.parent / "README.md").read_text()
-    if "--layout torch" not in readme:
-        pytest.skip("README has no torch walk-through yet")
-    assert README_EXPORT in readme
-    assert README_SNIPPET in readme
+    assert README_EXPORT in readme, "README lacks the tested `export --layout torch` command"
+    assert README_SNIPPET in readme, "README's torch snippet differs from the tested one"

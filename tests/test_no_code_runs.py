@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import ROOT, fixture_path, fixtures_where, run_cli
+from tests.support import (
+    ROOT,
+    fixture_path,
+    fixtures_where,
+    hostile_model_writes_its_file,
+    run_cli,
+)
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "torch")
 
@@ -93,6 +99,8 @@ def test_hostile_savedmodel_is_read_without_running_it(tmp_path: Path) -> None:
     assert not any(p.name == "pwned.txt" for p in tmp_path.rglob("*"))
     assert not (ROOT / "pwned.txt").exists()
     assert not any(p.name == "pwned.txt" for p in fixture_path("hostile_savedmodel").rglob("*"))
+    # Positive control: run by TensorFlow, the same model does write the file.
+    assert hostile_model_writes_its_file()
 
 
 # --------------------------------------------------------------------------
@@ -206,6 +214,22 @@ def test_keras_safe_mode_refuses_the_lambda(lambda_keras: Path, tmp_path: Path) 
         os.chdir(old)
     assert "--unsafe" in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_unsafe_mode_runs_the_lambda(lambda_keras: Path, tmp_path: Path) -> None:
+    """Positive control for the two safe-mode tests: with `unsafe=True` (what `verify
+    --unsafe` passes) the same file loads and its Lambda's code runs, leaving its marker."""
+    from ckpt_tool.original import load_original
+
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        original = load_original(lambda_keras, "keras", unsafe=True)
+        original([np.ones((2, 4), np.float32)])
+    finally:
+        os.chdir(old)
+    assert (tmp_path / "lambda-ran.txt").exists()
 
 
 @pytest.mark.slow

@@ -24,7 +24,13 @@ from ckpt_tool.readers import open_reader
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT
 from ckpt_tool.readers.checkpoint import CheckpointReader, resolve
 from tests.readers.bundle_tools import copy_bundle, rewrite_bundle
-from tests.support import fixture, fixture_custom_objects, fixture_path, fixtures_where
+from tests.support import (
+    fixture,
+    fixture_custom_objects,
+    fixture_path,
+    fixtures_where,
+    hostile_model_writes_its_file,
+)
 
 CHECKPOINTS = fixtures_where(format="checkpoint")
 CHECKPOINT_IDS = [f["id"] for f in CHECKPOINTS]
@@ -332,6 +338,7 @@ def test_hostile_savedmodel_is_never_run(readers, tmp_path, monkeypatch):
     reader.signatures()
     reader.close()
     assert not (tmp_path / "pwned.txt").exists()
+    assert hostile_model_writes_its_file()  # positive control: run by TensorFlow, it does
 
 
 # --------------------------------------------------------------------------
