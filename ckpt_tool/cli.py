@@ -49,13 +49,28 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ckpt-tool")
-def cli() -> None:
+@click.option(
+    "--storage-option",
+    "storage_options",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Option for reading URLs (s3://, gs://, http(s)://), passed to the fsspec "
+    "filesystem, e.g. endpoint_url=http://127.0.0.1:8333 or anon=true; repeatable. "
+    "Credentials come from the usual environment variables and config files.",
+)
+def cli(storage_options: tuple[str, ...] = ()) -> None:
     """Open TensorFlow and Keras weight files, name every variable, prove ports numerically.
 
     Reads TF checkpoints (TF1 and TF2), SavedModels, .keras, .weights.h5, legacy .h5 and
     .npz without running any model code. Exit codes: 0 ok, 1 numbers disagree
     (verify, diff), 2 bad usage or an unreadable, missing or corrupt file.
+
+    Paths may be URLs (s3://, gs://, http(s)://, file://): only the bytes a command
+    needs are fetched (pip install 'ckpt-tool[remote]').
     """
+    from ckpt_tool import storage
+
+    storage.configure(dict(storage.parse_option(o) for o in storage_options))
 
 
 def main() -> None:

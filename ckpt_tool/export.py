@@ -46,6 +46,7 @@ from ckpt_tool.layouts import (
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
 from ckpt_tool.rolemap import RoleMap
+from ckpt_tool.storage import is_url
 
 __all__ = [
     "CAST_DTYPES",
@@ -470,6 +471,8 @@ def _umask() -> int:
 def _source_files(source: Path) -> list[Path]:
     """Files the source consists of: the file itself, a directory's files, or a
     checkpoint prefix's .index and .data shards."""
+    if is_url(source):
+        return []  # a URL is never the local OUT
     if source.is_file():
         return [source]
     if source.is_dir():

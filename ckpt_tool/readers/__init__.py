@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.storage import RemotePath, as_path
 
 __all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
 
@@ -32,8 +33,10 @@ FORMATS = tuple(_READERS)
 
 
 def open_reader(path: str | Path, format: str | None = None) -> Reader:
-    """Open a weight file of any supported format; `format` forces one."""
-    path = Path(path)
+    """Open a weight file of any supported format; `format` forces one.
+
+    `path` may also be a URL (s3://, gs://, http(s)://, file://): see storage.py."""
+    path = as_path(path)
     if format is not None:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
@@ -56,6 +59,8 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
 
 def _check_readable(path: Path) -> None:
     """A path no reader recognised because it cannot be read is reported as such."""
+    if isinstance(path, RemotePath):
+        return  # a URL that cannot be read failed with its own message already
     try:
         if path.is_dir():
             os.listdir(path)
@@ -76,4 +81,4 @@ def _names_checkpoint_file(path: Path) -> bool:
 
 
 def _is_checkpoint_prefix(path: Path) -> bool:
-    return Path(str(path) + ".index").exists()
+    return as_path(str(path) + ".index").exists()
