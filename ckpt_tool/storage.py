@@ -39,6 +39,7 @@ MAX_WORKERS = 8  # range requests in flight at once, per read
 RETRIES = 4  # attempts per range before the read fails
 _BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
 
+_SECRET_KEY = re.compile(r"key|secret|token|password|credential|session", re.I)
 _options: dict[str, Any] = {}
 _info_cache: dict[str, dict | None] = {}
 _lock = threading.Lock()
@@ -191,7 +192,7 @@ class RemotePath:
             except FileNotFoundError:
                 return None
 
-        info = _retrying(fetch, self, "look up")
+        info = _retrying(fetch, self, "look it up")
         with _lock:
             _info_cache[key] = info
         return info
@@ -222,7 +223,7 @@ class RemotePath:
 
     def iterdir(self) -> list[RemotePath]:
         fs, fpath = _filesystem(self)
-        entries = _retrying(lambda: fs.ls(fpath, detail=True), self, "list")
+        entries = _retrying(lambda: fs.ls(fpath, detail=True), self, "list it")
         out = []
         for entry in entries:
             child = self / str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
@@ -332,7 +333,7 @@ def read_range(path: RemotePath, start: int, length: int) -> bytes:
             raise _ShortRead(f"got {len(data)} of {length} bytes")
         return data
 
-    data = _retrying(fetch, path, f"read bytes {start}..{start + length} of")
+    data = _retrying(fetch, path, f"read bytes {start}..{start + length}")
     with _lock:
         stats.bytes += len(data)
         stats.requests += 1
@@ -354,17 +355,17 @@ def _retrying(call, path: RemotePath, what: str):
         except PermissionError as e:
             raise RemoteReadError(f"access denied: {_reason(e, path)}", path) from None
         except _ShortRead as e:
-            raise RemoteReadError(f"cannot {what} it: {e}", path) from None
+            raise RemoteReadError(f"cannot {what}: {e}", path) from None
         except (CkptToolError, KeyboardInterrupt):
             raise
         except Exception as e:  # network, timeouts, 5xx: the libraries' own error types
             if _is_permanent(e):
-                raise RemoteReadError(f"cannot {what} it: {_reason(e, path)}", path) from None
+                raise RemoteReadError(f"cannot {what}: {_reason(e, path)}", path) from None
             last = e
             if attempt < RETRIES - 1:
                 time.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
     raise RemoteReadError(
-        f"cannot {what} it after {RETRIES} tries: {_reason(last, path)}", path
+        f"cannot {what} after {RETRIES} tries: {_reason(last, path)}", path
     ) from None
 
 
@@ -382,8 +383,8 @@ def _reason(e: BaseException | None, path: RemotePath) -> str:
     text = text.replace(path.url, str(path))
     if path._query:
         text = text.replace(path._query, "…")
-    for value in _options.values():
-        if isinstance(value, str) and len(value) >= 8:
+    for key, value in _options.items():
+        if isinstance(value, str) and value and _SECRET_KEY.search(key):
             text = text.replace(value, "…")
     return " ".join(text.split())[:300]
 
@@ -404,9 +405,19 @@ def _filesystem(path: RemotePath):
             path,
         ) from None
     options = dict(_options)
+    if path.protocol in ("s3", "s3a"):
+        # One attempt per call inside s3fs and botocore: the retries are ours (RETRIES,
+        # short pauses), so a dead endpoint fails in seconds, not minutes.
+        config = dict(options.pop("config_kwargs", None) or {})
+        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        config.setdefault("connect_timeout", 10)
+        config.setdefault("read_timeout", 60)
+        options["config_kwargs"] = config
     if path.protocol in ("http", "https"):
         options.setdefault("block_size", 0)  # no read-ahead: a range is what we ask for
         fs = cls(**options)
         return fs, path.url
     fs = cls(**options)
+    if path.protocol in ("s3", "s3a"):
+        fs.retries = 1
     return fs, fs._strip_protocol(path.url)

@@ -30,6 +30,12 @@ def _reader_class(format: str) -> type[Reader]:
 
 
 FORMATS = tuple(_READERS)
+# Formats read straight from a URL (range reads); the others need a local copy.
+URL_FORMATS = ("checkpoint",)
+_URL_ONLY = (
+    "not a TensorFlow checkpoint or SavedModel; from a URL only those are read "
+    "(copy a .keras, .h5 or .npz file to disk first)"
+)
 
 
 def open_reader(path: str | Path, format: str | None = None) -> Reader:
@@ -37,13 +43,16 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
 
     `path` may also be a URL (s3://, gs://, http(s)://, file://): see storage.py."""
     path = as_path(path)
+    remote = isinstance(path, RemotePath)
     if format is not None:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
+        if remote and format not in URL_FORMATS:
+            raise UnsupportedFormatError(_URL_ONLY, path)
         return _reader_class(format)(path)
     if not path.exists() and not _is_checkpoint_prefix(path):
         raise NotFoundError("no such file or directory", path)
-    for name in _READERS:
+    for name in URL_FORMATS if remote else _READERS:
         cls = _reader_class(name)
         if cls.sniff(path):
             return cls(path)
@@ -52,6 +61,8 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
         # Meant as a checkpoint or SavedModel: its reader says what is missing or broken
         # (no .index, a `checkpoint` file naming a missing prefix, a damaged table).
         return _reader_class("checkpoint")(path)
+    if remote:
+        raise UnsupportedFormatError(_URL_ONLY, path)
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
     )
