@@ -255,3 +255,9 @@ def test_local_paths_never_import_fsspec(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_verify_of_a_url_asks_for_a_local_copy() -> None:
+    code, _, err = run("verify", "s3://ckpts/anything")
+    assert code == 2
+    assert err.count("\n") == 1 and "needs the files on disk" in err

@@ -9,7 +9,8 @@ import click
 from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
-from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
+from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK, UsageError
+from ckpt_tool.storage import is_url
 from ckpt_tool.verify import MASK_MODES, PRECISIONS, VerifyOptions, verify
 
 
@@ -146,6 +147,12 @@ def command(path: str, format_: str | None, as_json: bool, no_crc: bool, **optio
     2 for usage or input errors. The defaults (atol 1e-5, rtol 1e-4) hold with margin
     for float32 models checked against the float64 NumPy reference.
     """
+    if is_url(path) or is_url(options.get("against") or ""):
+        raise UsageError(
+            "verify runs the model with TensorFlow, which needs the files on disk: copy them "
+            "first (list, export and diff read URLs directly)",
+            path,
+        )
     console.print_note("verify executes the model with TensorFlow (list and export never do)")
     options["custom_objects"] = list(options["custom_objects"])
     opts = VerifyOptions(format=format_, no_crc=no_crc, **options)
