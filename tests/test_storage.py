@@ -261,3 +261,14 @@ def test_verify_of_a_url_asks_for_a_local_copy() -> None:
     code, _, err = run("verify", "s3://ckpts/anything")
     assert code == 2
     assert err.count("\n") == 1 and "needs the files on disk" in err
+
+
+def test_a_signed_url_query_is_used_but_never_shown(http) -> None:
+    secret = "X-Signature=do-not-print-0123456789"
+    assert listing(f"{http.url}/{BERT}/ckpt.index?{secret}") == listing(
+        str(FIXTURES / BERT / "ckpt")
+    )
+    code, _, err = run("list", f"{http.url}/{BERT}/missing.index?{secret}")
+    assert code == 2
+    assert err.count("\n") == 1 and f"{http.url}/{BERT}/missing.index" in err
+    assert "do-not-print" not in err
