@@ -32,7 +32,7 @@ REPO = BENCH.parent
 CACHE = BENCH / ".cache" / "remote"
 sys.path.insert(0, str(REPO))
 
-from tests.object_store import S3_CREDENTIALS, SeaweedS3  # noqa: E402
+from tests.object_store import S3_CREDENTIALS, RangeHTTPServer, SeaweedS3  # noqa: E402
 
 D_MODEL, HEADS, KEY_DIM, FFN, SEED = 768, 12, 64, 3072, 1234
 
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         default=32,
         help="also save the largest size in shards of this many MB (0: no)",
     )
+    parser.add_argument(
+        "--latency-ms", type=int, default=30, help="per-answer delay of the HTTP read-ahead run"
+    )
     args = parser.parse_args(argv)
 
     sizes = [(b, 0) for b in args.blocks]
@@ -206,6 +209,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
         finally:
             server.stop(kill=True)
+
+    # Read-ahead against latency: an HTTP server whose every answer waits --latency-ms,
+    # export with reads in flight (the default) and one read at a time.
+    blocks = max(b for b, shard in prefixes if not shard)
+    prefix = prefixes[(blocks, 0)]
+    server = RangeHTTPServer(CACHE, delay=args.latency_ms / 1000).start()
+    latency = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"{server.url}/{prefix.parent.name}/ckpt-1"
+            for label, parallel in (("8 in flight", "8"), ("serial", "1")):
+                out = Path(tmp) / f"{parallel}.npz"
+                run_env = {**env, "CKPT_TOOL_PARALLEL_READS": parallel}
+                latency[label] = statistics.median(
+                    run_cli(["export", url, "-o", str(out), "--force"], run_env)[0]
+                    for _ in range(args.runs)
+                )
+    finally:
+        server.stop()
+    print()
+    print(
+        f"export of {blocks} blocks over HTTP with {args.latency_ms} ms per answer: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in latency.items())
+    )
 
     print()
     print(

@@ -46,7 +46,7 @@ from ckpt_tool.layouts import (
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
 from ckpt_tool.rolemap import RoleMap
-from ckpt_tool.storage import is_url
+from ckpt_tool.storage import is_url, produce_ahead
 
 __all__ = [
     "CAST_DTYPES",
@@ -257,13 +257,26 @@ def write_npz(
     target = _AtomicTarget(out, force=force)
     with target as fh, zipfile.ZipFile(fh, "w", compression=compression) as zf:
         write_member(zf, MANIFEST_KEY, np.array(json.dumps(plan.manifest, sort_keys=True)))
+        produced = (
+            produce_ahead(plan.arrays, _produce, _source_bytes)  # URLs: reads in flight
+            if is_url(plan.source)
+            else map(_produce, plan.arrays)
+        )
         for arr, (dtype, stored) in zip(plan.arrays, plan.dtypes, strict=True):
-            array = arr.produce()
+            array = next(produced)
             write_member(zf, arr.name, _to_storable(array, dtype, stored, arr, plan.source))
             del array
             if on_array is not None:
                 on_array(arr)
     return ExportResult(out, len(plan.arrays), plan.source_bytes, out.stat().st_size, plan.manifest)
+
+
+def _produce(arr: ExportArray) -> np.ndarray:
+    return arr.produce()
+
+
+def _source_bytes(arr: ExportArray) -> int:
+    return sum(info.nbytes for info in arr.sources)
 
 
 def export_npz(

@@ -23,19 +23,32 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UsageError
 
+T = TypeVar("T")
+R = TypeVar("R")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 CHUNK_BYTES = 8 << 20  # one range request fetches at most this much
-MAX_WORKERS = 8  # range requests in flight at once, per read
+
+
+def _parallel_reads() -> int:
+    """CKPT_TOOL_PARALLEL_READS: range requests in flight at once (default 8; 1: serial)."""
+    try:
+        return max(1, int(os.environ.get("CKPT_TOOL_PARALLEL_READS", "8")))
+    except ValueError:
+        return 8
+
+
+MAX_WORKERS = _parallel_reads()  # range requests in flight at once
 RETRIES = 4  # attempts per range before the read fails
 _BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
 
@@ -300,6 +313,37 @@ class RangeFile(io.RawIOBase):
 
 
 # -- range reads -----------------------------------------------------------------------
+
+AHEAD_BYTES = 256 << 20  # tensors read ahead of the writer, at most this many bytes
+_END = object()
+
+
+def produce_ahead(items: Iterable[T], produce: Callable[[T], R], size: Callable[[T], int]):
+    """produce(item) for each item, in order, with the next items already being produced
+    in threads while the caller works on this one: at most MAX_WORKERS at once and at
+    most AHEAD_BYTES (by size(item)) ahead, always at least one. For URLs, where each
+    tensor is a round trip, this keeps several range reads in flight."""
+    pending: deque[tuple[Future, int]] = deque()
+    queued = 0
+    upcoming = iter(items)
+    with ThreadPoolExecutor(MAX_WORKERS) as pool:
+        try:
+            while True:
+                while len(pending) < MAX_WORKERS and (not pending or queued < AHEAD_BYTES):
+                    item = next(upcoming, _END)
+                    if item is _END:
+                        break
+                    n = size(item)
+                    pending.append((pool.submit(produce, item), n))
+                    queued += n
+                if not pending:
+                    return
+                future, n = pending.popleft()
+                queued -= n
+                yield future.result()
+        finally:
+            for future, _ in pending:
+                future.cancel()
 
 
 def read_into(path: RemotePath, offset: int, out: memoryview) -> None:

@@ -146,6 +146,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     """Static files with `Range: bytes=a-b` answered by 206 Partial Content."""
 
     def send_head(self):
+        time.sleep(self.server.delay)  # type: ignore[attr-defined]
         spec = self.headers.get("Range")
         path = self.translate_path(self.path)
         if not spec or not os.path.isfile(path):
@@ -185,10 +186,12 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 class RangeHTTPServer:
     """A threaded HTTP server for `root` on 127.0.0.1; bytes_sent counts body bytes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, delay: float = 0.0):
+        """`delay`: seconds each answer waits, as a distant server's round trip would."""
         handler = functools.partial(_RangeHandler, directory=str(root))
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.bytes_sent = 0  # type: ignore[attr-defined]
+        self.server.delay = delay  # type: ignore[attr-defined]
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
