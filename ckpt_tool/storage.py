@@ -321,21 +321,22 @@ _END = object()
 def produce_ahead(items: Iterable[T], produce: Callable[[T], R], size: Callable[[T], int]):
     """produce(item) for each item, in order, with the next items already being produced
     in threads while the caller works on this one: at most MAX_WORKERS at once and at
-    most AHEAD_BYTES (by size(item)) ahead, always at least one. For URLs, where each
+    most AHEAD_BYTES (by size(item)) ahead, or one item if it is larger. For URLs, where each
     tensor is a round trip, this keeps several range reads in flight."""
     pending: deque[tuple[Future, int]] = deque()
     queued = 0
     upcoming = iter(items)
+    item = next(upcoming, _END)
     with ThreadPoolExecutor(MAX_WORKERS) as pool:
         try:
             while True:
-                while len(pending) < MAX_WORKERS and (not pending or queued < AHEAD_BYTES):
-                    item = next(upcoming, _END)
-                    if item is _END:
-                        break
+                while item is not _END and len(pending) < MAX_WORKERS:
                     n = size(item)
+                    if pending and queued + n > AHEAD_BYTES:
+                        break
                     pending.append((pool.submit(produce, item), n))
                     queued += n
+                    item = next(upcoming, _END)
                 if not pending:
                     return
                 future, n = pending.popleft()

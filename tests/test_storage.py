@@ -272,3 +272,38 @@ def test_a_signed_url_query_is_used_but_never_shown(http) -> None:
     assert code == 2
     assert err.count("\n") == 1 and f"{http.url}/{BERT}/missing.index" in err
     assert "do-not-print" not in err
+
+
+def test_read_ahead_keeps_order_bounds_bytes_and_raises_in_place(monkeypatch) -> None:
+    import threading
+    import time
+
+    monkeypatch.setattr(storage, "AHEAD_BYTES", 100)
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+
+    def produce(n: int) -> int:
+        with lock:
+            in_flight[0] += n
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.01)
+        return n
+
+    sizes = [30, 30, 30, 30, 200, 10, 10, 40, 40, 40]
+    got = []
+    for n in storage.produce_ahead(sizes, produce, lambda n: n):
+        got.append(n)
+        with lock:
+            in_flight[0] -= n
+    assert got == sizes
+    assert peak[0] == 200  # never more than AHEAD_BYTES, or one item that is larger
+
+    def fail_at_3(n: int) -> int:
+        if n == 3:
+            raise ValueError("the fourth item")
+        return n
+
+    seen = []
+    with pytest.raises(ValueError, match="the fourth item"):
+        for n in storage.produce_ahead(range(8), fail_at_3, lambda n: 1):
+            seen.append(n)
+    assert seen == [0, 1, 2]
