@@ -99,7 +99,7 @@ def parse_option(text: str) -> tuple[str, str]:
     """KEY=VALUE -> (KEY, VALUE); the value is never echoed back in an error."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise UsageError(f"--storage-option wants KEY=VALUE, got a value without '=' for {key!r}")
+        raise UsageError("--storage-option wants KEY=VALUE (one was given without '=')")
     return key.strip(), value
 
 
