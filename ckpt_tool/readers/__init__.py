@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
-from ckpt_tool.storage import RemotePath, as_path
+from ckpt_tool.storage import RemotePath, as_path, produce_ahead
 
-__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader", "read_in_order"]
 
 
 # Reader classes by format, in sniffing order; each module is imported only when its
@@ -66,6 +71,14 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5 or .npz file", path
     )
+
+
+def read_in_order(reader: Reader, infos: list[VariableInfo]) -> Iterator[np.ndarray]:
+    """reader.read() of each variable, in order; from a URL, the next ones are fetched
+    while the caller works on the current one (storage.produce_ahead)."""
+    if isinstance(reader.path, RemotePath):
+        return produce_ahead(infos, lambda info: reader.read(info.key), lambda info: info.nbytes)
+    return (reader.read(info.key) for info in infos)
 
 
 def _check_readable(path: Path) -> None:
