@@ -307,3 +307,16 @@ def test_read_ahead_keeps_order_bounds_bytes_and_raises_in_place(monkeypatch) ->
         for n in storage.produce_ahead(range(8), fail_at_3, lambda n: 1):
             seen.append(n)
     assert seen == [0, 1, 2]
+
+
+def test_diff_filter_fetches_only_the_matching_pairs(s3) -> None:
+    url, local = f"s3://ckpts/{BERT}/ckpt", str(FIXTURES / BERT / "ckpt")
+    pattern = "transformer_layer_1/*"
+    run("list", url, endpoint=s3.endpoint)
+    metadata = storage.stats.bytes
+    code, out, err = run("diff", "--json", "--filter", pattern, local, url, endpoint=s3.endpoint)
+    assert code == 0, err
+    fetched = storage.stats.bytes - metadata
+    matching = json.loads(run("list", "--json", "--filter", pattern, local)[1])["tensors"]
+    assert len(json.loads(out)["pairs"]) == len(matching) > 0
+    assert fetched == sum(t["bytes"] for t in matching)
