@@ -48,7 +48,8 @@ def _parallel_reads() -> int:
         return 8
 
 
-MAX_WORKERS = _parallel_reads()  # range requests in flight at once
+MAX_WORKERS = _parallel_reads()  # range requests in flight at once, in all
+_in_flight = threading.BoundedSemaphore(MAX_WORKERS)
 RETRIES = 4  # attempts per range before the read fails
 _BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
 
@@ -373,7 +374,8 @@ def read_range(path: RemotePath, start: int, length: int) -> bytes:
     fs, fpath = _filesystem(path)
 
     def fetch() -> bytes:
-        data = fs.cat_file(fpath, start=start, end=start + length)
+        with _in_flight:  # read-ahead and chunking together never exceed MAX_WORKERS
+            data = fs.cat_file(fpath, start=start, end=start + length)
         if len(data) != length:
             raise _ShortRead(f"got {len(data)} of {length} bytes")
         return data
