@@ -72,6 +72,7 @@ class SeaweedS3:
             "-ip.bind=127.0.0.1",
             "-webdav=false",
             "-admin.ui=false",
+            "-master.telemetry=false",  # it would report to a server outside this machine
             f"-bucket={self.bucket}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
