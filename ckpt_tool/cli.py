@@ -65,8 +65,9 @@ def cli(storage_options: tuple[str, ...] = ()) -> None:
     .npz without running any model code. Exit codes: 0 ok, 1 numbers disagree
     (verify, diff), 2 bad usage or an unreadable, missing or corrupt file.
 
-    Paths may be URLs (s3://, gs://, http(s)://, file://): only the bytes a command
-    needs are fetched (pip install 'ckpt-tool[remote]').
+    list, export and diff read checkpoints and SavedModels from URLs too (s3://, gs://,
+    http(s)://, file://), fetching only the bytes they need (pip install
+    'ckpt-tool[remote]'; --storage-option goes before the command).
     """
     from ckpt_tool import storage
 

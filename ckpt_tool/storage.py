@@ -137,7 +137,8 @@ class RemotePath:
 
     def __init__(self, url: str, query: str = ""):
         base, sep, q = url.partition("?")
-        self._base = base.rstrip("/") if base.count("/") > 3 else base
+        scheme, _, rest = base.partition("://")
+        self._base = f"{scheme}://{rest.rstrip('/') or rest}"
         self._query = q if sep else query
         self.protocol = self._base.split("://", 1)[0].lower()
 
