@@ -10,9 +10,9 @@ errors, and a read that finally fails is one CkptToolError naming the URL.
 
 fsspec and its filesystems (s3fs, gcsfs, aiohttp) are imported only when a URL is
 opened, so local paths cost exactly what they cost before. No secret is ever part of
-a message: the query string of a URL (a signed URL's signature) is never shown, and
+a message: the query string of a URL (a signed URL's signature) is never shown,
 credentials come from the environment, the libraries' config files or
-`--storage-option`, whose values are never printed.
+`--storage-option`, and the values of secret-looking options are blanked out of errors.
 """
 
 from __future__ import annotations
