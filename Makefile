@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 
-.PHONY: install test lint format fixtures bench fuzz clean
+.PHONY: install test lint format fixtures bench bench-remote fuzz clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ fixtures:
 
 bench:
 	$(PY) bench/run.py
+
+# list and export from a local S3 server (SeaweedFS) against the local copy; see README
+bench-remote:
+	$(PY) bench/bench_remote.py
 
 # Long fuzz of the readers with damaged fixtures (>= 10 minutes on 2 cores):
 # CKPT_FUZZ_EXAMPLES cases per target; prints the outcomes per target at the end.

@@ -80,13 +80,29 @@ def _input_file(ctx: click.Context, args: list[str]) -> str | None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ckpt-tool")
-def cli() -> None:
+@click.option(
+    "--storage-option",
+    "storage_options",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Option for reading URLs (s3://, gs://, http(s)://), passed to the fsspec "
+    "filesystem, e.g. endpoint_url=http://127.0.0.1:8333 or anon=true; repeatable. "
+    "Credentials come from the usual environment variables and config files.",
+)
+def cli(storage_options: tuple[str, ...] = ()) -> None:
     """Open TensorFlow and Keras weight files, name every variable, prove ports numerically.
 
     Reads TF checkpoints (TF1 and TF2), SavedModels, .keras, .weights.h5, legacy .h5,
     .npz and .safetensors without running any model code. Exit codes: 0 ok, 1 numbers disagree
     (verify, diff), 2 bad usage or an unreadable, missing or corrupt file.
+
+    list, export and diff read checkpoints and SavedModels from URLs too (s3://, gs://,
+    http(s)://, file://), fetching only the bytes they need (pip install
+    'ckpt-tool[remote]'; --storage-option goes before the command).
     """
+    from ckpt_tool import storage
+
+    storage.configure(dict(storage.parse_option(o) for o in storage_options))
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from rich.tree import Tree
 
+from ckpt_tool import storage
 from ckpt_tool.listing import ListedTensor, Listing
 from ckpt_tool.table_layout import Column, Row, print_table
 
@@ -75,12 +76,24 @@ def progress(description: str, total: int) -> Iterator[callable]:
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
+        _FetchedColumn(),
         console=err,
         transient=True,
     )
     with bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, fetched_before=storage.stats.bytes)
         yield lambda n=1: bar.advance(task, n)
+
+
+class _FetchedColumn(ProgressColumn):
+    """Bytes fetched from URLs while the bar runs and their rate (empty for local files)."""
+
+    def render(self, task) -> Text:
+        fetched = storage.stats.bytes - task.fields.get("fetched_before", 0)
+        if fetched <= 0:
+            return Text("")
+        rate = f", {human_bytes(fetched / task.elapsed)}/s" if task.elapsed else ""
+        return Text(f"{human_bytes(fetched)} fetched{rate}")
 
 
 def track(items: Iterable[T], description: str, total: int) -> Iterator[T]:

@@ -51,6 +51,7 @@ from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.npz import manifest_beside
 from ckpt_tool.rolemap import RoleMap
+from ckpt_tool.storage import is_url, produce_ahead
 
 if TYPE_CHECKING:
     from ckpt_tool.model import Model
@@ -287,8 +288,13 @@ def write_npz(
         with zipfile.ZipFile(fh, "w", compression=compression) as zf:
             if not plan.manifest_beside:
                 write_member(zf, MANIFEST_KEY, np.array(text))
+            produced = (
+                produce_ahead(plan.arrays, _produce, _source_bytes)  # URLs: reads in flight
+                if is_url(plan.source)
+                else map(_produce, plan.arrays)
+            )
             for arr, (dtype, stored) in zip(plan.arrays, plan.dtypes, strict=True):
-                array = arr.produce()
+                array = next(produced)
                 write_member(zf, arr.name, _to_storable(array, dtype, stored, arr, plan.source))
                 del array
                 if on_array is not None:
@@ -306,6 +312,14 @@ def write_npz(
         plan.manifest,
         beside if plan.manifest_beside else None,
     )
+
+
+def _produce(arr: ExportArray) -> np.ndarray:
+    return arr.produce()
+
+
+def _source_bytes(arr: ExportArray) -> int:
+    return sum(info.nbytes for info in arr.sources)
 
 
 def export_npz(
@@ -524,6 +538,8 @@ def _umask() -> int:
 def _source_files(source: Path) -> list[Path]:
     """Files the source consists of: the file itself, a directory's files, or a
     checkpoint prefix's .index and .data shards."""
+    if is_url(source):
+        return []  # a URL is never the local OUT
     if source.is_file():
         return [source]
     if source.is_dir():

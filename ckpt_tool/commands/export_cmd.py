@@ -21,6 +21,7 @@ from ckpt_tool.export import (
     write_npz,
 )
 from ckpt_tool.readers import open_reader
+from ckpt_tool.storage import as_path
 
 # A progress bar is worth drawing only for exports this large (in tensors or bytes).
 _PROGRESS_MIN_ARRAYS = 50
@@ -153,7 +154,7 @@ def command(
     to = to or ("safetensors" if Path(out).suffix == ".safetensors" else "npz")
     if to == "safetensors" and compress:
         raise UsageError("--compress applies to .npz only; safetensors stores raw bytes")
-    check_target(Path(out), Path(src), force=force)  # refuse before opening SRC
+    check_target(Path(out), as_path(src), force=force)  # refuse before opening SRC
     with _terminate_as_interrupt(), open_reader(src, format_) as reader:
         reader.verify_crc = not no_crc
         plan = plan_export(reader, options)

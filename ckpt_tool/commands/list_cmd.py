@@ -7,7 +7,7 @@ import click
 from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.listing import SORT_KEYS, attach_roles, build_listing, tensor_stats
-from ckpt_tool.readers import open_reader
+from ckpt_tool.readers import open_reader, read_in_order
 
 
 @click.command("list")
@@ -57,8 +57,9 @@ def command(
         if show_roles:
             attach_roles(reader, listing)
         if stats:
+            arrays = read_in_order(reader, [t.info for t in listing.tensors])
             for t in console.track(listing.tensors, "statistics", len(listing.tensors)):
-                t.stats, t.stats_read = tensor_stats(reader.read(t.info.key)), True
+                t.stats, t.stats_read = tensor_stats(next(arrays)), True
     if as_json:
         console.print_json(listing.to_json())
     elif tree:

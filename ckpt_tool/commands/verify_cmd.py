@@ -9,8 +9,9 @@ import click
 from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.compare import DEFAULT_ATOL, DEFAULT_RTOL
-from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK
+from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK, UsageError
 from ckpt_tool.readers import require_path
+from ckpt_tool.storage import is_url
 from ckpt_tool.verify import MASK_MODES, PRECISIONS, VerifyOptions, verify
 
 
@@ -164,6 +165,12 @@ def command(
     disagree, `hint:` lines name the cause where it is known (the original's float32
     rounding, a causal mask the file does not store, roles read from shapes alone).
     """
+    if is_url(path) or is_url(options.get("against") or ""):
+        raise UsageError(
+            "verify runs the model with TensorFlow, which needs the files on disk: copy them "
+            "first (list, export and diff read URLs directly)",
+            path,
+        )
     for given in (path, options.get("against"), options.get("weights")):
         if given:
             require_path(given)  # before saying that it will run anything

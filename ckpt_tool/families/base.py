@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 from ckpt_tool.errors import UsageError
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import Layer, RoleMap
+from ckpt_tool.storage import as_path
 
 if TYPE_CHECKING:
     from ckpt_tool.graph import Graph
@@ -86,7 +87,7 @@ class Family:
     def find_config(self, path: str | Path) -> Path | None:
         """A config file of this family beside a checkpoint, in a SavedModel or its assets
         (and, for a SavedModel written by `save_pretrained`, two levels up)."""
-        path = Path(path)
+        path = as_path(path)
         if path.is_dir():
             places = [path, path / "assets", path.parent, path.parent.parent]
         else:
@@ -102,7 +103,7 @@ class Family:
 def load_json_config(path: str | Path, what: str = "model config") -> dict:
     """A JSON object from a config file; a UsageError naming the file otherwise."""
     try:
-        config = json.loads(Path(path).read_text())
+        config = json.loads(as_path(path).read_text())
     except OSError as exc:
         raise UsageError(f"cannot read the {what}: {exc.strerror}", path) from None
     except ValueError as exc:

@@ -39,6 +39,7 @@ from ckpt_tool.errors import UsageError
 from ckpt_tool.families.base import Family, load_json_config
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import NAMES, Layer, RoleMap
+from ckpt_tool.storage import as_path, is_url
 
 # -- roles ---------------------------------------------------------------------------------
 
@@ -356,7 +357,9 @@ class KerasHubFamily(Family):
         return is_keras_hub_config(config)
 
     def find_config(self, path):
-        path = Path(path)
+        path = as_path(path)
+        if is_url(path):
+            return super().find_config(path)
         if path.is_file() and zipfile.is_zipfile(path):  # a .keras file holds its config
             with zipfile.ZipFile(path) as zf:
                 return path if "config.json" in zf.namelist() else None

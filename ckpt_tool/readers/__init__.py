@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.storage import RemotePath, as_path, produce_ahead
 
-__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader", "require_path"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader", "read_in_order", "require_path"]
 
 
 # Reader classes by format, in sniffing order; each module is imported only when its
@@ -30,17 +36,28 @@ def _reader_class(format: str) -> type[Reader]:
 
 
 FORMATS = tuple(_READERS)
+# Formats read straight from a URL (range reads); the others need a local copy.
+URL_FORMATS = ("checkpoint",)
+_URL_ONLY = (
+    "not a TensorFlow checkpoint or SavedModel; from a URL only those are read "
+    "(copy a .keras, .h5 or .npz file to disk first)"
+)
 
 
 def open_reader(path: str | Path, format: str | None = None) -> Reader:
-    """Open a weight file of any supported format; `format` forces one."""
-    path = Path(path)
+    """Open a weight file of any supported format; `format` forces one.
+
+    `path` may also be a URL (s3://, gs://, http(s)://, file://): see storage.py."""
+    path = as_path(path)
+    remote = isinstance(path, RemotePath)
     if format is not None:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
+        if remote and format not in URL_FORMATS:
+            raise UnsupportedFormatError(_URL_ONLY, path)
         return _reader_class(format)(path)
     require_path(path)
-    for name in _READERS:
+    for name in URL_FORMATS if remote else _READERS:
         cls = _reader_class(name)
         if cls.sniff(path):
             return cls(path)
@@ -49,6 +66,8 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
         # Meant as a checkpoint or SavedModel: its reader says what is missing or broken
         # (no .index, a `checkpoint` file naming a missing prefix, a damaged table).
         return _reader_class("checkpoint")(path)
+    if remote:
+        raise UnsupportedFormatError(_URL_ONLY, path)
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5, .npz or .safetensors file", path
     )
@@ -56,13 +75,23 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
 
 def require_path(path: str | Path) -> None:
     """NotFoundError unless the path exists (or is a checkpoint prefix)."""
-    path = Path(path)
+    path = as_path(path)
     if not path.exists() and not _is_checkpoint_prefix(path):
         raise NotFoundError("no such file or directory", path)
 
 
+def read_in_order(reader: Reader, infos: list[VariableInfo]) -> Iterator[np.ndarray]:
+    """reader.read() of each variable, in order; from a URL, the next ones are fetched
+    while the caller works on the current one (storage.produce_ahead)."""
+    if isinstance(reader.path, RemotePath):
+        return produce_ahead(infos, lambda info: reader.read(info.key), lambda info: info.nbytes)
+    return (reader.read(info.key) for info in infos)
+
+
 def _check_readable(path: Path) -> None:
     """A path no reader recognised because it cannot be read is reported as such."""
+    if isinstance(path, RemotePath):
+        return  # a URL that cannot be read failed with its own message already
     try:
         if path.is_dir():
             os.listdir(path)
@@ -83,4 +112,4 @@ def _names_checkpoint_file(path: Path) -> bool:
 
 
 def _is_checkpoint_prefix(path: Path) -> bool:
-    return Path(str(path) + ".index").exists()
+    return as_path(str(path) + ".index").exists()

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ckpt_tool.storage import as_path
+
 # What a variable is for; list hides everything but WEIGHT unless --all.
 WEIGHT = "weight"
 OPTIMIZER = "optimizer"  # optimizer slots, iterations, learning rate, ...
@@ -47,7 +49,7 @@ class Reader:
     verify_crc: bool = True  # readers of formats with checksums honour this
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = as_path(path)
 
     @classmethod
     def sniff(cls, path: Path) -> bool:

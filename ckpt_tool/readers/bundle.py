@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import protos
+from ckpt_tool.storage import as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
@@ -409,7 +410,7 @@ def _parse_entry(key: str, value: bytes) -> BundleEntry:
 
 
 def data_filename(prefix: str | Path, shard_id: int, num_shards: int) -> Path:
-    return Path(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}")
+    return as_path(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}")
 
 
 class BundleReader:
@@ -421,8 +422,8 @@ class BundleReader:
     """
 
     def __init__(self, prefix: str | Path, verify_crc: bool = True):
-        self.prefix = Path(prefix)
-        self.index_path = Path(f"{self.prefix}.index")
+        self.prefix = as_path(prefix)
+        self.index_path = as_path(f"{self.prefix}.index")
         self.verify_crc = verify_crc
         self._shards: dict[int, tuple[object, mmap.mmap | bytes]] = {}
         try:
@@ -492,7 +493,7 @@ class BundleReader:
             )
         path = self.shard_path(shard_id)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - kept open while mapped
+            f = open_binary(path)
         except FileNotFoundError:
             raise NotFoundError(f"data shard of tensor {key!r} is missing", path) from None
         except OSError as e:
@@ -627,7 +628,7 @@ class BundleReader:
             )
         path = self.shard_path(entry.shard_id)
         try:
-            with open(path, "rb") as f:
+            with open_binary(path) as f:
                 size = f.seek(0, 2)
                 if entry.offset + entry.size > size:
                     return b"", size
@@ -660,7 +661,7 @@ class BundleReader:
             )
         path = self.shard_path(entry.shard_id)
         try:
-            with open(path, "rb") as f:
+            with open_binary(path) as f:
                 size = f.seek(0, 2)
                 if entry.offset + entry.size > size:
                     raise self._corrupt(

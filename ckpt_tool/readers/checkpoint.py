@@ -39,6 +39,7 @@ from ckpt_tool.readers.objgraph import (
     read_saved_model,
     strip_key,
 )
+from ckpt_tool.storage import as_path, open_binary
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -108,7 +109,10 @@ def _state_file_prefix(directory: Path) -> Path | None:
         return None
     target = Path(_unescape_text_proto(match.group(1)))
     prefix = target if target.is_absolute() else directory / target
-    if not Path(f"{prefix}.index").is_file() and Path(f"{directory / target.name}.index").is_file():
+    if (
+        not as_path(f"{prefix}.index").is_file()
+        and as_path(f"{directory / target.name}.index").is_file()
+    ):
         prefix = directory / target.name  # the directory was moved after saving
     return prefix
 
@@ -118,14 +122,14 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
 
     Raises NotFoundError/UnsupportedFormatError when the path is none of them.
     """
-    path = Path(path)
+    path = as_path(path)
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             prefix = path / "variables" / "variables"
-            return (prefix if Path(f"{prefix}.index").is_file() else None), path
+            return (prefix if as_path(f"{prefix}.index").is_file() else None), path
         prefix = _state_file_prefix(path)
         if prefix is not None:
-            if not Path(f"{prefix}.index").is_file():
+            if not as_path(f"{prefix}.index").is_file():
                 raise NotFoundError(
                     f"the `checkpoint` file names {prefix.name!r} but {prefix}.index does not exist",
                     path,
@@ -133,7 +137,7 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
             return prefix, None
         indexes = sorted(path.glob("*.index"))
         if len(indexes) == 1:
-            return Path(str(indexes[0])[: -len(".index")]), None
+            return as_path(str(indexes[0])[: -len(".index")]), None
         if len(indexes) > 1:
             raise UnsupportedFormatError(
                 "directory holds several checkpoints and no `checkpoint` file; "
@@ -149,13 +153,13 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
     if name == "checkpoint" and path.is_file():
         return resolve(path.parent)
     if name.endswith(".index") and path.is_file():
-        return Path(str(path)[: -len(".index")]), None
+        return as_path(str(path)[: -len(".index")]), None
     if _DATA_SUFFIX.search(name):
-        prefix = Path(_DATA_SUFFIX.sub("", str(path)))
-        if Path(f"{prefix}.index").is_file():
+        prefix = as_path(_DATA_SUFFIX.sub("", str(path)))
+        if as_path(f"{prefix}.index").is_file():
             return prefix, None
         raise NotFoundError(f"data shard without its index {prefix.name}.index", path)
-    if Path(f"{path}.index").is_file():
+    if as_path(f"{path}.index").is_file():
         return path, None
     if not path.exists():
         raise NotFoundError("no such file, directory or checkpoint prefix", path)
@@ -166,7 +170,7 @@ def _has_table_magic(index: Path) -> bool:
     """The file ends with the table magic, or exists but cannot be read (permission
     denied): then the reader, not format detection, says what is wrong."""
     try:
-        with open(index, "rb") as f:
+        with open_binary(index) as f:
             if f.seek(0, 2) < 48:
                 return False
             f.seek(-8, 2)
@@ -249,13 +253,13 @@ class CheckpointReader(Reader):
     def sniff(cls, path: Path) -> bool:
         """Cheap: looks at names and the index's 8-byte magic, parses nothing."""
         try:
-            path = Path(path)
+            path = as_path(path)
             if path.is_dir():
                 if (path / "saved_model.pb").is_file():
                     return True
                 prefix = _state_file_prefix(path)
                 if prefix is not None:
-                    return _has_table_magic(Path(f"{prefix}.index"))
+                    return _has_table_magic(as_path(f"{prefix}.index"))
                 indexes = list(path.glob("*.index"))
                 return len(indexes) == 1 and _has_table_magic(indexes[0])
             if path.name.endswith(".index"):
@@ -263,8 +267,8 @@ class CheckpointReader(Reader):
             if path.name in ("saved_model.pb", "checkpoint") and path.is_file():
                 return cls.sniff(path.parent)
             if _DATA_SUFFIX.search(path.name):
-                return _has_table_magic(Path(_DATA_SUFFIX.sub("", str(path)) + ".index"))
-            return _has_table_magic(Path(f"{path}.index"))
+                return _has_table_magic(as_path(_DATA_SUFFIX.sub("", str(path)) + ".index"))
+            return _has_table_magic(as_path(f"{path}.index"))
         except OSError:
             return False
 
@@ -408,7 +412,7 @@ class CheckpointReader(Reader):
 
     def _tf1_order(self) -> dict[str, int]:
         """Creation order of TF1 variables from `<prefix>.meta`, when it is there."""
-        meta = Path(f"{self.prefix}.meta")
+        meta = as_path(f"{self.prefix}.meta")
         return read_meta_graph_order(meta) if meta.is_file() else {}
 
     def _slice_bytes(self) -> dict[str, int]:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from ckpt_tool.errors import NotFoundError, UsageError
+from ckpt_tool.storage import as_path, is_url
 
 _DESCRIPTIONS = {
     "checkpoint": "TensorFlow checkpoint",
@@ -21,7 +22,7 @@ _STEP = re.compile(r"-(\d+)$")  # ckpt-3, model.ckpt-1000
 def describe_format(path: str | Path, format_name: str) -> str:
     """The format in words; a directory with saved_model.pb (or that file itself) is a
     SavedModel, which the checkpoint reader also reads."""
-    path = Path(path)
+    path = as_path(path)
     if format_name == "checkpoint" and (
         (path / "saved_model.pb").is_file() or path.name == "saved_model.pb"
     ):
@@ -51,6 +52,8 @@ def checkpoint_choice(path: str | Path) -> str | None:
     (TensorFlow's `checkpoint` file names the latest); None otherwise."""
     from ckpt_tool.readers.checkpoint import _state_file_prefix
 
+    if is_url(path):  # a bucket has no directory listing to choose from
+        return None
     path = Path(path)
     if not path.is_dir() or (path / "saved_model.pb").is_file():
         return None

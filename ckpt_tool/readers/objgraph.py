@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.bundle import dtype_name
+from ckpt_tool.storage import as_path
 
 # Edges that lead into anonymous lists (or a second view of the same object):
 # a path through them says nothing about what a variable is.
@@ -314,7 +315,7 @@ def _spec(name: str, info) -> TensorSpec:
 
 def read_saved_model(path: str | Path) -> SavedModelInfo:
     """Variables, object identifiers and signatures of a `saved_model.pb`."""
-    path = Path(path)
+    path = as_path(path)
     model = protos.SavedModel()
     try:
         model.ParseFromString(path.read_bytes())
@@ -364,7 +365,7 @@ def read_meta_graph_order(path: str | Path) -> dict[str, int]:
     """Variable name -> creation index from a TF1 `.meta` file's graph (nodes are
     stored in creation order). Partitions `v/part_N` count as `v`. {} if unreadable:
     the order is a nicety, never a reason to fail."""
-    path = Path(path)
+    path = as_path(path)
     try:
         if path.stat().st_size > MAX_META_BYTES:
             return {}
@@ -395,7 +396,7 @@ class KerasNode:
 
 def read_keras_metadata(path: str | Path) -> dict[int, KerasNode]:
     """Per-node Keras metadata (class_name, config) from a tf-keras keras_metadata.pb."""
-    path = Path(path)
+    path = as_path(path)
     saved = protos.SavedMetadata()
     try:
         saved.ParseFromString(path.read_bytes())

@@ -1,0 +1,471 @@
+"""Where a reader's bytes come from: local paths as they are, URLs through fsspec.
+
+`as_path(text)` returns a `pathlib.Path` for a local path (or a `file://` URL) and a
+`RemotePath` for `s3://`, `gs://`, `http(s)://` and any other fsspec URL. A RemotePath
+answers the few pathlib questions the readers ask (name, parent, `/`, exists, is_file,
+is_dir, glob, stat, read_bytes) and `open_binary()` gives a seekable file whose reads
+become HTTP range requests: only the bytes asked for are fetched. Large reads are split
+into chunks fetched in parallel by a bounded pool; each chunk is retried on transient
+errors, and a read that finally fails is one CkptToolError naming the URL.
+
+fsspec and its filesystems (s3fs, gcsfs, aiohttp) are imported only when a URL is
+opened, so local paths cost exactly what they cost before. No secret is ever part of
+a message: the query string of a URL (a signed URL's signature) is never shown,
+credentials come from the environment, the libraries' config files or
+`--storage-option`, and the values of secret-looking options are blanked out of errors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+from ckpt_tool.errors import CkptToolError, NotFoundError, UsageError
+
+T = TypeVar("T")
+R = TypeVar("R")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+CHUNK_BYTES = 8 << 20  # one range request fetches at most this much
+
+
+def _parallel_reads() -> int:
+    """CKPT_TOOL_PARALLEL_READS: range requests in flight at once (default 8; 1: serial)."""
+    try:
+        return max(1, int(os.environ.get("CKPT_TOOL_PARALLEL_READS", "8")))
+    except ValueError:
+        return 8
+
+
+MAX_WORKERS = _parallel_reads()  # range requests in flight at once, in all
+_in_flight = threading.BoundedSemaphore(MAX_WORKERS)
+RETRIES = 4  # attempts per range before the read fails
+_BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
+
+_SECRET_KEY = re.compile(r"key|secret|token|password|credential|session", re.I)
+_options: dict[str, Any] = {}
+_info_cache: dict[str, dict | None] = {}
+_lock = threading.Lock()
+
+
+@dataclass
+class TransferStats:
+    """Bytes fetched from URLs and requests made, since the last reset()."""
+
+    bytes: int = 0
+    requests: int = 0
+
+    def reset(self) -> None:
+        self.bytes = self.requests = 0
+
+
+stats = TransferStats()
+
+
+class RemoteReadError(CkptToolError):
+    """A URL could not be read (after retries): a network or permission problem."""
+
+
+def is_url(path: object) -> bool:
+    return isinstance(path, RemotePath) or bool(_URL.match(str(path)))
+
+
+def configure(options: Mapping[str, str]) -> None:
+    """Storage options from `--storage-option KEY=VALUE`, passed to the fsspec
+    filesystem (e.g. endpoint_url, anon, region_name). "true"/"false" become booleans,
+    digits integers."""
+    _options.clear()
+    for key, value in options.items():
+        low = value.lower()
+        _options[key] = (
+            low == "true"
+            if low in ("true", "false")
+            else (int(value) if value.isdigit() else value)
+        )
+    _info_cache.clear()
+
+
+def parse_option(text: str) -> tuple[str, str]:
+    """KEY=VALUE -> (KEY, VALUE); the value is never echoed back in an error."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError("--storage-option wants KEY=VALUE (one was given without '=')")
+    return key.strip(), value
+
+
+def as_path(path: str | os.PathLike | RemotePath) -> Path | RemotePath:
+    """A pathlib.Path for local paths and file:// URLs, a RemotePath for other URLs."""
+    if isinstance(path, (Path, RemotePath)):
+        return path
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(text[len("file://") :]))
+    if _URL.match(text):
+        return RemotePath(text)
+    return Path(text)
+
+
+def open_binary(path: Path | RemotePath, buffering: int = -1):
+    """A file opened for binary reading: open() for a local path; for a URL, an
+    unbuffered file whose every read is one range read (buffering > 0 adds read-ahead
+    of that many bytes, for parsers that read many small pieces)."""
+    if isinstance(path, RemotePath):
+        return path.open("rb", buffering if buffering > 0 else 0)
+    return open(path, "rb", buffering=buffering)
+
+
+class RemotePath:
+    """A URL with the read-only pathlib surface the readers use.
+
+    The query string (if any) belongs to this object only: it is sent with its reads
+    but never shown, and paths derived from it (`/`, parent, a suffix added with
+    f"{p}.index") do not carry it.
+    """
+
+    def __init__(self, url: str, query: str = ""):
+        base, sep, q = url.partition("?")
+        scheme, _, rest = base.partition("://")
+        self._base = f"{scheme}://{rest.rstrip('/') or rest}"
+        self._query = q if sep else query
+        self.protocol = self._base.split("://", 1)[0].lower()
+
+    # -- naming --
+
+    def __str__(self) -> str:
+        return self._base
+
+    def __repr__(self) -> str:
+        return f"RemotePath({self._base!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and other._base == self._base
+
+    def __hash__(self) -> int:
+        return hash(self._base)
+
+    @property
+    def url(self) -> str:
+        """The full URL, query included (never printed)."""
+        return f"{self._base}?{self._query}" if self._query else self._base
+
+    @property
+    def name(self) -> str:
+        rest = self._base.split("://", 1)[1]
+        return rest.rsplit("/", 1)[-1] if "/" in rest else ""
+
+    @property
+    def suffix(self) -> str:
+        name = self.name
+        i = name.rfind(".")
+        return name[i:] if 0 < i < len(name) - 1 else ""
+
+    @property
+    def parent(self) -> RemotePath:
+        scheme, rest = self._base.split("://", 1)
+        if "/" not in rest:
+            return self
+        return RemotePath(f"{scheme}://{rest.rsplit('/', 1)[0]}")
+
+    def __truediv__(self, other: str) -> RemotePath:
+        return RemotePath(f"{self._base}/{str(other).lstrip('/')}")
+
+    def is_absolute(self) -> bool:
+        return True
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def resolve(self) -> RemotePath:
+        return self
+
+    # -- what is there --
+
+    def _info(self) -> dict | None:
+        """fsspec's info() for the URL, cached; None when nothing is there."""
+        key = self.url
+        with _lock:
+            if key in _info_cache:
+                return _info_cache[key]
+        fs, fpath = _filesystem(self)
+
+        def fetch():
+            try:
+                return fs.info(fpath)
+            except FileNotFoundError:
+                return None
+
+        info = _retrying(fetch, self, "look it up")
+        with _lock:
+            _info_cache[key] = info
+        return info
+
+    def exists(self) -> bool:
+        return self._info() is not None
+
+    def is_file(self) -> bool:
+        info = self._info()
+        return info is not None and info.get("type") == "file"
+
+    def is_dir(self) -> bool:
+        if self.protocol in ("http", "https"):
+            # A web server has no directories, only pages: a SavedModel or checkpoint
+            # directory is recognised by the file it must hold.
+            return (self / "saved_model.pb").is_file() or (self / "checkpoint").is_file()
+        info = self._info()
+        return info is not None and info.get("type") == "directory"
+
+    def stat(self) -> SimpleNamespace:
+        info = self._info()
+        if info is None:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return SimpleNamespace(st_size=int(info.get("size") or 0))
+
+    def size(self) -> int:
+        return self.stat().st_size
+
+    def iterdir(self) -> list[RemotePath]:
+        fs, fpath = _filesystem(self)
+        entries = _retrying(lambda: fs.ls(fpath, detail=True), self, "list it")
+        out = []
+        for entry in entries:
+            child = self / str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            with _lock:
+                _info_cache.setdefault(child.url, entry)
+            out.append(child)
+        return out
+
+    def glob(self, pattern: str) -> list[RemotePath]:
+        """Children whose name matches `pattern` (one level: no '**')."""
+        return [p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern)]
+
+    def rglob(self, pattern: str) -> list[RemotePath]:
+        return []
+
+    # -- bytes --
+
+    def read_bytes(self) -> bytes:
+        size = self.size()
+        buf = bytearray(size)
+        read_into(self, 0, memoryview(buf))
+        return bytes(buf)
+
+    def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self.read_bytes().decode(encoding, errors)
+
+    def open(self, mode: str = "rb", buffering: int = -1):
+        if mode != "rb":
+            raise UsageError(f"a URL is read-only here (mode {mode!r})", self)
+        raw = RangeFile(self)
+        return (
+            raw
+            if buffering == 0
+            else io.BufferedReader(raw, buffering if buffering > 0 else 1 << 16)
+        )
+
+
+class RangeFile(io.RawIOBase):
+    """A seekable read-only file over a URL: each read is a range request."""
+
+    def __init__(self, path: RemotePath):
+        super().__init__()
+        self.path = path
+        self.name = str(path)
+        self._size = path.size()
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        if n:
+            read_into(self.path, self._pos, view[:n])
+        self._pos += n
+        return n
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a URL has no file descriptor")
+
+
+# -- range reads -----------------------------------------------------------------------
+
+AHEAD_BYTES = 256 << 20  # tensors read ahead of the writer, at most this many bytes
+_END = object()
+
+
+def produce_ahead(items: Iterable[T], produce: Callable[[T], R], size: Callable[[T], int]):
+    """produce(item) for each item, in order, with the next items already being produced
+    in threads while the caller works on this one: at most MAX_WORKERS at once and at
+    most AHEAD_BYTES (by size(item)) ahead, or one item if it is larger. For URLs, where each
+    tensor is a round trip, this keeps several range reads in flight."""
+    pending: deque[tuple[Future, int]] = deque()
+    queued = 0
+    upcoming = iter(items)
+    item = next(upcoming, _END)
+    with ThreadPoolExecutor(MAX_WORKERS) as pool:
+        try:
+            while True:
+                while item is not _END and len(pending) < MAX_WORKERS:
+                    n = size(item)
+                    if pending and queued + n > AHEAD_BYTES:
+                        break
+                    pending.append((pool.submit(produce, item), n))
+                    queued += n
+                    item = next(upcoming, _END)
+                if not pending:
+                    return
+                future, n = pending.popleft()
+                queued -= n
+                yield future.result()
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+
+def read_into(path: RemotePath, offset: int, out: memoryview) -> None:
+    """Fill `out` with the bytes of `path` from `offset`: chunks of CHUNK_BYTES fetched
+    in parallel (at most MAX_WORKERS at once), each retried on transient errors."""
+    total = len(out)
+    if total == 0:
+        return
+    starts = range(0, total, CHUNK_BYTES)
+
+    def fetch(start: int) -> None:
+        end = min(start + CHUNK_BYTES, total)
+        data = read_range(path, offset + start, end - start)
+        out[start:end] = data
+
+    if len(starts) == 1:
+        fetch(0)
+        return
+    with ThreadPoolExecutor(min(MAX_WORKERS, len(starts))) as pool:
+        for future in [pool.submit(fetch, s) for s in starts]:
+            future.result()
+
+
+def read_range(path: RemotePath, start: int, length: int) -> bytes:
+    """Bytes start..start+length of `path`, in one range request (with retries)."""
+    fs, fpath = _filesystem(path)
+
+    def fetch() -> bytes:
+        with _in_flight:  # read-ahead and chunking together never exceed MAX_WORKERS
+            data = fs.cat_file(fpath, start=start, end=start + length)
+        if len(data) != length:
+            raise _ShortRead(f"got {len(data)} of {length} bytes")
+        return data
+
+    data = _retrying(fetch, path, f"read bytes {start}..{start + length}")
+    with _lock:
+        stats.bytes += len(data)
+        stats.requests += 1
+    return data
+
+
+class _ShortRead(Exception):
+    """The server sent fewer bytes than asked for (the object changed or is shorter)."""
+
+
+def _retrying(call, path: RemotePath, what: str):
+    """call() with retries on transient errors; a final failure is one RemoteReadError."""
+    last: BaseException | None = None
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except FileNotFoundError:
+            raise NotFoundError("no such object", path) from None
+        except PermissionError as e:
+            raise RemoteReadError(f"access denied: {_reason(e, path)}", path) from None
+        except _ShortRead as e:
+            raise RemoteReadError(f"cannot {what}: {e}", path) from None
+        except (CkptToolError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # network, timeouts, 5xx: the libraries' own error types
+            if _is_permanent(e):
+                raise RemoteReadError(f"cannot {what}: {_reason(e, path)}", path) from None
+            last = e
+            if attempt < RETRIES - 1:
+                time.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+    raise RemoteReadError(
+        f"cannot {what} after {RETRIES} tries: {_reason(last, path)}", path
+    ) from None
+
+
+def _is_permanent(e: BaseException) -> bool:
+    """Errors no retry can fix: missing libraries, bad options, 4xx answers."""
+    if isinstance(e, (ImportError, TypeError, ValueError)):
+        return True
+    status = getattr(e, "status", None) or getattr(e, "code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+
+
+def _reason(e: BaseException | None, path: RemotePath) -> str:
+    """One line saying why, with the URL's query string (a signature) removed."""
+    text = (str(e) or type(e).__name__) if e is not None else "unknown error"
+    text = text.replace(path.url, str(path))
+    if path._query:
+        text = text.replace(path._query, "…")
+    for key, value in _options.items():
+        if isinstance(value, str) and value and _SECRET_KEY.search(key):
+            text = text.replace(value, "…")
+    return " ".join(text.split())[:300]
+
+
+def _filesystem(path: RemotePath):
+    """(fsspec filesystem, path within it) for a URL; imports fsspec on first use."""
+    try:
+        import fsspec
+    except ImportError:
+        raise UsageError(
+            "reading URLs needs fsspec: pip install 'ckpt-tool[remote]'", path
+        ) from None
+    try:
+        cls = fsspec.get_filesystem_class(path.protocol)
+    except (ImportError, ValueError) as e:
+        raise UsageError(
+            f"cannot read {path.protocol}:// URLs ({e}); pip install 'ckpt-tool[remote]'",
+            path,
+        ) from None
+    options = dict(_options)
+    if path.protocol in ("s3", "s3a"):
+        # One attempt per call inside s3fs and botocore: the retries are ours (RETRIES,
+        # short pauses), so a dead endpoint fails in seconds, not minutes.
+        config = dict(options.pop("config_kwargs", None) or {})
+        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        config.setdefault("connect_timeout", 10)
+        config.setdefault("read_timeout", 60)
+        options["config_kwargs"] = config
+    if path.protocol in ("http", "https"):
+        options.setdefault("block_size", 0)  # no read-ahead: a range is what we ask for
+        fs = cls(**options)
+        return fs, path.url
+    fs = cls(**options)
+    if path.protocol in ("s3", "s3a"):
+        fs.retries = 1
+    return fs, fs._strip_protocol(path.url)

@@ -1,0 +1,322 @@
+"""URLs as paths: list, export and diff read TF-made checkpoints and SavedModels from a
+real S3-compatible object store (SeaweedFS on 127.0.0.1) and from an HTTP server with
+Range support, fetching only the bytes they need.
+
+The servers are real and local: `weed mini` with its own data directory and free
+ports, and a threaded http.server. If `weed` cannot start, the tests fail saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ckpt_tool import storage
+from ckpt_tool.cli import cli
+from tests.object_store import S3_CREDENTIALS, RangeHTTPServer, SeaweedS3
+from tests.support import FIXTURES, ROOT
+
+# Real TF/Keras-made fixtures, uploaded under the same relative paths.
+BERT = "keras_hub/bert/bert_checkpoint"  # a keras-hub BERT checkpoint, 2 blocks
+SEED_CKPT = "seed/seed_checkpoint"  # a directory with a `checkpoint` state file
+SEED_SAVEDMODEL = "seed/seed_tfkeras_savedmodel"
+SHARDED = "edge/edge_sharded"  # five data shards
+PARTITIONED = "edge/edge_partitioned"  # partitioned variables (slice entries)
+UPLOADED = (BERT, SEED_CKPT, SEED_SAVEDMODEL, SHARDED, PARTITIONED)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """SeaweedFS serving s3://ckpts with the fixtures uploaded; the client environment
+    holds the credentials (as a user's would)."""
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    server = SeaweedS3(tmp_path_factory.mktemp("weed")).start()
+    try:
+        for rel in UPLOADED:
+            server.upload(FIXTURES / rel, rel)
+        yield server
+    finally:
+        server.stop(kill=True)  # its data directory is thrown away
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def http():
+    server = RangeHTTPServer(FIXTURES).start()
+    yield server
+    server.stop()
+
+
+def run(*args: str, endpoint: str | None = None) -> tuple[int, str, str]:
+    """The CLI in this process; storage.stats counts what it fetched."""
+    options = ["--storage-option", f"endpoint_url={endpoint}"] if endpoint else []
+    storage.stats.reset()
+    result = CliRunner().invoke(cli, [*options, *args], catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{type(result.exception).__name__} escaped: {result.exception}")
+    return result.exit_code, result.stdout, result.stderr
+
+
+def listing(*args: str, endpoint: str | None = None) -> dict:
+    code, out, err = run("list", "--json", "--all", *args, endpoint=endpoint)
+    assert code == 0, err
+    data = json.loads(out)
+    data.pop("path")
+    return data
+
+
+def tensor_bytes(npz: Path) -> int:
+    with np.load(npz) as z:
+        return sum(z[name].nbytes for name in z.files if name != "__manifest__")
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        f"{BERT}/ckpt",
+        SEED_CKPT,
+        f"{SEED_CKPT}/ckpt-1.index",
+        SEED_SAVEDMODEL,
+        f"{SHARDED}/sharded",
+        f"{PARTITIONED}/model.ckpt.data-00000-of-00001",
+    ],
+)
+def test_list_of_a_url_is_the_list_of_the_local_copy(s3, http, rel: str) -> None:
+    local = listing(str(FIXTURES / rel))
+    assert listing(f"s3://ckpts/{rel}", endpoint=s3.endpoint) == local
+    assert listing(f"{http.url}/{rel}") == local
+    assert listing((FIXTURES / rel).as_uri()) == local
+
+
+def test_a_bucket_directory_is_searched_for_its_one_checkpoint(s3) -> None:
+    # no `checkpoint` state file: the directory's one .index is found by listing it
+    assert listing(f"s3://ckpts/{SHARDED}", endpoint=s3.endpoint) == listing(
+        str(FIXTURES / SHARDED)
+    )
+
+
+def test_a_keras_file_at_a_url_asks_for_a_local_copy(http) -> None:
+    keras = next(FIXTURES.rglob("*.keras")).relative_to(FIXTURES)
+    code, _, err = run("list", f"{http.url}/{keras}")
+    assert code == 2
+    assert err.count("\n") == 1 and "copy a .keras" in err
+
+
+def test_list_fetches_the_index_and_object_graph_only(s3) -> None:
+    prefix = FIXTURES / BERT / "ckpt"
+    code, _, err = run("list", f"s3://ckpts/{BERT}/ckpt", endpoint=s3.endpoint)
+    assert code == 0, err
+    index = Path(f"{prefix}.index").stat().st_size
+    data = Path(f"{prefix}.data-00000-of-00001").stat().st_size
+    # the index, its 8-byte magic read while sniffing, and the object graph string
+    assert index < storage.stats.bytes < index + 8 + 16 * 1024 < data
+
+
+def test_export_from_s3_is_the_local_export_byte_for_byte(s3, tmp_path: Path) -> None:
+    local_out, remote_out = tmp_path / "local.npz", tmp_path / "remote.npz"
+    code, _, err = run("export", str(FIXTURES / BERT / "ckpt"), "-o", str(local_out))
+    assert code == 0, err
+    code, _, err = run("list", f"s3://ckpts/{BERT}/ckpt", endpoint=s3.endpoint)
+    metadata = storage.stats.bytes
+    code, _, err = run(
+        "export", f"s3://ckpts/{BERT}/ckpt", "-o", str(remote_out), endpoint=s3.endpoint
+    )
+    assert code == 0, err
+    assert remote_out.read_bytes() == local_out.read_bytes()
+    written = tensor_bytes(remote_out)
+    # Beyond what listing fetches, export fetches the tensors it writes and nothing else.
+    assert written <= storage.stats.bytes - metadata <= 1.05 * written
+
+
+def test_export_filter_fetches_only_matching_tensors(http, tmp_path: Path) -> None:
+    url = f"{http.url}/{BERT}/ckpt"
+    before = http.bytes_sent  # the server counts every body byte it sends
+    code, _, err = run("list", url)
+    assert code == 0, err
+    metadata = http.bytes_sent - before
+    out = tmp_path / "layer1.npz"
+    before = http.bytes_sent
+    code, _, err = run("export", url, "--filter", "transformer_layer_1/*", "-o", str(out))
+    assert code == 0, err
+    fetched = http.bytes_sent - before - metadata
+    written = tensor_bytes(out)
+    with np.load(out) as z:
+        names = [n for n in z.files if n != "__manifest__"]
+    assert names and all(n.startswith("transformer_layer_1/") for n in names)
+    assert written <= fetched <= 1.05 * written
+    everything = Path(f"{FIXTURES / BERT / 'ckpt'}.data-00000-of-00001").stat().st_size
+    assert fetched < everything / 2
+
+
+def test_list_stats_filter_reads_only_matching_tensors(s3) -> None:
+    url = f"s3://ckpts/{BERT}/ckpt"
+    run("list", url, endpoint=s3.endpoint)
+    metadata = storage.stats.bytes
+    code, out, err = run(
+        "list", "--json", "--stats", "--filter", "pooled_dense/*", url, endpoint=s3.endpoint
+    )
+    assert code == 0, err
+    tensors = json.loads(out)["tensors"]
+    assert {t["name"] for t in tensors} == {"pooled_dense/kernel", "pooled_dense/bias"}
+    assert storage.stats.bytes - metadata == sum(t["bytes"] for t in tensors)
+    local = json.loads(
+        run(
+            "list", "--json", "--stats", "--filter", "pooled_dense/*", str(FIXTURES / BERT / "ckpt")
+        )[1]
+    )
+    assert tensors == local["tensors"]
+
+
+@pytest.mark.parametrize("rel", [f"{BERT}/ckpt", SEED_SAVEDMODEL, f"{PARTITIONED}/model.ckpt"])
+def test_diff_of_a_local_checkpoint_and_its_s3_copy_finds_no_difference(s3, rel: str) -> None:
+    code, out, err = run("diff", str(FIXTURES / rel), f"s3://ckpts/{rel}", endpoint=s3.endpoint)
+    assert code == 0, err
+    assert " 0 differ" in out and "0 only in A, 0 only in B" in out
+
+
+def test_a_missing_object_is_one_line(s3) -> None:
+    code, _, err = run("list", "s3://ckpts/no/such/ckpt", endpoint=s3.endpoint)
+    assert code == 2
+    assert err.count("\n") == 1 and "s3://ckpts/no/such/ckpt" in err
+
+
+def test_wrong_credentials_are_one_line_that_never_shows_the_secret(s3) -> None:
+    secret = "wrong-secret-0123456789"
+    code, _, err = run(
+        "--storage-option",
+        "key=" + S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "--storage-option",
+        f"secret={secret}",
+        "list",
+        f"s3://ckpts/{BERT}/ckpt",
+        endpoint=s3.endpoint,
+    )
+    assert code == 2
+    assert err.count("\n") == 1 and f"s3://ckpts/{BERT}/ckpt" in err
+    assert secret not in err
+
+
+def test_server_stopped_mid_export_leaves_nothing_and_says_so(tmp_path, monkeypatch) -> None:
+    """A second server, killed (SIGKILL) after the export has read a few tensors."""
+    for k, v in S3_CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(storage, "_BACKOFF", (0.05,))  # the retries, without the waits
+    server = SeaweedS3(tmp_path / "weed").start()
+    try:
+        url = server.upload(FIXTURES / BERT, "bert")
+        original = storage.read_range
+        reads = []
+
+        def read_then_crash(path, start, length):
+            if ".data-" in str(path):
+                reads.append(start)
+                if len(reads) == 3:
+                    server.stop(kill=True)
+            return original(path, start, length)
+
+        monkeypatch.setattr(storage, "read_range", read_then_crash)
+        out_dir = tmp_path / "out"
+        out_dir.mkdir()
+        code, _, err = run(
+            "export", f"{url}/ckpt", "-o", str(out_dir / "bert.npz"), endpoint=server.endpoint
+        )
+    finally:
+        server.stop()
+    assert len(reads) >= 3
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert "cannot read bytes" in err and f"{url}/ckpt.data-00000-of-00001" in err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_local_paths_never_import_fsspec(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from ckpt_tool.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['export', {str(FIXTURES / BERT / 'ckpt')!r}, "
+        f"'-o', {str(tmp_path / 'x.npz')!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('fsspec', 's3fs', 'aiohttp', 'botocore') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_verify_of_a_url_asks_for_a_local_copy() -> None:
+    code, _, err = run("verify", "s3://ckpts/anything")
+    assert code == 2
+    assert err.count("\n") == 1 and "needs the files on disk" in err
+
+
+def test_a_signed_url_query_is_used_but_never_shown(http) -> None:
+    secret = "X-Signature=do-not-print-0123456789"
+    assert listing(f"{http.url}/{BERT}/ckpt.index?{secret}") == listing(
+        str(FIXTURES / BERT / "ckpt")
+    )
+    code, _, err = run("list", f"{http.url}/{BERT}/missing.index?{secret}")
+    assert code == 2
+    assert err.count("\n") == 1 and f"{http.url}/{BERT}/missing.index" in err
+    assert "do-not-print" not in err
+
+
+def test_read_ahead_keeps_order_bounds_bytes_and_raises_in_place(monkeypatch) -> None:
+    import threading
+    import time
+
+    monkeypatch.setattr(storage, "AHEAD_BYTES", 100)
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+
+    def produce(n: int) -> int:
+        with lock:
+            in_flight[0] += n
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.01)
+        return n
+
+    sizes = [30, 30, 30, 30, 200, 10, 10, 40, 40, 40]
+    got = []
+    for n in storage.produce_ahead(sizes, produce, lambda n: n):
+        got.append(n)
+        with lock:
+            in_flight[0] -= n
+    assert got == sizes
+    assert peak[0] == 200  # never more than AHEAD_BYTES, or one item that is larger
+
+    def fail_at_3(n: int) -> int:
+        if n == 3:
+            raise ValueError("the fourth item")
+        return n
+
+    seen = []
+    with pytest.raises(ValueError, match="the fourth item"):
+        for n in storage.produce_ahead(range(8), fail_at_3, lambda n: 1):
+            seen.append(n)
+    assert seen == [0, 1, 2]
+
+
+def test_diff_filter_fetches_only_the_matching_pairs(s3) -> None:
+    url, local = f"s3://ckpts/{BERT}/ckpt", str(FIXTURES / BERT / "ckpt")
+    pattern = "transformer_layer_1/*"
+    run("list", url, endpoint=s3.endpoint)
+    metadata = storage.stats.bytes
+    code, out, err = run("diff", "--json", "--filter", pattern, local, url, endpoint=s3.endpoint)
+    assert code == 0, err
+    fetched = storage.stats.bytes - metadata
+    matching = json.loads(run("list", "--json", "--filter", pattern, local)[1])["tensors"]
+    assert len(json.loads(out)["pairs"]) == len(matching) > 0
+    assert fetched == sum(t["bytes"] for t in matching)
