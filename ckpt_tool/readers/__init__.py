@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.readers.regular_file import open_regular, refuse_special
 
 __all__ = ["FORMATS", "Reader", "VariableInfo", "open_reader"]
 
@@ -34,6 +35,7 @@ FORMATS = tuple(_READERS)
 def open_reader(path: str | Path, format: str | None = None) -> Reader:
     """Open a weight file of any supported format; `format` forces one."""
     path = Path(path)
+    refuse_special(path)  # a FIFO or device would hang or never end when sniffed
     if format is not None:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
@@ -60,8 +62,7 @@ def _check_readable(path: Path) -> None:
         if path.is_dir():
             os.listdir(path)
         elif path.exists():
-            with open(path, "rb"):
-                pass
+            open_regular(path).close()
     except OSError as e:
         raise CkptToolError(f"cannot read: {e.strerror or e}", path) from None
 

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import protos
+from ckpt_tool.readers.regular_file import open_regular, read_regular_bytes
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
@@ -426,7 +427,7 @@ class BundleReader:
         self.verify_crc = verify_crc
         self._shards: dict[int, tuple[object, mmap.mmap | bytes]] = {}
         try:
-            data = self.index_path.read_bytes()
+            data = read_regular_bytes(self.index_path)
         except FileNotFoundError:
             raise NotFoundError("checkpoint index not found", self.index_path) from None
         except IsADirectoryError:
@@ -492,7 +493,7 @@ class BundleReader:
             )
         path = self.shard_path(shard_id)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - kept open while mapped
+            f = open_regular(path)  # kept open while mapped
         except FileNotFoundError:
             raise NotFoundError(f"data shard of tensor {key!r} is missing", path) from None
         except OSError as e:
@@ -627,7 +628,7 @@ class BundleReader:
             )
         path = self.shard_path(entry.shard_id)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 size = f.seek(0, 2)
                 if entry.offset + entry.size > size:
                     return b"", size
@@ -660,7 +661,7 @@ class BundleReader:
             )
         path = self.shard_path(entry.shard_id)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 size = f.seek(0, 2)
                 if entry.offset + entry.size > size:
                     raise self._corrupt(

@@ -39,8 +39,10 @@ from ckpt_tool.readers.objgraph import (
     read_saved_model,
     strip_key,
 )
+from ckpt_tool.readers.regular_file import open_regular, read_small
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+MAX_STATE_FILE_BYTES = 16 << 20  # a `checkpoint` state file is a few lines of text
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.M)
 
@@ -100,9 +102,10 @@ def _state_file_prefix(directory: Path) -> Path | None:
     """The prefix named by `directory/checkpoint` (model_checkpoint_path), if any."""
     state = directory / "checkpoint"
     try:
-        text = state.read_text(encoding="utf-8", errors="replace")
+        raw = read_small(state, MAX_STATE_FILE_BYTES, "the `checkpoint` state file")
     except OSError:
         return None
+    text = raw.decode("utf-8", errors="replace")
     match = _STATE_LINE.search(text)
     if not match:
         return None
@@ -166,7 +169,7 @@ def _has_table_magic(index: Path) -> bool:
     """The file ends with the table magic, or exists but cannot be read (permission
     denied): then the reader, not format detection, says what is wrong."""
     try:
-        with open(index, "rb") as f:
+        with open_regular(index) as f:
             if f.seek(0, 2) < 48:
                 return False
             f.seek(-8, 2)

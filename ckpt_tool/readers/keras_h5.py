@@ -23,7 +23,13 @@ import numpy as np
 from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import keras_weight_names as kwn
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
-from ckpt_tool.readers.hdf5_guard import check_global_heaps
+from ckpt_tool.readers.budget import allowance
+from ckpt_tool.readers.hdf5_guard import (
+    check_global_heaps,
+    check_self_contained,
+    outside_reference,
+)
+from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
     MemberFile,
     MiB,
@@ -73,7 +79,7 @@ def hdf5_errors(path: Path, doing: str):
 
 def has_hdf5_magic(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
     except OSError:
         return False
@@ -91,6 +97,7 @@ def open_h5(source: Any, path: Path, what: str = "file") -> h5py.File:
         ) from None
     try:
         check_global_heaps(f, source, path)  # before any string attribute is read
+        check_self_contained(f, path)  # no byte read from any other file
     except BaseException:
         f.close()
         raise
@@ -103,6 +110,8 @@ def _h5_layout(path: Path) -> str | None:
         return None
     try:
         with h5py.File(path, "r") as f:
+            if outside_reference(f) is not None:  # checking the layout would follow it
+                return "weights" if path.name.endswith(".weights.h5") else "legacy"
             if _is_legacy_layout(f):
                 return "legacy"
             if _is_weights_layout(f):
@@ -205,6 +214,17 @@ def _check_stored_size(ds: h5py.Dataset, path: Path) -> None:
             f"but the file stores {stored} for it",
             path,
         )
+    chunks = ds.chunks
+    if chunks:
+        # HDF5 inflates a whole chunk to read any element of it, and chunks may be far
+        # larger than the dataset (a resizable one): bound them before reading.
+        chunk_bytes = int(np.prod(chunks, dtype=object)) * ds.dtype.itemsize
+        if chunk_bytes > allowance(nbytes):
+            raise CorruptFileError(
+                f"dataset {ds.name!r} holds {nbytes} bytes in chunks of {chunk_bytes} bytes "
+                f"each (more than the {allowance(nbytes)} allowed to read it)",
+                path,
+            )
 
 
 def _read_dataset(ds: h5py.Dataset, dtype: np.dtype, path: Path) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
     MAX_MEMBER_BYTES,
     MEMBER_READ_ERRORS,
@@ -231,7 +232,7 @@ class NpzReader(Reader):
     @staticmethod
     def _is_npy(path: Path) -> bool:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 return f.read(len(NPY_MAGIC)) == NPY_MAGIC
         except OSError:
             return False
@@ -255,7 +256,7 @@ class NpzReader(Reader):
     # -- opening
 
     def _open_npy(self) -> None:
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             shape, fortran, dtype = _read_header(f, "the .npy file", self.path)
             offset = f.tell()
         size = self.path.stat().st_size

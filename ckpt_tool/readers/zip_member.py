@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
+from ckpt_tool.readers.regular_file import open_regular
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -52,7 +53,7 @@ _LOCAL_MAGIC = b"PK\x03\x04"
 def is_zip(path: Path) -> bool:
     """Cheap check: the file starts like a zip archive."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(4)
     except OSError:
         return False
