@@ -45,6 +45,7 @@ from ckpt_tool.layouts import (
 )
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.regular_file import special_kind
 from ckpt_tool.rolemap import RoleMap
 
 __all__ = [
@@ -181,6 +182,9 @@ def check_target(out: Path, source: Path, *, force: bool) -> None:
         raise UsageError("output is a directory", out)
     if any(_same_file(out, f) for f in _source_files(source)):
         raise UsageError("output would overwrite the source", out)
+    kind = _special_kind(out)
+    if kind is not None:  # --force replaces files, never a FIFO or a device
+        raise UsageError(f"is {kind}, not a regular file; refusing to replace it", out)
     if (out.exists() or out.is_symlink()) and not force:
         raise UsageError("already exists; use --force to overwrite", out)
 
@@ -252,6 +256,7 @@ def write_npz(
     place at the end. on_array(array) is called after each member (for progress)."""
     out = Path(out)
     check_target(out, plan.source, force=force)
+    check_member_names(plan)
     compression = zipfile.ZIP_DEFLATED if plan.compress else zipfile.ZIP_STORED
     target = _AtomicTarget(out, force=force)
     with target as fh, zipfile.ZipFile(fh, "w", compression=compression) as zf:
@@ -263,6 +268,23 @@ def write_npz(
             if on_array is not None:
                 on_array(arr)
     return ExportResult(out, len(plan.arrays), plan.source_bytes, out.stat().st_size, plan.manifest)
+
+
+def check_member_names(plan: ExportPlan) -> None:
+    """Refuse names a zip cannot hold as given: zipfile cuts a name at its first NUL
+    byte, so two names differing after it would become one member (a tensor lost)."""
+    seen: dict[str, str] = {}
+    for arr in plan.arrays:
+        member = arr.name + ".npy"
+        if zipfile.ZipInfo(member).filename != member:
+            raise UsageError(
+                f"tensor name {arr.name!r} cannot be a zip member name as it is "
+                "(a NUL byte or a path separator it would lose)",
+                plan.source,
+            )
+        if member in seen:
+            raise UsageError(f"two tensors would both be stored as {arr.name!r}", plan.source)
+        seen[member] = arr.name
 
 
 def export_npz(
@@ -433,6 +455,14 @@ class _AtomicTarget:
             pass  # closing a file on a full disk can fail again; it is removed below
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
+
+
+def _special_kind(out: Path) -> str | None:
+    """What `out` (through symlinks) is when it exists and is neither a file nor a dir."""
+    try:
+        return special_kind(os.stat(out).st_mode)
+    except (OSError, ValueError):
+        return None
 
 
 def _os_error(exc: OSError, out: Path) -> CkptToolError:

@@ -33,6 +33,7 @@ from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
     MemberFile,
     MiB,
+    check_archive_inflation,
     is_zip,
     open_zip,
     read_member,
@@ -689,6 +690,7 @@ class KerasArchiveReader(_H5Reader):
         self._zip = open_zip(self.path)
         self._member: MemberFile | None = None
         try:
+            check_archive_inflation(self._zip, self.path)
             names = set(self._zip.namelist())
             if WEIGHTS_MEMBER not in names:
                 if "model.weights.npz" in names:

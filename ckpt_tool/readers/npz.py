@@ -28,6 +28,7 @@ from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
     MAX_MEMBER_BYTES,
     MEMBER_READ_ERRORS,
+    check_archive_inflation,
     check_member,
     is_zip,
     open_zip,
@@ -133,13 +134,20 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _named_dtype(name: str) -> np.dtype | None:
-    ml_type = getattr(ml_dtypes, name, None)
-    if ml_type is not None:
-        return np.dtype(ml_type)
-    try:
-        return np.dtype(name)
-    except (TypeError, ValueError):  # ValueError: not encodable (lone surrogates)
+    """The ml_dtypes type a manifest names (bfloat16, float8_*, int4, ...), else None.
+
+    Only these are stored as bit containers; any other name (`O`, `V8`, `M8`, `U2`,
+    `c8`, even `float32`) never reinterprets the stored bytes."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         return None
+    ml_type = getattr(ml_dtypes, name, None)
+    if not isinstance(ml_type, type):
+        return None
+    try:
+        dtype = np.dtype(ml_type)
+    except (TypeError, ValueError):
+        return None
+    return dtype if dtype.kind == "V" and dtype.fields is None and dtype.subdtype is None else None
 
 
 # --------------------------------------------------------------------------
@@ -176,6 +184,11 @@ def _read_header(fp: IO[bytes], what: str, path: Path) -> tuple[tuple[int, ...],
     if dtype.fields is not None:
         raise UnsupportedFormatError(
             f"{what} is a structured array ({dtype}); weights are plain", path
+        )
+    if dtype.kind in "mM" or (dtype.kind == "V" and dtype.itemsize not in (1, 2)):
+        raise UnsupportedFormatError(
+            f"{what} has dtype {dtype} (dates, times or opaque records); weights are numbers",
+            path,
         )
     if any(d < 0 for d in shape):
         raise CorruptFileError(f"{what}: negative dimension in shape {tuple(shape)}", path)
@@ -269,6 +282,7 @@ class NpzReader(Reader):
 
     def _open_npz(self) -> None:
         self._zip = open_zip(self.path)
+        check_archive_inflation(self._zip, self.path)
         file_size = self.path.stat().st_size
         for info in self._zip.infolist():
             if not info.filename.endswith(".npy") or info.is_dir():

@@ -90,6 +90,20 @@ def check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: 
         )
 
 
+def check_archive_inflation(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse an archive whose compressed members together inflate past the bomb rule:
+    many members each just under the per-member threshold add up as one bomb does."""
+    packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    inflated = sum(i.file_size for i in packed)
+    compressed = sum(i.compress_size for i in packed)
+    if inflated > BOMB_FLOOR_BYTES and inflated > BOMB_MAX_RATIO * max(compressed, 1):
+        raise CorruptFileError(
+            f"{len(packed)} compressed members would inflate {compressed} bytes to "
+            f"{inflated}: refused as a likely decompression bomb",
+            path,
+        )
+
+
 def read_member(zf: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes:
     """The whole member as bytes, refusing it if it declares more than `limit`."""
     info = get_info(zf, name, path)
