@@ -12,6 +12,7 @@ the file and, when there is one, the tensor.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import struct
 from dataclasses import dataclass
@@ -784,6 +785,7 @@ class BundleReader:
                 f"tensor {key!r}: its slices hold {covered} elements, "
                 f"its shape {entry.shape} has {entry.num_elements}"
             )
+        self._check_distinct_bytes(key, [part for _, part in pieces])
         dt = _NUMPY_DTYPES.get(entry.dtype)
         out = np.empty(entry.shape, dtype=dt if dt is not None else object)
         filled = np.zeros(entry.shape, dtype=bool)
@@ -793,6 +795,18 @@ class BundleReader:
             out[index] = self._read_entry(part, key)
             filled[index] = True
         return out
+
+    def _check_distinct_bytes(self, key: str, parts: list[BundleEntry]) -> None:
+        """Slices must each have bytes of their own: slice entries that point at the
+        same shard bytes would let a small shard claim a tensor of any size (TensorFlow
+        writes every slice once). Checked before the whole tensor is allocated."""
+        spans = sorted((p.shard_id, p.offset, p.offset + p.size) for p in parts if p.size)
+        for (shard_a, _, end_a), (shard_b, start_b, _) in itertools.pairwise(spans):
+            if shard_a == shard_b and start_b < end_a:
+                raise self._corrupt(
+                    f"tensor {key!r}: two of its slices point at the same bytes {start_b}..{end_a} "
+                    f"of shard {shard_a}"
+                )
 
 
 def _from_big_endian(raw: np.ndarray, dt: np.dtype) -> np.ndarray:
