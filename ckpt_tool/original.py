@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError, UnsupportedFormatError
+from ckpt_tool.safe_json import loads_json
 
 
 @dataclass
@@ -412,12 +413,11 @@ class _KerasModel(OriginalModel):
 def _import_config_packages(path: Path) -> None:
     """Import keras_hub before loading a .keras file whose config names its classes (it
     registers them; safe mode stays as it is)."""
-    import json
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            config = json.loads(zf.read("config.json"))
+            config = loads_json(zf.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return  # Keras reports what is wrong with the file
     if isinstance(config, dict) and any(

@@ -9,7 +9,6 @@ family by name: roles, graph, verify and the layouts ask the registry.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 from ckpt_tool.errors import UsageError
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import Layer, RoleMap
+from ckpt_tool.safe_json import loads_json, read_config_text
 
 if TYPE_CHECKING:
     from ckpt_tool.graph import Graph
@@ -102,7 +102,7 @@ class Family:
 def load_json_config(path: str | Path, what: str = "model config") -> dict:
     """A JSON object from a config file; a UsageError naming the file otherwise."""
     try:
-        config = json.loads(Path(path).read_text())
+        config = loads_json(read_config_text(path))
     except OSError as exc:
         raise UsageError(f"cannot read the {what}: {exc.strerror}", path) from None
     except ValueError as exc:

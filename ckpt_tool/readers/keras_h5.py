@@ -9,7 +9,6 @@ config (see keras_weight_names). Legacy `.h5` files name every weight
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from ckpt_tool.readers.zip_member import (
     read_member,
     reason,
 )
+from ckpt_tool.safe_json import loads_json
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -269,7 +269,7 @@ def _object_addresses(f: h5py.File) -> dict[str, int]:
 
 def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
     try:
-        value = json.loads(raw)
+        value = loads_json(raw)
     except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise CorruptFileError(f"{what} is not valid JSON ({reason(e)})", path) from None
     if not isinstance(value, dict):

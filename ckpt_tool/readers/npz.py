@@ -12,7 +12,6 @@ Every key starting with `__` is bookkeeping, not a weight.
 
 from __future__ import annotations
 
-import json
 import tokenize
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from ckpt_tool.readers.zip_member import (
     reason,
     stored_data_offset,
 )
+from ckpt_tool.safe_json import loads_json
 
 NPY_MAGIC = b"\x93NUMPY"
 MANIFEST_KEY = "__manifest__"
@@ -85,7 +85,7 @@ def parse_manifest(raw: np.ndarray, path: Path) -> dict[str, ManifestEntry]:
     """
     text = _manifest_text(raw, path)
     try:
-        doc = json.loads(text)
+        doc = loads_json(text)
     except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise CorruptFileError(f"{MANIFEST_KEY} is not valid JSON ({reason(e)})", path) from None
     variables = doc.get("variables") if isinstance(doc, dict) else doc

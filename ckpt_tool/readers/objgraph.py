@@ -15,7 +15,6 @@ class name and config of every layer.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.bundle import dtype_name
+from ckpt_tool.safe_json import loads_json
 
 # Edges that lead into anonymous lists (or a second view of the same object):
 # a path through them says nothing about what a variable is.
@@ -475,7 +475,7 @@ def read_keras_metadata(path: str | Path) -> dict[int, KerasNode]:
     out = {}
     for node in saved.nodes:
         try:
-            meta = json.loads(node.metadata) if node.metadata else {}
+            meta = loads_json(node.metadata) if node.metadata else {}
         except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
             raise CorruptFileError(
                 f"keras_metadata.pb: metadata of {node.node_path!r} is not JSON: {e}", path
