@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.tree import Tree
 
 from ckpt_tool.listing import ListedTensor, Listing
+from ckpt_tool.shown import shown
 
 T = TypeVar("T")
 
@@ -23,6 +24,12 @@ out = Console(highlight=False, soft_wrap=False)
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 200  # piped to a file or a program: do not fold names at 80 columns
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """Text from a file, safe to print through rich: control characters made visible
+    (a name cannot break a row or send terminal escapes) and markup escaped."""
+    return _markup_escape(shown(text))
 
 
 def print_error(message: str) -> None:
@@ -154,6 +161,8 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 
 def _plain_table(title: str, headers: list[str], rows: list[list]) -> None:
+    title = shown(title)
+    rows = [[[shown(n) for n in row[0]], *(shown(c) for c in row[1:])] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths[0] = max(widths[0], *(len(line) for line in row[0]))
@@ -223,11 +232,11 @@ def render_roles(role_map, infos_by_key: dict | None = None) -> None:
             name = info.name if info is not None else key
             table.add_row(
                 escape(layer.name) if first else "",
-                layer.class_name if first else "",
+                escape(layer.class_name or "") if first else "",
                 escape(role),
                 escape(name),
                 shape,
-                layer.evidence if first else "",
+                escape(layer.evidence or "") if first else "",
             )
             first = False
         for note in layer.notes:
@@ -258,7 +267,7 @@ def _agreement_table(title: str, agreements) -> Table:
         table.add_column(col, justify="right" if col not in ("", "shape") else "left")
     for a in agreements:
         table.add_row(
-            a.name,
+            escape(a.name),
             _shape(a.shape),
             f"{a.max_abs:.3g}",
             f"{a.mean_abs:.3g}",
@@ -273,19 +282,19 @@ def _agreement_table(title: str, agreements) -> Table:
 
 
 def render_verify(report) -> None:
-    out.print(f"[bold]{report.path}[/] ({report.format})")
-    out.print(f"original: {report.original}")
-    out.print(f"weights:  {report.weights_source}")
-    out.print(f"graph:    {report.graph_source}; NumPy in {report.precision}")
+    out.print(f"[bold]{escape(str(report.path))}[/] ({report.format})")
+    out.print(f"original: {escape(str(report.original))}")
+    out.print(f"weights:  {escape(str(report.weights_source))}")
+    out.print(f"graph:    {escape(str(report.graph_source))}; NumPy in {report.precision}")
     render_roles(report.roles, report.variables)
     for line in report.settled:
-        out.print(f"[cyan]settled[/] {line}")
+        out.print(f"[cyan]settled[/] {escape(line)}")
     for run in report.runs:
         out.print(_agreement_table(f"outputs, inputs: {run.label}", run.outputs))
         if run.layers is not None:
             out.print(_agreement_table("per layer", run.layers))
             if run.first_divergent:
-                out.print(f"first layer that diverges: [bold red]{run.first_divergent}[/]")
+                out.print(f"first layer that diverges: [bold red]{escape(run.first_divergent)}[/]")
     if report.runs:
         a = report.runs[0].outputs[0] if report.runs[0].outputs else None
         tol = f" (atol {a.atol:g}, rtol {a.rtol:g})" if a else ""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
 
-from ckpt_tool.console import err, human_bytes, out
+from ckpt_tool.console import err, escape, human_bytes, out
 from ckpt_tool.diff import EQUAL, DiffReport, PairDiff
 from ckpt_tool.export import ExportResult
 
