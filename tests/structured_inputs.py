@@ -99,6 +99,10 @@ def hdf5_layouts(draw) -> dict[str, Any]:
     chunks = None
     if layout == "chunked":
         chunks = tuple(draw(st.sampled_from([1, 7, 1 << 10, 1 << 22])) for _ in shape) or None
+        for i in reversed(range(len(chunks or ()))):  # HDF5 refuses chunks of 4 GiB or more
+            if int(np.prod(chunks, dtype=np.int64)) * 4 < 1 << 32:
+                break
+            chunks = (*chunks[:i], 1, *chunks[i + 1 :])
     return {
         "kind": "hdf5",
         "shape": shape,
