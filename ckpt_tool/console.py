@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ckpt_tool.listing import ListedTensor, Listing
-from ckpt_tool.shown import shown
+from ckpt_tool.shown import shown, shown_all
 
 T = TypeVar("T")
 
@@ -80,6 +81,7 @@ def track(items: Iterable[T], description: str, total: int) -> Iterator[T]:
             advance()
 
 
+@functools.lru_cache(maxsize=4096)  # a listing repeats few sizes
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -90,7 +92,7 @@ def human_bytes(n: int) -> str:
 
 
 def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    return str(list(shape))  # "[8, 3]"
 
 
 def _name_lines(t: ListedTensor) -> list[str]:
@@ -161,25 +163,19 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 
 def _plain_table(title: str, headers: list[str], rows: list[list]) -> None:
-    title = shown(title)
-    rows = [[[shown(n) for n in row[0]], *(shown(c) for c in row[1:])] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths[0] = max(widths[0], *(len(line) for line in row[0]))
-        for i, cell in enumerate(row[1:], 1):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(w) if h in _RIGHT else c.ljust(w)
-            for c, w, h in zip(cells, widths, headers, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    text = [title, line(headers)]
-    for name_lines, *cells in rows:
-        text.append(line([name_lines[0], *cells]))
-        text.extend("  " + extra for extra in name_lines[1:])
+    # Column by column, one format string for every row: fast for a million rows.
+    names = [shown_all(row[0]) for row in rows]  # text from the file: escaped
+    columns = [shown_all([row[i] for row in rows]) for i in range(1, len(headers))]
+    widths = [max([len(headers[0]), *(len(n) for lines in names for n in lines)])]
+    widths += [max([len(h), *map(len, col)]) for h, col in zip(headers[1:], columns, strict=True)]
+    fmt = "  ".join(
+        f"{{:{'>' if h in _RIGHT else '<'}{w}}}" for h, w in zip(headers, widths, strict=True)
+    )
+    text = [shown(title), fmt.format(*headers).rstrip()]
+    for name_lines, *cells in zip(names, *columns, strict=True):
+        text.append(fmt.format(name_lines[0], *cells).rstrip())
+        if len(name_lines) > 1:
+            text.extend("  " + extra for extra in name_lines[1:])
     out.file.write("\n".join(text) + "\n")
 
 

@@ -29,3 +29,10 @@ def shown(text: object) -> str:
     """`text` with every control or invisible formatting character escaped."""
     text = str(text)
     return _UNSAFE.sub(_visible, text) if _UNSAFE.search(text) else text
+
+
+def shown_all(texts: list[str]) -> list[str]:
+    """shown() of each text; one scan of them all when (as usual) none needs escaping."""
+    if not _UNSAFE.search("".join(texts)):
+        return texts
+    return [shown(t) for t in texts]

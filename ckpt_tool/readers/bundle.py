@@ -396,15 +396,17 @@ def _parse_entry(key: str, value: bytes) -> BundleEntry:
         raise _Corrupt(f"entry {key!r} is not a valid BundleEntryProto: {e}") from None
     if proto.shape.unknown_rank:
         raise _Corrupt(f"entry {key!r} has a shape of unknown rank")
-    shape = tuple(d.size for d in proto.shape.dim)
-    if any(d < 0 for d in shape):
+    shape = tuple([d.size for d in proto.shape.dim])
+    if shape and min(shape) < 0:
         raise _Corrupt(f"entry {key!r} has a negative dimension {shape}")
     if proto.shard_id < 0 or proto.offset < 0 or proto.size < 0:
         raise _Corrupt(f"entry {key!r} has a negative shard id, offset or size")
-    slices = tuple(
-        tuple((e.start, e.length if e.HasField("length") else -1) for e in s.extent)
-        for s in proto.slices
-    )
+    slices = ()  # (checked without a generator: an index can hold a million entries)
+    if proto.slices:
+        slices = tuple(
+            tuple((e.start, e.length if e.HasField("length") else -1) for e in s.extent)
+            for s in proto.slices
+        )
     return BundleEntry(
         key, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c, slices
     )

@@ -183,8 +183,13 @@ def _has_table_magic(index: Path) -> bool:
 _GROUP = {WEIGHT: 0, OPTIMIZER: 1, BOOKKEEPING: 2}
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def _natural_key(text: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+    parts = _DIGITS.split(text)  # text, digits, text, ...: the odd items are numbers
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 def _path_kind(parts: tuple[str, ...]) -> str:
