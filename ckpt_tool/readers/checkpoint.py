@@ -398,7 +398,8 @@ class CheckpointReader(Reader):
             infos.append(info)
 
         self._choose_names(infos, gvars, own_names)
-        self._mark_duplicates(infos, gvars, entries)
+        if gvars:  # copies are told apart by their object paths (none without a graph)
+            self._mark_duplicates(infos, gvars, entries)
         if keras:
             self._add_layer_facts(infos, gvars, graph, keras)
         # Kinds may have changed (duplicates); slots follow their variable's order.
