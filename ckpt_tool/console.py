@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.tree import Tree
 
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.listing import ListedTensor, Listing
 from ckpt_tool.shown import shown, shown_all
 
@@ -112,6 +113,7 @@ def _stat(value: float | None) -> str:
 _RIGHT = {"params", "bytes", "min", "max", "mean", "std", "nan", "inf"}
 
 
+@gc_paused()  # millions of objects for a large index: see gc_pause
 def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bool = False) -> None:
     headers = ["name"]
     if show_roles:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
 
 SORT_KEYS = ("order", "name", "size")
@@ -72,6 +73,7 @@ class Listing:
         }
 
 
+@gc_paused()  # millions of objects for a large index: see gc_pause
 def build_listing(
     reader: Reader,
     *,

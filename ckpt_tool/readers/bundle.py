@@ -24,6 +24,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.regular_file import open_regular, read_regular_bytes
 
@@ -442,7 +443,8 @@ class BundleReader:
                 f"cannot read checkpoint index: {e.strerror}", self.index_path
             ) from None
         try:
-            self._load(read_table(data))
+            with gc_paused():  # a million entries: see gc_pause
+                self._load(read_table(data))
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.bundle import (
     DT_STRING,
@@ -340,8 +341,9 @@ class CheckpointReader(Reader):
 
     def variables(self) -> list[VariableInfo]:
         if self._variables is None:
-            self._variables = self._build_variables()
-            self._lookup = self._build_lookup(self._variables)
+            with gc_paused():  # a million entries: see gc_pause
+                self._variables = self._build_variables()
+                self._lookup = self._build_lookup(self._variables)
         return list(self._variables)
 
     def _build_variables(self) -> list[VariableInfo]:
