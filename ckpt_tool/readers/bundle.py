@@ -327,9 +327,14 @@ def _block_entries(block: bytes, what: str) -> list[tuple[bytes, bytes]]:
     pos = 0
     key = b""
     while pos < limit:
-        shared, pos = _varint(block, pos, limit, 32)
-        non_shared, pos = _varint(block, pos, limit, 32)
-        value_len, pos = _varint(block, pos, limit, 32)
+        # The three lengths are almost always one byte each: read those inline.
+        if pos + 3 <= limit and block[pos] | block[pos + 1] | block[pos + 2] < 0x80:
+            shared, non_shared, value_len = block[pos], block[pos + 1], block[pos + 2]
+            pos += 3
+        else:
+            shared, pos = _varint(block, pos, limit, 32)
+            non_shared, pos = _varint(block, pos, limit, 32)
+            value_len, pos = _varint(block, pos, limit, 32)
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise _Corrupt(f"{what} block: entry at byte {pos} runs past its block")
         key = key[:shared] + block[pos : pos + non_shared]
