@@ -2,9 +2,9 @@
 
 Python's json module recurses once per level of nesting, so a config nested 100,000
 deep raises RecursionError (not a ValueError), and whatever walks the result
-recurses as well. `loads_json` measures the nesting first and refuses anything
-deeper than MAX_JSON_DEPTH with a ValueError, which every caller already reports
-as "not valid JSON". `read_config_text` reads a config file only if it is a
+recurses as well. `loads_json` turns that into a ValueError and refuses anything
+deeper than MAX_JSON_DEPTH the same way, which every caller already reports as
+"not valid JSON". `read_config_text` reads a config file only if it is a
 regular file of sane size (a FIFO would wait forever, /dev/zero never end).
 """
 
@@ -12,41 +12,44 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 MAX_JSON_DEPTH = 256  # Keras configs of nested models reach a few dozen levels
 MAX_CONFIG_BYTES = 256 << 20
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
 
 class JSONTooDeepError(ValueError):
     """The document nests arrays and objects deeper than MAX_JSON_DEPTH."""
 
 
-def json_depth(text: str | bytes) -> int:
-    """The deepest nesting of [ and { in a JSON text (strings ignored)."""
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
-    bare = np.frombuffer(_STRING.sub(b"", raw), dtype=np.uint8)
-    if bare.size == 0:
-        return 0
-    step = np.isin(bare, (ord("["), ord("{"))).astype(np.int64)
-    step -= np.isin(bare, (ord("]"), ord("}")))
-    return int(np.cumsum(step).max(initial=0))
+def json_depth(value: Any) -> int:
+    """How deeply lists and dicts nest in a parsed document (walked without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item if isinstance(child, list | dict))
+    return deepest
 
 
 def loads_json(text: str | bytes) -> Any:
-    """json.loads, refusing (ValueError) documents nested deeper than MAX_JSON_DEPTH."""
-    depth = json_depth(text)
+    """json.loads, refusing (ValueError) documents nested deeper than MAX_JSON_DEPTH.
+
+    The parser itself stops at Python's recursion limit (RecursionError, turned into the
+    same ValueError); what it returns is measured without recursion."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise JSONTooDeepError(f"nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    depth = json_depth(value)
     if depth > MAX_JSON_DEPTH:
         raise JSONTooDeepError(f"nested {depth} levels deep (more than {MAX_JSON_DEPTH})")
-    try:
-        return json.loads(text)
-    except RecursionError:  # cannot happen below the depth limit, but never a traceback
-        raise JSONTooDeepError("nested too deeply") from None
+    return value
 
 
 def read_config_text(path: str | Path) -> str:
