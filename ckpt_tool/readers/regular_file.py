@@ -10,6 +10,7 @@ a stat() cannot slip through).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -55,11 +56,12 @@ def open_regular(path: str | Path) -> BinaryIO:
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
-        kind = special_kind(os.fstat(fd).st_mode)
+        mode = os.fstat(fd).st_mode
+        kind = special_kind(mode)
         if kind is not None:
             raise NotRegularFileError(f"is {kind}, not a regular file; refused unread", path)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise IsADirectoryError(21, "Is a directory", str(path))
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
