@@ -570,12 +570,12 @@ def h5_virtual_dataset(tmp: Path) -> Setup:
 
 
 def h5_chunk_bomb(tmp: Path) -> Setup:
-    """One element in a resizable dataset whose single chunk is 1 GiB of gzip (1 MiB on
-    disk): reading the element would inflate the whole chunk."""
+    """One element in a resizable dataset whose single chunk is 512 MiB of gzip (half a
+    MiB on disk): reading the element would inflate the whole chunk."""
 
     def bomb(g: h5py.Group, name: str) -> None:
         ds = g.create_dataset(
-            name, shape=(1,), maxshape=(None,), chunks=(1 << 28,), dtype="f4", compression="gzip"
+            name, shape=(1,), maxshape=(None,), chunks=(1 << 27,), dtype="f4", compression="gzip"
         )
         ds[0] = 1.0
 
@@ -800,7 +800,7 @@ CASES = [
     Case("keras-external-storage", keras_external_storage, ("external files",)),
     Case("h5-external-link", h5_external_link, ("external link",)),
     Case("h5-virtual-dataset", h5_virtual_dataset, ("virtual dataset",)),
-    Case("h5-chunk-bomb", h5_chunk_bomb, ("chunks of 1073741824 bytes",)),
+    Case("h5-chunk-bomb", h5_chunk_bomb, ("chunks of 536870912 bytes",)),
     Case("npz-deflate-bomb-under-threshold", npz_deflate_bomb_under_threshold, ("bomb",)),
     Case("partitioned-slices-sharing-bytes", partitioned_slices_sharing_bytes, ("same bytes",)),
     Case("fifo-as-keras", fifo_as_keras, ("fifo",)),
