@@ -575,7 +575,13 @@ def h5_chunk_bomb(tmp: Path) -> Setup:
 
     def bomb(g: h5py.Group, name: str) -> None:
         ds = g.create_dataset(
-            name, shape=(1,), maxshape=(None,), chunks=(1 << 27,), dtype="f4", compression="gzip"
+            name,
+            (1,),
+            "f4",
+            maxshape=(None,),
+            chunks=(1 << 27,),
+            compression="gzip",
+            compression_opts=1,
         )
         ds[0] = 1.0
 
