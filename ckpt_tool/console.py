@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -11,13 +12,15 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from rich.tree import Tree
 
 from ckpt_tool import storage
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.listing import ListedTensor, Listing
+from ckpt_tool.shown import shown
 from ckpt_tool.table_layout import Column, Row, print_table
 
 T = TypeVar("T")
@@ -41,6 +44,12 @@ def end_on_closed_pipe() -> None:
 
 
 out.on_broken_pipe = end_on_closed_pipe  # rich's own handler exits 1
+
+
+def escape(text: str) -> str:
+    """Text from a file, safe to print through rich: control characters made visible
+    (a name cannot break a row or send terminal escapes) and markup escaped."""
+    return _markup_escape(shown(text))
 
 
 def print_error(message: str) -> None:
@@ -103,6 +112,7 @@ def track(items: Iterable[T], description: str, total: int) -> Iterator[T]:
             advance()
 
 
+@functools.lru_cache(maxsize=4096)  # a listing repeats few sizes
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -113,7 +123,7 @@ def human_bytes(n: int) -> str:
 
 
 def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    return str(list(shape))  # "[8, 3]"
 
 
 def _name_lines(t: ListedTensor) -> list[str]:
@@ -144,6 +154,7 @@ _GIVE_ROLES_STATS = {
 _STACKED = {"name", "layer"}
 
 
+@gc_paused()  # millions of objects for a large index: see gc_pause
 def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bool = False) -> None:
     headers = ["name"]
     if show_roles:

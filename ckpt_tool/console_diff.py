@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.text import Text
 
 from ckpt_tool import console
-from ckpt_tool.console import err, human_bytes
+from ckpt_tool.console import err, escape, human_bytes
 from ckpt_tool.diff import EQUAL, DiffReport, PairDiff
 from ckpt_tool.export import ExportResult
 from ckpt_tool.table_layout import Column, Row, print_lines, print_table

@@ -50,6 +50,7 @@ from ckpt_tool.layouts import (
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.npz import manifest_beside
+from ckpt_tool.readers.regular_file import special_kind
 from ckpt_tool.rolemap import RoleMap
 from ckpt_tool.storage import is_url, produce_ahead
 
@@ -198,6 +199,9 @@ def check_target(out: Path, source: Path, *, force: bool) -> None:
         raise UsageError("output is a directory", out)
     if any(_same_file(out, f) for f in _source_files(source)):
         raise UsageError("output would overwrite the source", out)
+    kind = _special_kind(out)
+    if kind is not None:  # --force replaces files, never a FIFO or a device
+        raise UsageError(f"is {kind}, not a regular file; refusing to replace it", out)
     if not force:
         for path in (out, manifest_beside(out)):
             if path.exists() or path.is_symlink():
@@ -281,6 +285,7 @@ def write_npz(
     on_array(array) is called after each member (for progress)."""
     out = Path(out)
     check_target(out, plan.source, force=force)
+    check_member_names(plan)
     compression = zipfile.ZIP_DEFLATED if plan.compress else zipfile.ZIP_STORED
     text = json.dumps(plan.manifest, sort_keys=True)
     beside = manifest_beside(out)
@@ -320,6 +325,23 @@ def _produce(arr: ExportArray) -> np.ndarray:
 
 def _source_bytes(arr: ExportArray) -> int:
     return sum(info.nbytes for info in arr.sources)
+
+
+def check_member_names(plan: ExportPlan) -> None:
+    """Refuse names a zip cannot hold as given: zipfile cuts a name at its first NUL
+    byte, so two names differing after it would become one member (a tensor lost)."""
+    seen: dict[str, str] = {}
+    for arr in plan.arrays:
+        member = arr.name + ".npy"
+        if zipfile.ZipInfo(member).filename != member:
+            raise UsageError(
+                f"tensor name {arr.name!r} cannot be a zip member name as it is "
+                "(a NUL byte or a path separator it would lose)",
+                plan.source,
+            )
+        if member in seen:
+            raise UsageError(f"two tensors would both be stored as {arr.name!r}", plan.source)
+        seen[member] = arr.name
 
 
 def export_npz(
@@ -501,6 +523,14 @@ def _remove_stale(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as exc:
         raise _os_error(exc, path) from None
+
+
+def _special_kind(out: Path) -> str | None:
+    """What `out` (through symlinks) is when it exists and is neither a file nor a dir."""
+    try:
+        return special_kind(os.stat(out).st_mode)
+    except (OSError, ValueError):
+        return None
 
 
 def _os_error(exc: OSError, out: Path) -> CkptToolError:

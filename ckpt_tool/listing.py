@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
 
 SORT_KEYS = ("order", "name", "size")
@@ -74,6 +75,7 @@ class Listing:
         }
 
 
+@gc_paused()  # millions of objects for a large index: see gc_pause
 def build_listing(
     reader: Reader,
     *,
@@ -118,6 +120,8 @@ def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
     `model.export()` stores every weight as `variables/N` and again as
     `_all_variables/M`; the reader marks the copy (extra["duplicate_of"]) when its
     dtype, shape, size and stored crc32c equal the first's, so no bytes are read."""
+    if not any("duplicate_of" in info.extra for info in infos):
+        return [ListedTensor(info) for info in infos]  # nothing to fold (the common case)
     listed = {info.key: ListedTensor(info) for info in infos}
     twins: dict[tuple, list[ListedTensor]] = {}  # equal tensors, each a variable of its own
     for tensor in listed.values():

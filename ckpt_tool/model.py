@@ -3,7 +3,6 @@ the roles. `list --roles`, `verify`, `export` and `diff` all call `open_model`."
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ckpt_tool.families import Family, family_of, load_json_config
 from ckpt_tool.readers.base import Reader, VariableInfo
 from ckpt_tool.rolemap import RoleMap
 from ckpt_tool.roles import assign_roles
+from ckpt_tool.safe_json import loads_json, read_config_text
 
 
 @dataclass
@@ -85,7 +85,7 @@ def load_model_config(path: str | Path) -> dict:
         config = _keras_zip_config(path)
     else:
         try:
-            config = json.loads(path.read_text())
+            config = loads_json(read_config_text(path))
         except OSError as exc:
             raise UsageError(f"cannot read the config: {exc.strerror}", path) from None
         except ValueError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.errors import CkptToolError, UnsupportedFormatError
+from ckpt_tool.safe_json import loads_json
 
 
 @dataclass
@@ -90,10 +91,28 @@ def load_original(
         return _KerasModel(path, legacy=False, unsafe=unsafe, custom_objects=custom_objects)
     if format_name == "h5":
         legacy = _is_tf_keras_h5(path)
+        if legacy and not unsafe:
+            _refuse_python_code(path)
         return _KerasModel(path, legacy=legacy, unsafe=unsafe, custom_objects=custom_objects)
     raise UnsupportedFormatError(
         f"{format_name} files hold weights only, no model to run: pass them with --weights", path
     )
+
+
+def _refuse_python_code(path: Path) -> None:
+    """tf-keras' legacy `.h5` loader runs a Lambda's marshalled code with no safe mode;
+    refuse such a model (before TensorFlow is imported) unless --unsafe."""
+    from ckpt_tool.config_code import python_code_in
+    from ckpt_tool.readers.keras_h5 import LegacyH5Reader
+
+    with LegacyH5Reader(path) as reader:
+        found = python_code_in(reader.model_config())
+    if found is not None:
+        raise CkptToolError(
+            f"the model config holds {found}, which loading would run; verify runs it "
+            "only with --unsafe (trusted files only)",
+            path,
+        )
 
 
 def _is_tf_keras_h5(path: Path) -> bool:
@@ -310,11 +329,15 @@ class _KerasModel(OriginalModel):
         try:
             if legacy:
                 import tf_keras as keras
+                from tf_keras.src.saving.serialization_lib import SafeModeScope
 
                 objects = import_custom_objects(custom_objects)
-                self._model = keras.models.load_model(
-                    str(path), compile=False, custom_objects=objects or None
-                )
+                # The legacy .h5 loader sets no safe mode of its own: set it here, so
+                # any lambda the check above did not see is refused by tf-keras too.
+                with SafeModeScope(not unsafe):
+                    self._model = keras.models.load_model(
+                        str(path), compile=False, custom_objects=objects or None
+                    )
             else:
                 import keras
 
@@ -395,12 +418,11 @@ class _KerasModel(OriginalModel):
 def _import_config_packages(path: Path) -> None:
     """Import keras_hub before loading a .keras file whose config names its classes (it
     registers them; safe mode stays as it is)."""
-    import json
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            config = json.loads(zf.read("config.json"))
+            config = loads_json(zf.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return  # Keras reports what is wrong with the file
     if isinstance(config, dict) and any(

@@ -16,7 +16,6 @@ their own names before the generic name rules.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ckpt_tool.rolemap import (
     Layer,
     RoleMap,
 )
+from ckpt_tool.safe_json import loads_json, one_line, read_config_text
 
 # Sub-layer names of MultiHeadAttention across Keras 3, Keras 3.0.x, tf-keras and BERT.
 _MHA_PARTS = {
@@ -480,7 +480,7 @@ def load_roles_file(path: str | Path) -> dict[str, str]:
     """A JSON or YAML mapping of variable (key or name) to role or `layer:role`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_config_text(path)
     except OSError as exc:
         raise UsageError(f"cannot read roles file: {exc.strerror}", path) from None
     try:
@@ -489,9 +489,9 @@ def load_roles_file(path: str | Path) -> dict[str, str]:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = loads_json(text)
     except Exception as exc:
-        raise UsageError(f"roles file is not valid JSON/YAML: {exc}", path) from None
+        raise UsageError(f"roles file is not valid JSON/YAML: {one_line(exc)}", path) from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

@@ -124,7 +124,9 @@ def open_binary(path: Path | RemotePath, buffering: int = -1):
     of that many bytes, for parsers that read many small pieces)."""
     if isinstance(path, RemotePath):
         return path.open("rb", buffering if buffering > 0 else 0)
-    return open(path, "rb", buffering=buffering)
+    from ckpt_tool.readers.regular_file import open_regular
+
+    return open_regular(path)  # a FIFO or device is refused unread, never waited on
 
 
 class RemotePath:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.text import Text
 
+from ckpt_tool.shown import shown
+
 Cell = str | Text
 _GAP = "  "  # between columns
 _INDENT = "  "  # before a stacked row's fields, notes and folded lines
@@ -53,7 +55,12 @@ def available_width(console: Console) -> int | None:
 
 
 def _text(cell: Cell) -> Text:
-    return cell if isinstance(cell, Text) else Text(cell)
+    """A cell as text, with control characters from the file made visible (`shown`): a
+    name cannot break a row in two or send escapes to the terminal."""
+    if isinstance(cell, Text):
+        plain = shown(cell.plain)
+        return cell if plain == cell.plain else Text(plain, style=cell.style)
+    return Text(shown(cell))
 
 
 def _natural_widths(columns: list[Column], rows: list[Row]) -> list[int]:

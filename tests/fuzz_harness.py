@@ -259,6 +259,26 @@ def run_case(scratch: Path, target: Target, ops: list[Mutation], verify_crc: boo
         damaged.write_bytes(original)
 
 
+STRUCTURED = "__structured__"  # a case that is a structure spec, not mutations
+
+
+def run_structured(scratch: Path, spec: dict) -> tuple[str, str]:
+    """Build the file a structure spec describes (tests/structured_inputs), then
+    exercise it like any damaged file."""
+    from tests.structured_inputs import build
+
+    directory = scratch / "structured"
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        try:
+            path = build(directory, spec)
+        except Exception as exc:  # a spec the writing library refuses: nothing to read
+            return "ok", f"not buildable: {type(exc).__name__}: {exc}"
+        return exercise(path, verify_crc=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _self_test(name: str, arg) -> tuple[str, str]:
     """Misbehaviour on request, to test the harness: sleep, allocate, abort."""
     if name == "__sleep__":
@@ -291,7 +311,9 @@ def _worker(conn, target_list: list[Target], memory_limit: int) -> None:
             if msg is None:
                 return
             name, ops, verify_crc = msg
-            if name.startswith("__"):
+            if name == STRUCTURED:
+                conn.send(run_structured(scratch, ops))
+            elif name.startswith("__"):
                 conn.send(_self_test(name, ops))
             else:
                 conn.send(run_case(scratch, by_name[name], ops, verify_crc))

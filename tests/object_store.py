@@ -73,6 +73,8 @@ class SeaweedS3:
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",  # it would report to a server outside this machine
+            "-s3.port.iceberg=0",  # fixed default ports: two stores at once would clash
+            "-s3.port.lance=0",
             f"-bucket={self.bucket}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]

@@ -10,6 +10,7 @@ the cases that need a real process (permissions, a full disk, Ctrl-C) only so.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import io
@@ -19,6 +20,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from tests.bundle_writer import (
     rewrite_index,
     varint,
 )
+from tests.hostile_bundles import float_entry, partitioned_checkpoint, write_bundle
 from tests.support import ROOT, fixture_path, run_cli, sigint_as_on_a_terminal
 
 SEED_CKPT = fixture_path("seed_checkpoint")  # prefix .../ckpt-1, with a `checkpoint` file
@@ -99,6 +102,7 @@ class Setup:
     file: Path  # the error line must start with `error: <file>: `
     output: Path | None = None  # export target that must not appear (or stay unchanged)
     output_before: bytes | None = None
+    check: Callable[[], None] | None = None  # more to assert after the run
 
 
 @dataclass(frozen=True)
@@ -486,6 +490,276 @@ def diff_missing_b(tmp: Path) -> Setup:
     return Setup(["diff", str(SEED_KERAS), str(tmp / "gone.npz")], tmp / "gone.npz")
 
 
+# --------------------------------------------------------------------------
+# Hostile inputs, round two: each builder makes one member of a class of attack
+
+
+# -- reading outside the file (HDF5 external storage, external links, virtual datasets)
+
+
+def _secret(tmp: Path) -> Path:
+    """A local file no command names: not one of its bytes may be read."""
+    path = tmp / "secret.bin"
+    path.write_bytes(b"SECRET!!" * 64)
+    return path
+
+
+def _legacy_h5_with(path: Path, make_weight: Callable[[h5py.Group, str], None]) -> Path:
+    with h5py.File(path, "w") as f:
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = [b"dense"]
+        layer = g.create_group("dense")
+        layer.attrs["weight_names"] = [b"dense/kernel:0"]
+        layer.create_group("dense")
+        make_weight(layer, "dense/kernel:0")
+    return path
+
+
+def _export_setup(tmp: Path, src: Path, file: Path | None = None) -> Setup:
+    out = tmp / "out.npz"
+    return Setup(["export", str(src), "-o", str(out)], file or src, output=out)
+
+
+def h5_external_storage(tmp: Path) -> Setup:
+    secret = _secret(tmp)
+    path = _legacy_h5_with(
+        tmp / "model.h5",
+        lambda g, n: g.create_dataset(n, shape=(16,), dtype="f4", external=[(str(secret), 0, 64)]),
+    )
+    return _export_setup(tmp, path)
+
+
+def keras_external_storage(tmp: Path) -> Setup:
+    """The same inside a .keras: its model.weights.h5 keeps a weight in a local file."""
+    secret = _secret(tmp)
+    weights = tmp / "weights.h5"
+    with h5py.File(weights, "w") as f:
+        group = f.create_group("layers/dense/vars")
+        group.attrs["name"] = "dense"
+        group.create_dataset("0", shape=(4, 3), dtype="f4", external=[(str(secret), 0, 48)])
+    members = _keras_members()
+    members["model.weights.h5"] = weights.read_bytes()
+    return _export_setup(tmp, _write_zip(tmp / "model.keras", members))
+
+
+def h5_external_link(tmp: Path) -> Setup:
+    other = tmp / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.ones(16, np.float32)
+
+    def link(g: h5py.Group, name: str) -> None:
+        g[name] = h5py.ExternalLink(str(other), "x")
+
+    return _export_setup(tmp, _legacy_h5_with(tmp / "model.h5", link))
+
+
+def h5_virtual_dataset(tmp: Path) -> Setup:
+    other = tmp / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.ones(16, np.float32)
+
+    def virtual(g: h5py.Group, name: str) -> None:
+        layout = h5py.VirtualLayout(shape=(16,), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(other), "x", shape=(16,))
+        g.create_virtual_dataset(name, layout)
+
+    return _export_setup(tmp, _legacy_h5_with(tmp / "model.h5", virtual))
+
+
+# -- sizes a small file claims: HDF5 chunks, deflated members, shared slice bytes
+
+
+def h5_chunk_bomb(tmp: Path) -> Setup:
+    """One element in a resizable dataset whose single chunk is 512 MiB of gzip (half a
+    MiB on disk): reading the element would inflate the whole chunk."""
+
+    def bomb(g: h5py.Group, name: str) -> None:
+        ds = g.create_dataset(
+            name,
+            (1,),
+            "f4",
+            maxshape=(None,),
+            chunks=(1 << 27,),
+            compression="gzip",
+            compression_opts=1,
+        )
+        ds[0] = 1.0
+
+    path = _legacy_h5_with(tmp / "model.h5", bomb)
+    return Setup(["list", "--stats", str(path)], path)
+
+
+def npz_deflate_bomb_under_threshold(tmp: Path) -> Setup:
+    """Three members of 100 MiB zeros each, deflated (each below the per-member floor):
+    together 300 MiB from a few hundred KiB."""
+    path = tmp / "weights.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (25 << 20,)}
+    )
+    zeros = bytes(16 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for i in range(3):
+            with zf.open(f"w{i}.npy", "w", force_zip64=True) as fh:
+                fh.write(header.getvalue())
+                for _ in range(100 // 16):
+                    fh.write(zeros)
+                fh.write(bytes((100 << 20) - (100 // 16) * len(zeros)))
+    out = tmp / "out.npz"
+    return Setup(["export", str(path), "-o", str(out)], path, output=out)
+
+
+def partitioned_slices_sharing_bytes(tmp: Path) -> Setup:
+    """64 slices of a (64, 2^18) tensor whose entries all point at the first slice's
+    1 MiB: a 1 MiB shard claiming 64 MiB (and, with more slices, any size)."""
+    prefix = partitioned_checkpoint(tmp / "ckpt", 64, 1 << 18, 64, shared=True)
+    return Setup(["list", "--stats", str(prefix)], _index(prefix))
+
+
+# -- special files: FIFOs and devices where files are expected
+
+
+def _unblock_later(*fifos: Path) -> None:
+    """If a regression makes a command open a FIFO and wait, open the writing end
+    after a while so the test fails instead of hanging."""
+
+    def unblock() -> None:
+        time.sleep(20)
+        for fifo in fifos:
+            # no reader waiting (or already cleaned up): nothing to do
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock, daemon=True).start()
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    _unblock_later(path)
+    return path
+
+
+def fifo_as_keras(tmp: Path) -> Setup:
+    path = _fifo(tmp / "model.keras")
+    return Setup(["list", str(path)], path)
+
+
+def fifo_as_npz(tmp: Path) -> Setup:
+    path = _fifo(tmp / "weights.npz")
+    return Setup(["list", str(path)], path)
+
+
+def fifo_as_index(tmp: Path) -> Setup:
+    path = _fifo(tmp / "ckpt-1.index")
+    return Setup(["list", str(path)], path)
+
+
+def fifo_as_state_file(tmp: Path) -> Setup:
+    prefix = _ckpt(tmp)
+    state = prefix.parent / "checkpoint"
+    state.unlink()
+    _fifo(state)
+    return Setup(["list", str(prefix.parent)], state)
+
+
+def fifo_as_diff_b(tmp: Path) -> Setup:
+    path = _fifo(tmp / "b.npz")
+    return Setup(["diff", str(SEED_KERAS), str(path)], path)
+
+
+def state_file_to_dev_zero(tmp: Path) -> Setup:
+    prefix = _ckpt(tmp)
+    state = prefix.parent / "checkpoint"
+    state.unlink()
+    state.symlink_to("/dev/zero")
+    return Setup(["list", str(prefix.parent)], state)
+
+
+def _stays(path: Path, is_kind: Callable[[Path], bool]) -> Callable[[], None]:
+    def check() -> None:
+        assert is_kind(path), f"{path} was replaced"
+        assert not [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+
+    return check
+
+
+def export_force_onto_fifo(tmp: Path) -> Setup:
+    out = _fifo(tmp / "out.npz")
+    args = ["export", str(SEED_KERAS), "-o", str(out), "--force"]
+    return Setup(args, out, check=_stays(out, lambda p: p.is_fifo()))
+
+
+def export_force_onto_symlink_to_device(tmp: Path) -> Setup:
+    out = tmp / "out.npz"
+    out.symlink_to("/dev/null")
+    args = ["export", str(SEED_KERAS), "-o", str(out), "--force"]
+    return Setup(args, out, check=_stays(out, lambda p: p.is_symlink() and p.is_char_device()))
+
+
+# -- names and documents
+
+
+def export_names_differing_after_nul(tmp: Path) -> Setup:
+    """Two keys that differ only after a NUL byte: a zip member name ends at the NUL,
+    so both would be stored as one member (and a tensor lost)."""
+    prefix = write_bundle(
+        tmp / "ckpt",
+        [
+            float_entry("w\x00one", np.ones(2, np.float32)),
+            float_entry("w\x00two", np.zeros(2, np.float32)),
+        ],
+    )
+    out = tmp / "out.npz"
+    return Setup(["export", str(prefix), "-o", str(out)], prefix, output=out)
+
+
+def npz_opaque_eight_byte_records(tmp: Path) -> Setup:
+    path = tmp / "weights.npz"
+    np.savez(path, w=np.zeros(4, "V8"))
+    return Setup(["list", "--stats", str(path)], path)
+
+
+def npz_datetimes(tmp: Path) -> Setup:
+    path = tmp / "weights.npz"
+    np.savez(path, w=np.zeros(4, "M8[s]"))
+    out = tmp / "out.npz"
+    return Setup(["export", str(path), "-o", str(out)], path, output=out)
+
+
+_DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+def bert_config_nested_too_deeply(tmp: Path) -> Setup:
+    model = tmp / "bert"
+    shutil.copytree(fixture_path("bert_tf1").parent, model)
+    (model / "bert_config.json").write_text(_DEEP_JSON)
+    return Setup(["list", "--roles", str(model)], model / "bert_config.json")
+
+
+def config_option_nested_too_deeply(tmp: Path) -> Setup:
+    config = tmp / "config.json"
+    config.write_text('{"class_name": ' + _DEEP_JSON + "}")
+    out = tmp / "out.npz"
+    args = ["export", str(SEED_KERAS), "-o", str(out), "--config", str(config)]
+    return Setup(args, config, output=out)
+
+
+def roles_yaml_malformed(tmp: Path) -> Setup:
+    roles = tmp / "roles.yaml"
+    roles.write_text("a: [1, 2\nb: {c\n  - x: y\n")
+    out = tmp / "out.npz"
+    args = ["export", str(SEED_KERAS), "-o", str(out), "--roles", str(roles)]
+    return Setup(args, roles, output=out)
+
+
+def roles_yaml_nested_too_deeply(tmp: Path) -> Setup:
+    roles = tmp / "roles.yaml"
+    roles.write_text(_DEEP_JSON)
+    out = tmp / "out.npz"
+    args = ["export", str(SEED_KERAS), "-o", str(out), "--roles", str(roles)]
+    return Setup(args, roles, output=out)
+
+
 CASES = [
     Case("path-missing", missing_path, ("no such file",), e2e=True),
     Case("path-missing-with-markup", missing_path_with_markup, ("no such file",)),
@@ -527,6 +801,29 @@ CASES = [
     Case("export-corrupt-source-force", export_corrupt_source_force, ("crc32c",)),
     Case("diff-corrupt-a", diff_corrupt_a, ("crc32c",)),
     Case("diff-missing-b", diff_missing_b, ("no such file",)),
+    # round two: one row per class of attack
+    Case("h5-external-storage", h5_external_storage, ("external files",), e2e=True),
+    Case("keras-external-storage", keras_external_storage, ("external files",)),
+    Case("h5-external-link", h5_external_link, ("external link",)),
+    Case("h5-virtual-dataset", h5_virtual_dataset, ("virtual dataset",)),
+    Case("h5-chunk-bomb", h5_chunk_bomb, ("chunks of 536870912 bytes",)),
+    Case("npz-deflate-bomb-under-threshold", npz_deflate_bomb_under_threshold, ("bomb",)),
+    Case("partitioned-slices-sharing-bytes", partitioned_slices_sharing_bytes, ("same bytes",)),
+    Case("fifo-as-keras", fifo_as_keras, ("fifo",)),
+    Case("fifo-as-npz", fifo_as_npz, ("fifo",)),
+    Case("fifo-as-index", fifo_as_index, ("fifo",)),
+    Case("fifo-as-state-file", fifo_as_state_file, ("fifo",), e2e=True),
+    Case("fifo-as-diff-b", fifo_as_diff_b, ("fifo",)),
+    Case("state-file-to-dev-zero", state_file_to_dev_zero, ("character device",)),
+    Case("export-force-onto-fifo", export_force_onto_fifo, ("fifo", "refusing")),
+    Case("export-force-onto-device", export_force_onto_symlink_to_device, ("device",)),
+    Case("export-names-differing-after-nul", export_names_differing_after_nul, ("NUL",)),
+    Case("npz-opaque-records", npz_opaque_eight_byte_records, ("|V8",)),
+    Case("npz-datetimes", npz_datetimes, ("datetime64",)),
+    Case("bert-config-nested-too-deeply", bert_config_nested_too_deeply, ("nested",)),
+    Case("config-option-nested-too-deeply", config_option_nested_too_deeply, ("nested",)),
+    Case("roles-yaml-malformed", roles_yaml_malformed, ("line 2",)),
+    Case("roles-yaml-nested-too-deeply", roles_yaml_nested_too_deeply, ("roles file",)),
 ]
 
 
@@ -536,6 +833,8 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     code, _, stderr = invoke(setup.args)
     assert_one_line_error(code, stderr, setup.file, case.problem)
     assert_nothing_written(setup.output, setup.output_before)
+    if setup.check is not None:
+        setup.check()
 
 
 E2E = [c for c in CASES if c.e2e]
@@ -547,6 +846,8 @@ def test_bad_input_in_a_real_process(case: Case, tmp_path: Path) -> None:
     result = run_cli(*setup.args, cwd=tmp_path)
     assert_one_line_error(result.returncode, result.stderr, setup.file, case.problem)
     assert_nothing_written(setup.output, setup.output_before)
+    if setup.check is not None:
+        setup.check()
 
 
 def test_no_crc_skips_the_check_and_reads(tmp_path: Path) -> None:

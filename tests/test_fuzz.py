@@ -17,7 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_harness import INTERESTING, Worker, make_npz_sources, summary, targets
+from tests.fuzz_harness import (
+    INTERESTING,
+    STRUCTURED,
+    Worker,
+    make_npz_sources,
+    summary,
+    targets,
+)
+from tests.structured_inputs import hdf5_layouts, object_graphs, partitioned_tensors
 
 LONG_EXAMPLES = int(os.environ.get("CKPT_FUZZ_EXAMPLES", "0"))  # > 0: the long fuzz
 
@@ -113,6 +121,25 @@ def test_changed_tensor_bytes_are_always_detected(worker, fuzz_targets, name: st
             return  # two flips of one byte may cancel
         outcome, detail = worker.run(name, ops, True)
         assert outcome == "error" and "crc32c" in detail, f"{name} {ops!r}: {outcome} {detail}"
+
+
+STRUCTURES = {
+    "object-graph": object_graphs(),
+    "partitioned-slices": partitioned_tensors(),
+    "hdf5-layout": hdf5_layouts(),
+}
+
+
+@pytest.mark.parametrize("kind", STRUCTURES)
+def test_hostile_structure_gives_a_result_or_one_clear_error(worker, kind: str) -> None:
+    """Well-formed files whose structure is the attack (chains, shared slice bytes,
+    huge chunks, storage outside the file), under the worker's memory cap and timeout."""
+
+    @settings(settings.get_profile(PROFILE), max_examples=LONG_EXAMPLES or 12)
+    @given(spec=STRUCTURES[kind])
+    def case(spec):
+        outcome, detail = worker.run(STRUCTURED, spec, True)
+        assert outcome in ("ok", "error"), f"{kind} {spec!r}:\n{detail}"
 
     case()
 

@@ -241,3 +241,80 @@ def test_verify_refuses_lambda_under_safe_mode(lambda_keras: Path, tmp_path: Pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith(f"error: {lambda_keras}: ") and "--unsafe" in errors[0]
+
+
+# --------------------------------------------------------------------------
+# verify and tf-keras' legacy .h5: its loader has no safe mode of its own
+
+
+@pytest.fixture(scope="module")
+def lambda_h5(tmp_path_factory) -> Path:
+    """A tf-keras legacy `.h5` whose Lambda leaves `lambda-ran.txt` in the working
+    directory whenever its marshalled code runs (once here, while the model is built)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf_keras = pytest.importorskip("tf_keras")
+    work = tmp_path_factory.mktemp("lambda_h5")
+    path = work / "lambda_model.h5"
+    old = Path.cwd()
+    os.chdir(work)
+    try:
+        inputs = tf_keras.Input((4,))
+        x = tf_keras.layers.Dense(3)(inputs)
+        x = tf_keras.layers.Lambda(lambda t: (open("lambda-ran.txt", "w").close(), t * 2.0)[1])(x)
+        tf_keras.Model(inputs, x).save(path)
+    finally:
+        os.chdir(old)
+    assert (work / "lambda-ran.txt").exists()  # the marker works
+    (work / "lambda-ran.txt").unlink()
+    return path
+
+
+@pytest.mark.slow
+def test_plain_tf_keras_runs_the_legacy_h5_lambda(lambda_h5: Path, tmp_path: Path) -> None:
+    """Positive control: tf-keras' own loader runs the Lambda's code (so the test
+    below, where it must not run, can fail)."""
+    import tf_keras
+
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        tf_keras.models.load_model(str(lambda_h5), compile=False)
+    finally:
+        os.chdir(old)
+    assert (tmp_path / "lambda-ran.txt").exists()
+
+
+@pytest.mark.slow
+def test_verify_refuses_legacy_h5_lambda_without_unsafe(lambda_h5: Path, tmp_path: Path) -> None:
+    from ckpt_tool.errors import CkptToolError
+    from ckpt_tool.original import load_original
+
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(CkptToolError) as err:
+            load_original(lambda_h5, "h5", unsafe=False)
+        assert list(tmp_path.iterdir()) == []  # the Lambda's code did not run
+        load_original(lambda_h5, "h5", unsafe=True)  # the user's explicit choice
+    finally:
+        os.chdir(old)
+    assert "--unsafe" in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{lambda_h5}: ")
+    assert (tmp_path / "lambda-ran.txt").exists()
+
+
+@pytest.mark.slow
+def test_tf_keras_safe_mode_holds_without_the_config_check(
+    lambda_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second line of defence: with the config check skipped, the loader verify
+    uses still refuses the lambda (tf-keras under its safe-mode scope)."""
+    from ckpt_tool import original
+    from ckpt_tool.errors import CkptToolError
+
+    monkeypatch.setattr(original, "_refuse_python_code", lambda path: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CkptToolError) as err:
+        original.load_original(lambda_h5, "h5", unsafe=False)
+    assert list(tmp_path.iterdir()) == []
+    assert "--unsafe" in str(err.value)

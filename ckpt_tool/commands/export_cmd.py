@@ -30,16 +30,26 @@ _PROGRESS_MIN_BYTES = 64 << 20
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a killed job, a closed terminal) cleans up like Ctrl-C: no partial OUT."""
+    """SIGTERM and SIGHUP (a killed job, a closed terminal) clean up like Ctrl-C: no
+    partial OUT, no temporary file."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGHUP: the terminal was closed; SIGTERM: the job was killed.
+    hangup = getattr(signal, "SIGHUP", None)
+    signals = [signal.SIGTERM] + ([hangup] if hangup is not None else [])
+    # A signal ignored on purpose (`nohup`) stays ignored.
+    previous = {
+        sig: signal.signal(sig, interrupt)
+        for sig in signals
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _write_safetensors():

@@ -148,7 +148,8 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option(
     "--unsafe",
     is_flag=True,
-    help="Load .keras files with safe_mode off (allows lambdas): trusted files only.",
+    help="Allow Python lambdas: load .keras files with safe_mode off and legacy .h5 "
+    "files whose config holds a Lambda's code. It runs: trusted files only.",
 )
 @step_option
 @no_crc_option

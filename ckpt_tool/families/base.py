@@ -9,7 +9,6 @@ family by name: roles, graph, verify and the layouts ask the registry.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 from ckpt_tool.errors import UsageError
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import Layer, RoleMap
+from ckpt_tool.safe_json import loads_json, read_config_text
 from ckpt_tool.storage import as_path
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class Family:
 def load_json_config(path: str | Path, what: str = "model config") -> dict:
     """A JSON object from a config file; a UsageError naming the file otherwise."""
     try:
-        config = json.loads(as_path(path).read_text())
+        config = loads_json(read_config_text(as_path(path)))
     except OSError as exc:
         raise UsageError(f"cannot read the {what}: {exc.strerror}", path) from None
     except ValueError as exc:

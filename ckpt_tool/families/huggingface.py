@@ -4,7 +4,6 @@ with transformers' own `TFAutoModel` from that directory."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from ckpt_tool.errors import CkptToolError
 from ckpt_tool.families.base import Family
 from ckpt_tool.original import InputSpec, OriginalModel, first_line, quiet_tensorflow
+from ckpt_tool.safe_json import loads_json, read_config_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "tf_model.h5"
@@ -28,7 +28,7 @@ def pretrained_dir(path: Path) -> Path | None:
     if path.is_file() and path.name != WEIGHTS_FILE:
         return None
     try:
-        data = json.loads(config.read_text())
+        data = loads_json(read_config_text(config))
     except (OSError, ValueError):
         return None
     return folder if isinstance(data, dict) and "model_type" in data else None

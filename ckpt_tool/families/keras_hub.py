@@ -26,7 +26,6 @@ DistilBertModel, GPT2Model, LlamaModel, ViTModel): keras-hub's own converters
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from ckpt_tool.errors import UsageError
 from ckpt_tool.families.base import Family, load_json_config
 from ckpt_tool.readers.base import VariableInfo
 from ckpt_tool.rolemap import NAMES, Layer, RoleMap
+from ckpt_tool.safe_json import loads_json
 from ckpt_tool.storage import as_path, is_url
 
 # -- roles ---------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ class KerasHubFamily(Family):
             return load_json_config(path)
         try:
             with zipfile.ZipFile(path) as zf:
-                config = json.loads(zf.read("config.json"))
+                config = loads_json(zf.read("config.json"))
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise UsageError(
                 f"cannot read the config.json in the .keras file: {exc}", path

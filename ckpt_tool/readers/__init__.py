@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ckpt_tool.errors import CkptToolError, NotFoundError, UnsupportedFormatError, UsageError
 from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.readers.regular_file import open_regular, refuse_special
 from ckpt_tool.storage import RemotePath, as_path, produce_ahead
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
     `path` may also be a URL (s3://, gs://, http(s)://, file://): see storage.py."""
     path = as_path(path)
     remote = isinstance(path, RemotePath)
+    refuse_special(path)  # a FIFO or device would hang or never end when sniffed
     if format is not None:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
@@ -96,8 +98,7 @@ def _check_readable(path: Path) -> None:
         if path.is_dir():
             os.listdir(path)
         elif path.exists():
-            with open(path, "rb"):
-                pass
+            open_regular(path).close()
     except OSError as e:
         raise CkptToolError(f"cannot read: {e.strerror or e}", path) from None
 

@@ -12,6 +12,7 @@ the file and, when there is one, the tensor.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import struct
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
+from ckpt_tool.readers.regular_file import read_regular_bytes
 from ckpt_tool.storage import as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -325,9 +328,14 @@ def _block_entries(block: bytes, what: str) -> list[tuple[bytes, bytes]]:
     pos = 0
     key = b""
     while pos < limit:
-        shared, pos = _varint(block, pos, limit, 32)
-        non_shared, pos = _varint(block, pos, limit, 32)
-        value_len, pos = _varint(block, pos, limit, 32)
+        # The three lengths are almost always one byte each: read those inline.
+        if pos + 3 <= limit and block[pos] | block[pos + 1] | block[pos + 2] < 0x80:
+            shared, non_shared, value_len = block[pos], block[pos + 1], block[pos + 2]
+            pos += 3
+        else:
+            shared, pos = _varint(block, pos, limit, 32)
+            non_shared, pos = _varint(block, pos, limit, 32)
+            value_len, pos = _varint(block, pos, limit, 32)
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise _Corrupt(f"{what} block: entry at byte {pos} runs past its block")
         key = key[:shared] + block[pos : pos + non_shared]
@@ -395,15 +403,17 @@ def _parse_entry(key: str, value: bytes) -> BundleEntry:
         raise _Corrupt(f"entry {key!r} is not a valid BundleEntryProto: {e}") from None
     if proto.shape.unknown_rank:
         raise _Corrupt(f"entry {key!r} has a shape of unknown rank")
-    shape = tuple(d.size for d in proto.shape.dim)
-    if any(d < 0 for d in shape):
+    shape = tuple([d.size for d in proto.shape.dim])
+    if shape and min(shape) < 0:
         raise _Corrupt(f"entry {key!r} has a negative dimension {shape}")
     if proto.shard_id < 0 or proto.offset < 0 or proto.size < 0:
         raise _Corrupt(f"entry {key!r} has a negative shard id, offset or size")
-    slices = tuple(
-        tuple((e.start, e.length if e.HasField("length") else -1) for e in s.extent)
-        for s in proto.slices
-    )
+    slices = ()  # (checked without a generator: an index can hold a million entries)
+    if proto.slices:
+        slices = tuple(
+            tuple((e.start, e.length if e.HasField("length") else -1) for e in s.extent)
+            for s in proto.slices
+        )
     return BundleEntry(
         key, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c, slices
     )
@@ -427,7 +437,7 @@ class BundleReader:
         self.verify_crc = verify_crc
         self._shards: dict[int, tuple[object, mmap.mmap | bytes]] = {}
         try:
-            data = self.index_path.read_bytes()
+            data = read_regular_bytes(self.index_path)
         except FileNotFoundError:
             raise NotFoundError("checkpoint index not found", self.index_path) from None
         except IsADirectoryError:
@@ -439,7 +449,8 @@ class BundleReader:
                 f"cannot read checkpoint index: {e.strerror}", self.index_path
             ) from None
         try:
-            self._load(read_table(data))
+            with gc_paused():  # a million entries: see gc_pause
+                self._load(read_table(data))
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 
@@ -784,6 +795,7 @@ class BundleReader:
                 f"tensor {key!r}: its slices hold {covered} elements, "
                 f"its shape {entry.shape} has {entry.num_elements}"
             )
+        self._check_distinct_bytes(key, [part for _, part in pieces])
         dt = _NUMPY_DTYPES.get(entry.dtype)
         out = np.empty(entry.shape, dtype=dt if dt is not None else object)
         filled = np.zeros(entry.shape, dtype=bool)
@@ -793,6 +805,18 @@ class BundleReader:
             out[index] = self._read_entry(part, key)
             filled[index] = True
         return out
+
+    def _check_distinct_bytes(self, key: str, parts: list[BundleEntry]) -> None:
+        """Slices must each have bytes of their own: slice entries that point at the
+        same shard bytes would let a small shard claim a tensor of any size (TensorFlow
+        writes every slice once). Checked before the whole tensor is allocated."""
+        spans = sorted((p.shard_id, p.offset, p.offset + p.size) for p in parts if p.size)
+        for (shard_a, _, end_a), (shard_b, start_b, _) in itertools.pairwise(spans):
+            if shard_a == shard_b and start_b < end_a:
+                raise self._corrupt(
+                    f"tensor {key!r}: two of its slices point at the same bytes {start_b}..{end_a} "
+                    f"of shard {shard_a}"
+                )
 
 
 def _from_big_endian(raw: np.ndarray, dt: np.dtype) -> np.ndarray:

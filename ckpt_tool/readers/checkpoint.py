@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.bundle import (
     DT_STRING,
@@ -39,9 +40,11 @@ from ckpt_tool.readers.objgraph import (
     read_saved_model,
     strip_key,
 )
+from ckpt_tool.readers.regular_file import read_small
 from ckpt_tool.storage import as_path, open_binary
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+MAX_STATE_FILE_BYTES = 16 << 20  # a `checkpoint` state file is a few lines of text
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.M)
 
@@ -101,9 +104,10 @@ def _state_file_prefix(directory: Path) -> Path | None:
     """The prefix named by `directory/checkpoint` (model_checkpoint_path), if any."""
     state = directory / "checkpoint"
     try:
-        text = state.read_text(encoding="utf-8", errors="replace")
+        raw = read_small(state, MAX_STATE_FILE_BYTES, "the `checkpoint` state file")
     except OSError:
         return None
+    text = raw.decode("utf-8", errors="replace")
     match = _STATE_LINE.search(text)
     if not match:
         return None
@@ -184,8 +188,13 @@ def _has_table_magic(index: Path) -> bool:
 _GROUP = {WEIGHT: 0, OPTIMIZER: 1, BOOKKEEPING: 2}
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def _natural_key(text: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+    parts = _DIGITS.split(text)  # text, digits, text, ...: the odd items are numbers
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 def _path_kind(parts: tuple[str, ...]) -> str:
@@ -336,8 +345,9 @@ class CheckpointReader(Reader):
 
     def variables(self) -> list[VariableInfo]:
         if self._variables is None:
-            self._variables = self._build_variables()
-            self._lookup = self._build_lookup(self._variables)
+            with gc_paused():  # a million entries: see gc_pause
+                self._variables = self._build_variables()
+                self._lookup = self._build_lookup(self._variables)
         return list(self._variables)
 
     def _build_variables(self) -> list[VariableInfo]:
@@ -394,7 +404,8 @@ class CheckpointReader(Reader):
             infos.append(info)
 
         self._choose_names(infos, gvars, own_names)
-        self._mark_duplicates(infos, gvars, entries)
+        if gvars:  # copies are told apart by their object paths (none without a graph)
+            self._mark_duplicates(infos, gvars, entries)
         if keras:
             self._add_layer_facts(infos, gvars, graph, keras)
         # Kinds may have changed (duplicates); slots follow their variable's order.

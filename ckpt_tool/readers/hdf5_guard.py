@@ -156,3 +156,47 @@ def _check_collection(image, pos: int, end: int, lengths: int, path: Path) -> No
                 path,
             )
         p += need
+
+
+# --------------------------------------------------------------------------
+# Datasets and links that read outside the file
+
+
+def check_self_contained(f: h5py.File, path: Path) -> None:
+    """Raise CorruptFileError for anything in the file that makes HDF5 read another
+    file: an external link, a dataset with external raw storage, a virtual dataset.
+    Only links and dataset creation properties are inspected; nothing is followed."""
+    problem = outside_reference(f)
+    if problem is not None:
+        raise CorruptFileError(f"{problem}: ckpt-tool reads only the files it is given", path)
+
+
+def outside_reference(f: h5py.File) -> str | None:
+    """A description of the first link or dataset that points outside the file."""
+    found: list[str] = []
+
+    def visit(name: str, link: Any) -> bool | None:
+        # Never raise in here: h5py's C callback turns exceptions into SystemErrors.
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"{name!r} is an external link to {link.filename!r}")
+        elif isinstance(link, h5py.HardLink):
+            found.extend(_dataset_problem(f, name))
+        return True if found else None  # a value other than None stops the walk
+
+    with contextlib.suppress(Exception):  # a damaged link table is reported where read
+        f.visititems_links(visit)
+    return found[0] if found else None
+
+
+def _dataset_problem(f: h5py.File, name: str) -> list[str]:
+    try:
+        if h5py.h5o.get_info(f.id, name.encode()).type != h5py.h5o.TYPE_DATASET:
+            return []
+        dcpl = h5py.h5d.open(f.id, name.encode()).get_create_plist()
+        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+            return [f"dataset {name!r} is a virtual dataset (its data lives in other files)"]
+        if dcpl.get_external_count() > 0:
+            return [f"dataset {name!r} keeps its data in external files"]
+    except Exception:
+        pass  # unreadable objects are reported where they are read
+    return []

@@ -9,7 +9,6 @@ config (see keras_weight_names). Legacy `.h5` files name every weight
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -23,15 +22,23 @@ import numpy as np
 from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import keras_weight_names as kwn
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
-from ckpt_tool.readers.hdf5_guard import check_global_heaps
+from ckpt_tool.readers.budget import allowance
+from ckpt_tool.readers.hdf5_guard import (
+    check_global_heaps,
+    check_self_contained,
+    outside_reference,
+)
+from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
     MemberFile,
     MiB,
+    check_archive_inflation,
     is_zip,
     open_zip,
     read_member,
     reason,
 )
+from ckpt_tool.safe_json import loads_json
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -73,7 +80,7 @@ def hdf5_errors(path: Path, doing: str):
 
 def has_hdf5_magic(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
     except OSError:
         return False
@@ -91,6 +98,7 @@ def open_h5(source: Any, path: Path, what: str = "file") -> h5py.File:
         ) from None
     try:
         check_global_heaps(f, source, path)  # before any string attribute is read
+        check_self_contained(f, path)  # no byte read from any other file
     except BaseException:
         f.close()
         raise
@@ -103,6 +111,8 @@ def _h5_layout(path: Path) -> str | None:
         return None
     try:
         with h5py.File(path, "r") as f:
+            if outside_reference(f) is not None:  # checking the layout would follow it
+                return "weights" if path.name.endswith(".weights.h5") else "legacy"
             if _is_legacy_layout(f):
                 return "legacy"
             if _is_weights_layout(f):
@@ -205,6 +215,17 @@ def _check_stored_size(ds: h5py.Dataset, path: Path) -> None:
             f"but the file stores {stored} for it",
             path,
         )
+    chunks = ds.chunks
+    if chunks:
+        # HDF5 inflates a whole chunk to read any element of it, and chunks may be far
+        # larger than the dataset (a resizable one): bound them before reading.
+        chunk_bytes = int(np.prod(chunks, dtype=object)) * ds.dtype.itemsize
+        if chunk_bytes > allowance(nbytes):
+            raise CorruptFileError(
+                f"dataset {ds.name!r} holds {nbytes} bytes in chunks of {chunk_bytes} bytes "
+                f"each (more than the {allowance(nbytes)} allowed to read it)",
+                path,
+            )
 
 
 def _read_dataset(ds: h5py.Dataset, dtype: np.dtype, path: Path) -> np.ndarray:
@@ -248,7 +269,7 @@ def _object_addresses(f: h5py.File) -> dict[str, int]:
 
 def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
     try:
-        value = json.loads(raw)
+        value = loads_json(raw)
     except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise CorruptFileError(f"{what} is not valid JSON ({reason(e)})", path) from None
     if not isinstance(value, dict):
@@ -669,6 +690,7 @@ class KerasArchiveReader(_H5Reader):
         self._zip = open_zip(self.path)
         self._member: MemberFile | None = None
         try:
+            check_archive_inflation(self._zip, self.path)
             names = set(self._zip.namelist())
             if WEIGHTS_MEMBER not in names:
                 if "model.weights.npz" in names:

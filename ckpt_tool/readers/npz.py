@@ -15,7 +15,6 @@ parameters. Every key starting with `__` is bookkeeping, not a weight.
 
 from __future__ import annotations
 
-import json
 import tokenize
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -27,15 +26,18 @@ import numpy as np
 
 from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
     MAX_MEMBER_BYTES,
     MEMBER_READ_ERRORS,
+    check_archive_inflation,
     check_member,
     is_zip,
     open_zip,
     reason,
     stored_data_offset,
 )
+from ckpt_tool.safe_json import loads_json
 
 NPY_MAGIC = b"\x93NUMPY"
 MANIFEST_KEY = "__manifest__"
@@ -99,7 +101,7 @@ def parse_manifest_text(
     key to entry; a bare list of entries is accepted too.
     """
     try:
-        doc = json.loads(text)
+        doc = loads_json(text)
     except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise CorruptFileError(f"{what} is not valid JSON ({reason(e)})", path) from None
     variables = doc.get("variables") if isinstance(doc, dict) else doc
@@ -148,13 +150,20 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _named_dtype(name: str) -> np.dtype | None:
-    ml_type = getattr(ml_dtypes, name, None)
-    if ml_type is not None:
-        return np.dtype(ml_type)
-    try:
-        return np.dtype(name)
-    except (TypeError, ValueError):  # ValueError: not encodable (lone surrogates)
+    """The ml_dtypes type a manifest names (bfloat16, float8_*, int4, ...), else None.
+
+    Only these are stored as bit containers; any other name (`O`, `V8`, `M8`, `U2`,
+    `c8`, even `float32`) never reinterprets the stored bytes."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         return None
+    ml_type = getattr(ml_dtypes, name, None)
+    if not isinstance(ml_type, type):
+        return None
+    try:
+        dtype = np.dtype(ml_type)
+    except (TypeError, ValueError):
+        return None
+    return dtype if dtype.kind == "V" and dtype.fields is None and dtype.subdtype is None else None
 
 
 # --------------------------------------------------------------------------
@@ -191,6 +200,11 @@ def _read_header(fp: IO[bytes], what: str, path: Path) -> tuple[tuple[int, ...],
     if dtype.fields is not None:
         raise UnsupportedFormatError(
             f"{what} is a structured array ({dtype}); weights are plain", path
+        )
+    if dtype.kind in "mM" or (dtype.kind == "V" and dtype.itemsize not in (1, 2)):
+        raise UnsupportedFormatError(
+            f"{what} has dtype {dtype} (dates, times or opaque records); weights are numbers",
+            path,
         )
     if any(d < 0 for d in shape):
         raise CorruptFileError(f"{what}: negative dimension in shape {tuple(shape)}", path)
@@ -249,7 +263,7 @@ class NpzReader(Reader):
     @staticmethod
     def _is_npy(path: Path) -> bool:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 return f.read(len(NPY_MAGIC)) == NPY_MAGIC
         except OSError:
             return False
@@ -273,7 +287,7 @@ class NpzReader(Reader):
     # -- opening
 
     def _open_npy(self) -> None:
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             shape, fortran, dtype = _read_header(f, "the .npy file", self.path)
             offset = f.tell()
         size = self.path.stat().st_size
@@ -286,6 +300,7 @@ class NpzReader(Reader):
 
     def _open_npz(self) -> None:
         self._zip = open_zip(self.path)
+        check_archive_inflation(self._zip, self.path)
         file_size = self.path.stat().st_size
         for info in self._zip.infolist():
             if not info.filename.endswith(".npy") or info.is_dir():

@@ -15,7 +15,6 @@ class name and config of every layer.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.bundle import dtype_name
+from ckpt_tool.safe_json import loads_json
 from ckpt_tool.storage import as_path
 
 # Edges that lead into anonymous lists (or a second view of the same object):
@@ -52,6 +52,12 @@ ATTRIBUTES = ".ATTRIBUTES"
 VARIABLE_VALUE = "VARIABLE_VALUE"
 SLOT_MARKER = ".OPTIMIZER_SLOT"
 MAX_PATHS_PER_NODE = 16  # aliases kept per node; nested models double them per level
+# A hostile graph (a chain of 40,000 objects) must not cost memory quadratic in its size:
+# paths longer than these are not spelled out, and all spelled-out paths share one
+# budget of characters; a variable left without a path is named by its key.
+MAX_PATH_DEPTH = 128
+MAX_PATH_CHARS = 4096
+PATH_CHARS_BUDGET = 16 << 20
 
 
 def escape_local_name(name: str) -> str:
@@ -121,8 +127,10 @@ class ObjectGraph:
         for opt_id, refs in slot_refs.items():
             for original, slot_name, slot_node in refs:
                 self.slots[slot_node] = (original, slot_name, opt_id)
-        primary = self._bfs_paths()
-        useful = self._reaching(set(attributes))
+        self._attribute_nodes = set(attributes)
+        self._chars_left = PATH_CHARS_BUDGET
+        primary = self._bfs_paths(self._attribute_nodes)
+        useful = self._reaching(self._attribute_nodes)
         all_paths = self._all_paths(useful, named_only=False)
         named = self._all_paths(useful, named_only=True)
         ranks = self._ranks(useful)
@@ -163,16 +171,37 @@ class ObjectGraph:
                     stack.append(p)
         return seen
 
-    def _bfs_paths(self) -> dict[int, tuple[str, ...]]:
-        """TensorFlow's naming walk: breadth first from node 0, children in listed order."""
-        paths: dict[int, tuple[str, ...]] = {0: ()} if self.children else {}
-        queue = deque([0] if self.children else [])
+    def _bfs_paths(self, wanted: set[int]) -> dict[int, tuple[str, ...]]:
+        """TensorFlow's naming walk: breadth first from node 0, children in listed order.
+
+        Each node keeps only its parent; the paths of the `wanted` nodes are spelled
+        out at the end, and only those within MAX_PATH_DEPTH components and
+        MAX_PATH_CHARS characters (a deeper variable is named by its key), so a long
+        chain of objects costs memory in proportion to its length, not its square."""
+        if not self.children:
+            return {}
+        parent: dict[int, tuple[int, str, int]] = {0: (-1, "", 0)}  # (parent, name, depth)
+        queue = deque([0])
         while queue:
             node = queue.popleft()
+            depth = parent[node][2] + 1
             for name, child in self.children[node]:
-                if child not in paths:
-                    paths[child] = (*paths[node], name)
+                if child not in parent:
+                    parent[child] = (node, name, depth)
                     queue.append(child)
+        paths: dict[int, tuple[str, ...]] = {}
+        for target in wanted:
+            if target not in parent or parent[target][2] > MAX_PATH_DEPTH:
+                continue
+            names: list[str] = []
+            node = target
+            while node != 0:
+                node, name, _ = parent[node]
+                names.append(name)
+            chars = sum(map(len, names))
+            if chars <= min(MAX_PATH_CHARS, self._chars_left):
+                self._chars_left -= chars
+                paths[target] = tuple(reversed(names))
         return paths
 
     def _all_paths(
@@ -184,26 +213,45 @@ class ObjectGraph:
         Breadth first over paths (not nodes), so each node's first path is the one
         TensorFlow's walk gives it; cycles are cut, a node whose quota is full is not
         expanded through new paths, and branches that reach no variable are skipped.
+        Paths are kept as links to their parent path while walking and are no longer
+        than MAX_PATH_DEPTH / MAX_PATH_CHARS; only the paths of nodes that hold
+        variables are spelled out, while PATH_CHARS_BUDGET lasts.
         """
         if not self.children or 0 not in useful:
             return {}
-        found: dict[int, list] = {0: [((), (0,))]}
-        queue = deque(found[0])
+        # A step: (node, local name, parent step, depth, characters so far).
+        root: tuple = (0, "", None, 0, 0)
+        found: dict[int, list[tuple]] = {0: [root]}
+        queue = deque([root])
         children = self.children
         while queue:
-            path, nodes = queue.popleft()
-            for name, child in children[nodes[-1]]:
-                if child not in useful or child in nodes:
+            step = queue.popleft()
+            node, _, _, depth, chars = step
+            if depth >= MAX_PATH_DEPTH:
+                continue
+            for name, child in children[node]:
+                if child not in useful or _on_path(step, child):
                     continue
                 if named_only and name in ANONYMOUS_EDGES:
+                    continue
+                if chars + len(name) > MAX_PATH_CHARS:
                     continue
                 lst = found.setdefault(child, [])
                 if len(lst) >= MAX_PATHS_PER_NODE:
                     continue
-                item = ((*path, name), (*nodes, child))
+                item = (child, name, step, depth + 1, chars + len(name))
                 lst.append(item)
                 queue.append(item)
-        return found
+        out: dict[int, list[tuple[tuple[str, ...], tuple[int, ...]]]] = {}
+        for node in sorted(self._attribute_nodes & found.keys()):
+            spelled = []
+            for step in found[node]:
+                if step[4] > self._chars_left:
+                    break
+                self._chars_left -= step[4]
+                spelled.append(_spell(step))
+            out[node] = spelled
+        return out
 
     def _ranks(self, useful: set[int]) -> dict[int, tuple[int, int]]:
         """The model's own order: index N in the root's `variables` list first, then
@@ -236,6 +284,27 @@ class ObjectGraph:
                     seen.add(c)
                 stack.extend(reversed(kids))
         return ranks
+
+
+def _on_path(step: tuple, node: int) -> bool:
+    """Whether `node` is already on the path ending at `step` (a cycle)."""
+    while step is not None:
+        if step[0] == node:
+            return True
+        step = step[2]
+    return False
+
+
+def _spell(step: tuple) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(local names from the root, node ids from the root) of a linked path."""
+    names: list[str] = []
+    nodes: list[int] = []
+    while step is not None:
+        nodes.append(step[0])
+        if step[2] is not None:
+            names.append(step[1])
+        step = step[2]
+    return tuple(reversed(names)), tuple(reversed(nodes))
 
 
 def parse_object_graph(data: bytes, path: str | Path | None = None) -> ObjectGraph:
@@ -407,7 +476,7 @@ def read_keras_metadata(path: str | Path) -> dict[int, KerasNode]:
     out = {}
     for node in saved.nodes:
         try:
-            meta = json.loads(node.metadata) if node.metadata else {}
+            meta = loads_json(node.metadata) if node.metadata else {}
         except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
             raise CorruptFileError(
                 f"keras_metadata.pb: metadata of {node.node_path!r} is not JSON: {e}", path

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
+from ckpt_tool.readers.regular_file import open_regular
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -52,7 +53,7 @@ _LOCAL_MAGIC = b"PK\x03\x04"
 def is_zip(path: Path) -> bool:
     """Cheap check: the file starts like a zip archive."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(4)
     except OSError:
         return False
@@ -85,6 +86,20 @@ def check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: 
         raise CorruptFileError(
             f"zip member {info.filename!r} would inflate {info.compress_size} bytes "
             f"to {info.file_size}: refused as a likely decompression bomb",
+            path,
+        )
+
+
+def check_archive_inflation(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse an archive whose compressed members together inflate past the bomb rule:
+    many members each just under the per-member threshold add up as one bomb does."""
+    packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    inflated = sum(i.file_size for i in packed)
+    compressed = sum(i.compress_size for i in packed)
+    if inflated > BOMB_FLOOR_BYTES and inflated > BOMB_MAX_RATIO * max(compressed, 1):
+        raise CorruptFileError(
+            f"{len(packed)} compressed members would inflate {compressed} bytes to "
+            f"{inflated}: refused as a likely decompression bomb",
             path,
         )
 
