@@ -228,15 +228,25 @@ class _Tracer:
                 continue
             side = 0 if kernels[0] is not None else 1
             kernel, data = kernels[side], op.inputs[1 - side]
-            out = self.forward(self._out(op))
-            bias = None
-            users = self.users(out)
-            if len(users) == 1 and users[0].op in BIAS_ADDS:
-                other = [r for r in users[0].inputs if r != out]
-                key = self.variable(other[0]) if len(other) == 1 else None
-                if key is not None:
-                    bias = key
-                    out = self.forward(self._out(users[0]))
+            # Reshapes of the product (EinsumDense, Dense's Tensordot), then the bias.
+            chain = [self._out(op)]
+            while True:
+                users = self.users(chain[-1])
+                if len(users) == 1 and users[0].op in BIAS_ADDS:
+                    other = [r for r in users[0].inputs if r != chain[-1]]
+                    key = self.variable(other[0]) if len(other) == 1 else None
+                    if key is not None:
+                        bias, chain = key, [*chain, self._out(users[0])]
+                        break
+                if len(users) != 1 or users[0].op not in ("Reshape", "Identity"):
+                    bias = None
+                    break
+                chain.append(self._out(users[0]))
+            out = chain[-1]
+            if bias is None:  # the product's own reshapes may belong to the next layer
+                out = chain[min(1, len(chain) - 1)] if op.op == "BatchMatMulV2" else chain[0]
+                if op.name.endswith("Tensordot/MatMul") and len(chain) > 1:
+                    out = chain[1]
             found[op.name] = _Projection(kernel, bias, op, data, out)
         return found
 
@@ -246,8 +256,9 @@ class _Tracer:
         used: set[str] = set()  # contraction names taken by a layer
         layers: list[_Found] = []
         for op in list(self.ops.values()):
-            if op.op == "Softmax":
-                layers.append(self._attention(op, projections, by_output, used))
+            scores_in = self._softmax_input(op)
+            if scores_in is not None:
+                layers.append(self._attention(op, scores_in, projections, by_output, used))
         for op in list(self.ops.values()):
             if op.op == "Rsqrt":
                 norm = self._layer_norm(op)
@@ -275,69 +286,55 @@ class _Tracer:
         weights = {"kernel": p.kernel} | ({"bias": p.bias} if p.bias else {})
         config = {"units": shape[1], "use_bias": p.bias is not None, "activation": activation}
         ops = [p.contraction.name, p.output[0]]
-        return _Found(ops, "Dense", config, weights, output, [self.back(p.data)])
+        return _Found(ops, "Dense", config, weights, output, [p.data])
 
     def _activation(self, ref: Ref) -> tuple[Ref, str]:
-        """The activation applied right after a projection (by its op), and its output."""
+        """The activation applied right after a projection (by its ops), and its output."""
         users = self.users(ref)
-        if len(users) != 1:
+        if len(users) == 1 and users[0].op in ACTIVATION_OPS:
+            return self._out(users[0]), ACTIVATION_OPS[users[0].op]
+        closed = self._closed_end(ref, window=16)
+        if closed is None:
             return ref, "linear"
-        op = users[0]
-        if op.op in ACTIVATION_OPS:
-            return self._out(op), ACTIVATION_OPS[op.op]
-        # Composite activations: the ops between ref and the first op that closes them.
-        end = self._closing(ref)
-        if end is None:
+        end, ops = closed
+        kinds = {o.op for o in ops}
+        weightless = not any(self.variable(r) for o in ops for r in o.inputs)
+        if not weightless or kinds & CONTRACTIONS:
             return ref, "linear"
-        inner = {o.op for o in self._between(ref, end)}
-        if "Erfc" in inner or "Erf" in inner:
+        if kinds & {"Erf", "Erfc"}:
             return end, "gelu"
-        if "Tanh" in inner and "Pow" in inner or "Tanh" in inner and len(inner) > 3:
+        if "Tanh" in kinds and kinds <= {"Tanh", "Mul", "AddV2", "Add", "Pow"}:
             return end, "gelu_approximate"
-        if "Sigmoid" in inner and inner <= {"Sigmoid", "Mul"}:
+        if kinds == {"Sigmoid", "Mul"} and len(ops) == 2:
             return end, "silu"
         return ref, "linear"
 
-    def _closing(self, ref: Ref, limit: int = 12) -> Ref | None:
-        """The first value downstream of `ref` that every path from it passes through
-        (within `limit` ops): the end of an element-wise composite."""
-        frontier = {op.name for op in self.users(ref)}
-        visited: set[str] = set()
-        for _ in range(limit):
-            if len(frontier) == 1:
-                name = next(iter(frontier))
-                op = self.ops[name]
-                region = visited | {name}
-                if all(i[0] in region or i == ref or self.constant(i) is not None for i in op.inputs):
-                    if visited:
-                        return self._out(op)
-            nxt = set()
-            for name in frontier:
-                visited.add(name)
-                users = self.consumers.get(name, [])
-                if not users:
-                    return None
-                nxt |= {u.name for u in users}
-            frontier = nxt - visited
-            if not frontier:
-                return None
+    def _closed_end(self, x: Ref, window: int, anchor: Op | None = None):
+        """The first op (in graph order) after x such that the ops between x and it
+        take in every use of x and are used nowhere else: the end of the layer (or
+        element-wise composite) that starts at x, with the `anchor` op inside.
+        Returns its output and the ops, or None."""
+        names = list(self.ops)
+        position = self._positions()
+        starts = {op.name for op in self.users(x)}
+        if not starts:
+            return None
+        first = min(position[s] for s in starts)
+        begin = position[anchor.name] if anchor is not None else first
+        for end in names[begin : begin + window]:
+            region = self._region(x, end, starts)
+            if not starts <= region or (anchor is not None and anchor.name not in region):
+                continue
+            if min(position[n] for n in region) < first:
+                continue
+            if all(u.name in region for n in region if n != end for u in self.consumers.get(n, [])):
+                return self._out(self.ops[end]), [self.ops[n] for n in sorted(region, key=position.get)]
         return None
 
-    def _between(self, start: Ref, end: Ref) -> list[Op]:
-        out, stack, seen = [], [end], set()
-        while stack:
-            r = stack.pop()
-            if r == start:
-                continue
-            op = self.op(r)
-            if op is None or op.name in seen:
-                continue
-            seen.add(op.name)
-            out.append(op)
-            stack.extend(op.inputs)
-            if len(out) > 32:
-                break
-        return out
+    def _positions(self) -> dict[str, int]:
+        if not hasattr(self, "_position"):
+            self._position = {n: i for i, n in enumerate(self.ops)}
+        return self._position
 
     def _layer_norm(self, rsqrt: Op) -> _Found | None:
         add = self.op(rsqrt.inputs[0])
@@ -353,7 +350,7 @@ class _Tracer:
             return None
         x = diff.inputs[0]
         gamma = beta = None
-        region = self._descendants_until_closed(x, rsqrt)
+        region = self._closed_end(x, window=64, anchor=rsqrt)
         if region is None:
             raise GraphTraceError(f"the layer normalization at {rsqrt.name} has no single output")
         output, ops = region
@@ -377,24 +374,6 @@ class _Tracer:
         }
         notes = [f"epsilon {config['epsilon']:.3g} from the graph"]
         return _Found([o.name for o in ops], "LayerNormalization", config, weights, output, [x], notes=notes)
-
-    def _descendants_until_closed(self, x: Ref, anchor: Op) -> tuple[Ref, list[Op]] | None:
-        """The layer that starts at x's consumers and passes through `anchor`: the
-        first op (in graph order) after the anchor such that every op between x and it
-        is consumed only inside. Returns its output and the ops."""
-        names = list(self.ops)
-        position = {n: i for i, n in enumerate(names)}
-        starts = {op.name for op in self.users(x)}
-        start_at = min((position[s] for s in starts), default=position[anchor.name])
-        for end in names[position[anchor.name] : position[anchor.name] + 64]:
-            region = self._region(x, end, starts)
-            if anchor.name not in region:
-                continue
-            if all(
-                all(u.name in region for u in self.consumers.get(n, [])) for n in region if n != end
-            ) and min(position[n] for n in region) >= start_at:
-                return self._out(self.ops[end]), [self.ops[n] for n in region]
-        return None
 
     def _region(self, x: Ref, end: str, starts: set[str]) -> set[str]:
         """Ops on paths from x to `end` (ancestors of end that descend from x)."""
@@ -438,8 +417,26 @@ class _Tracer:
 
     # ---- attention
 
-    def _attention(self, softmax: Op, projections, by_output, used: set[str]) -> _Found:
-        scores, masks, scale_key = self._scores(softmax.inputs[0])
+    def _softmax_input(self, op: Op) -> Ref | None:
+        """The scores a softmax normalises: `Softmax(s)`, or over several axes
+        `Exp(s - ReduceLogSumExp(s))` as Keras writes it."""
+        if op.op == "Softmax":
+            return op.inputs[0]
+        if op.op != "Exp":
+            return None
+        sub = self.op(op.inputs[0])
+        if sub is None or sub.op != "Sub":
+            return None
+        scores, norm = sub.inputs
+        above = self.ancestors(norm, limit=40)
+        if any(o.op == "Log" for o in above) and any(scores in o.inputs for o in above):
+            return scores
+        return None
+
+    def _attention(
+        self, softmax: Op, scores_in: Ref, projections, by_output, used: set[str]
+    ) -> _Found:
+        scores, masks, scale_key = self._scores(scores_in)
         if scores is None:
             raise GraphTraceError(f"the scores of {softmax.name} come from no contraction")
         partner = [u for u in self.users(self._out(softmax)) if u.op in CONTRACTIONS]
@@ -448,6 +445,8 @@ class _Tracer:
         weighted = partner[0]
         value_ref = next(r for r in weighted.inputs if self.back(r)[0] != softmax.name)
         q_ref, k_ref = scores.inputs[0], scores.inputs[1]
+        if _query_second(scores.attrs.get("equation")):  # tf-keras: einsum(key, query)
+            q_ref, k_ref = k_ref, q_ref
         pq, pk, pv = (self._projection_of(r, by_output) for r in (q_ref, k_ref, value_ref))
         causal = any(o.op == "MatrixBandPart" for m in masks for o in self.ancestors(m))
         if pq and pk and pv and len(self.shapes.get(pq.kernel, ())) >= 3:
@@ -576,7 +575,7 @@ class _Tracer:
         config = infer_config(
             "MultiHeadAttention", {role: self.shapes[key] for role, key in weights.items()}
         )
-        axes = _attention_axes(scores.attrs.get("equation"), len(self.shapes[pq.kernel]))
+        axes = _attention_axes(scores.attrs.get("equation"))
         if axes is not None:
             config["attention_axes"] = axes
         query_in, value_in, key_in = (self.back(p.data) for p in (pq, pv, pk))
@@ -591,9 +590,9 @@ class _Tracer:
             for name in sorted(reached):
                 kwargs["attention_mask"] = ("arg", name)
                 notes.append(f"attention mask from input {name!r}")
-        args: list = [query_in, value_in]
+        args: list = [pq.data, pv.data]
         if key_in != value_in:
-            kwargs["key"] = key_in
+            kwargs["key"] = pk.data
         found = _Found(
             [softmax.name, scores.name, weighted.name, *(p.contraction.name for p in parts.values())],
             "MultiHeadAttention",
@@ -634,6 +633,8 @@ class _Tracer:
                 raise GraphTraceError(f"a layer reads {ref[0]!r}, which is neither input nor layer")
             if op.op in _PASS_THROUGH:
                 return tensor(op.inputs[0], depth + 1)
+            if op.op in SHAPE_OPS and self._reaches_output(op.inputs[0], by_output):
+                return tensor(op.inputs[0], depth + 1)
             if op.name not in glue:
                 glue[op.name] = _glue_layer(self, op, tensor, depth)
             return _keras_tensor(glue[op.name]["name"])
@@ -671,6 +672,17 @@ class _Tracer:
             },
         }
         return Traced(self._role_map(found, infos), config, [])
+
+    def _reaches_output(self, ref: Ref, by_output: dict) -> bool:
+        """Whether walking back through data-moving ops meets a layer output or input."""
+        for _ in range(16):
+            if ref in by_output or ref[0] == "arg":
+                return True
+            op = self.op(ref)
+            if op is None or op.op not in SHAPE_OPS:
+                return False
+            ref = op.inputs[0]
+        return False
 
     def _role_map(self, found: list[_Found], infos: Sequence[VariableInfo]) -> RoleMap:
         order = {info.key: info.order for info in infos}
@@ -758,13 +770,27 @@ def _wiring_notes(found: _Found) -> list[str]:
     return ["graph wiring: " + ", ".join(parts)]
 
 
-def _attention_axes(equation: str | None, kernel_rank: int) -> list[int] | None:
+def _query_second(equation: str | None) -> bool:
+    """Whether a score einsum takes the key first: the query's own letters (its
+    attended axes) come before the key's in the output (`aecd,abcd->acbe`)."""
+    if not equation or "->" not in equation or "," not in equation:
+        return False
+    lhs, out = equation.split("->")
+    a, b = lhs.split(",")[:2]
+    own_a = [out.index(c) for c in a if c not in b and c in out]
+    own_b = [out.index(c) for c in b if c not in a and c in out]
+    return bool(own_a and own_b) and min(own_b) < min(own_a)
+
+
+def _attention_axes(equation: str | None) -> list[int] | None:
     """MultiHeadAttention's attention_axes from the score einsum (`BTNH,BSNH->BNTS`):
     the query's axes whose letters the key does not share. None when default."""
     if not equation or "->" not in equation or "," not in equation:
         return None
     lhs = equation.split("->")[0]
     q, k = lhs.split(",")[:2]
+    if _query_second(equation):
+        q, k = k, q
     axes = [i for i, c in enumerate(q) if c not in k]
     rank = len(q)  # projected query rank: input rank + 1 (heads)
     if axes == list(range(1, rank - 2)):
