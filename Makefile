@@ -31,6 +31,7 @@ fixtures:
 	$(PY) fixtures/hf/generate.py
 	$(PY) fixtures/keras_hub/generate.py
 	$(PY) fixtures/model_garden/generate.py
+	$(PY) fixtures/graph/generate.py
 
 bench:
 	$(PY) bench/run.py

@@ -132,6 +132,8 @@ def verify(
             model_options = replace(model_options, family_config=None)
             model = open_model(reader, model_options, source=options.against)
         infos, config, roles = model.infos, model.config, model.roles
+        for line in roles.notes:  # e.g. why a SavedModel's serving graph was not used
+            note(line)
         family = model.family
         if family is not None and family.problem(roles):
             family.try_unknown_settings(roles)  # e.g. every head count that fits
