@@ -47,7 +47,16 @@ class GraphTraceError(Exception):
 CONTRACTIONS = frozenset({"MatMul", "BatchMatMulV2", "BatchMatMulV3", "BatchMatMul", "Einsum"})
 # Ops that move or retype data without computing.
 SHAPE_OPS = frozenset(
-    {"Reshape", "Transpose", "Cast", "Identity", "ExpandDims", "Squeeze", "StopGradient", "Snapshot"}
+    {
+        "Reshape",
+        "Transpose",
+        "Cast",
+        "Identity",
+        "ExpandDims",
+        "Squeeze",
+        "StopGradient",
+        "Snapshot",
+    }
 )
 BIAS_ADDS = frozenset({"BiasAdd", "AddV2", "Add"})
 # Activation ops -> Keras activation names; composite ones are recognised in _activation.
@@ -328,7 +337,9 @@ class _Tracer:
             if min(position[n] for n in region) < first:
                 continue
             if all(u.name in region for n in region if n != end for u in self.consumers.get(n, [])):
-                return self._out(self.ops[end]), [self.ops[n] for n in sorted(region, key=position.get)]
+                return self._out(self.ops[end]), [
+                    self.ops[n] for n in sorted(region, key=position.get)
+                ]
         return None
 
     def _positions(self) -> dict[str, int]:
@@ -373,7 +384,9 @@ class _Tracer:
             "scale": gamma is not None,
         }
         notes = [f"epsilon {config['epsilon']:.3g} from the graph"]
-        return _Found([o.name for o in ops], "LayerNormalization", config, weights, output, [x], notes=notes)
+        return _Found(
+            [o.name for o in ops], "LayerNormalization", config, weights, output, [x], notes=notes
+        )
 
     def _region(self, x: Ref, end: str, starts: set[str]) -> set[str]:
         """Ops on paths from x to `end` (ancestors of end that descend from x)."""
@@ -389,9 +402,7 @@ class _Tracer:
                 return False
             hit = name in starts
             for r in op.inputs:
-                if r == x:
-                    hit = True
-                elif r[0] in self.ops and reaches_x(r[0], depth + 1):
+                if r == x or (r[0] in self.ops and reaches_x(r[0], depth + 1)):
                     hit = True
             memo[name] = hit
             return hit
@@ -407,7 +418,10 @@ class _Tracer:
         rows, dim = (self.shapes.get(key) or (0, 0))[:2]
         ids = self.back(op.inputs[1])
         mask_zero = any(
-            u.op == "NotEqual" and (c := self.constant(r)) is not None and c.size == 1 and c.item() == 0
+            u.op == "NotEqual"
+            and (c := self.constant(r)) is not None
+            and c.size == 1
+            and c.item() == 0
             for u in self.users(ids)
             for r in u.inputs
             if r != ids
@@ -450,7 +464,9 @@ class _Tracer:
         pq, pk, pv = (self._projection_of(r, by_output) for r in (q_ref, k_ref, value_ref))
         causal = any(o.op == "MatrixBandPart" for m in masks for o in self.ancestors(m))
         if pq and pk and pv and len(self.shapes.get(pq.kernel, ())) >= 3:
-            return self._mha(softmax, scores, weighted, pq, pk, pv, masks, causal, projections, used)
+            return self._mha(
+                softmax, scores, weighted, pq, pk, pv, masks, causal, projections, used
+            )
         # Weightless dot-product attention (Keras `Attention`) on the layers before it.
         weights = {"scale": scale_key} if scale_key else {}
         config = {"use_scale": scale_key is not None, "score_mode": "dot"}
@@ -459,8 +475,14 @@ class _Tracer:
         args = [[self.back(q_ref), self.back(value_ref), self.back(k_ref, SHAPE_OPS)]]
         args = [[self._unscale(r) for r in args[0]]]
         return _Found(
-            [softmax.name, scores.name, weighted.name], "Attention", config, weights,
-            self._out(weighted), args, kwargs, notes,
+            [softmax.name, scores.name, weighted.name],
+            "Attention",
+            config,
+            weights,
+            self._out(weighted),
+            args,
+            kwargs,
+            notes,
         )
 
     def _unscale(self, ref: Ref) -> Ref:
@@ -527,7 +549,9 @@ class _Tracer:
                 return None
             if op.op in SHAPE_OPS:
                 ref = op.inputs[0]
-            elif op.op in ("Mul", "RealDiv") and any(self.constant(r) is not None for r in op.inputs):
+            elif op.op in ("Mul", "RealDiv") and any(
+                self.constant(r) is not None for r in op.inputs
+            ):
                 ref = next(r for r in op.inputs if self.constant(r) is None)
             else:
                 return None
@@ -550,9 +574,10 @@ class _Tracer:
                     for other in user.inputs:
                         if other == ref:
                             continue
-                        g = self._projection_of(self.back(other, SHAPE_OPS | {"Sigmoid"}), {
-                            q.output: q for q in projections.values()
-                        })
+                        g = self._projection_of(
+                            self.back(other, SHAPE_OPS | {"Sigmoid"}),
+                            {q.output: q for q in projections.values()},
+                        )
                         if g is not None:
                             gate = g
                 frontier.append(self._out(user))
@@ -594,7 +619,12 @@ class _Tracer:
         if key_in != value_in:
             kwargs["key"] = pk.data
         found = _Found(
-            [softmax.name, scores.name, weighted.name, *(p.contraction.name for p in parts.values())],
+            [
+                softmax.name,
+                scores.name,
+                weighted.name,
+                *(p.contraction.name for p in parts.values()),
+            ],
             "MultiHeadAttention",
             config,
             weights,
@@ -691,7 +721,9 @@ class _Tracer:
             layer = Layer(f.name, f.class_name, dict(f.config), dict(f.weights), GRAPH)
             layer.notes += f.notes + _wiring_notes(f)
             layers.append(layer)
-        layers.sort(key=lambda ly: min((order.get(k, 1 << 30) for k in ly.weights.values()), default=0))
+        layers.sort(
+            key=lambda ly: min((order.get(k, 1 << 30) for k in ly.weights.values()), default=0)
+        )
         taken = {key for layer in layers for key in layer.weights.values()}
         rest = [i for i in infos if i.kind == WEIGHT and i.key not in taken]
         return RoleMap(layers, sorted(rest, key=lambda i: i.order))
@@ -805,7 +837,7 @@ def disagreements(before: RoleMap, traced: RoleMap) -> list[str]:
     for layer in traced.layers:
         for role, key in layer.weights.items():
             was = old.get(key)
-            if was is None or was[1] == role and was[0].class_name == layer.class_name:
+            if was is None or (was[1] == role and was[0].class_name == layer.class_name):
                 continue
             notes.append(
                 f"graph wins: {key} is {layer.name} {role}; {was[0].evidence} said "

@@ -56,7 +56,11 @@ _MESSAGES = [
         False,
     ),
     ("NameAttrList", [("name", 1, "string", False)], False),
-    ("ListValue", [("s", 2, "bytes", True), ("i", 3, "int64", True), ("f", 4, "float", True)], False),
+    (
+        "ListValue",
+        [("s", 2, "bytes", True), ("i", 3, "int64", True), ("f", 4, "float", True)],
+        False,
+    ),
     (
         "AttrValue",
         [
@@ -85,7 +89,11 @@ _MESSAGES = [
     ("ArgDef", [("name", 1, "string", False)], False),
     (
         "OpDef",
-        [("name", 1, "string", False), ("input_arg", 2, "ArgDef", True), ("output_arg", 3, "ArgDef", True)],
+        [
+            ("name", 1, "string", False),
+            ("input_arg", 2, "ArgDef", True),
+            ("output_arg", 3, "ArgDef", True),
+        ],
         False,
     ),
     ("FunctionDef.RetEntry", [("key", 1, "string", False), ("value", 2, "string", False)], True),
@@ -99,10 +107,22 @@ _MESSAGES = [
         False,
     ),
     ("FunctionDefLibrary", [("function", 1, "FunctionDef", True)], False),
-    ("GraphDef", [("node", 1, "NodeDef", True), ("library", 2, "FunctionDefLibrary", False)], False),
+    (
+        "GraphDef",
+        [("node", 1, "NodeDef", True), ("library", 2, "FunctionDefLibrary", False)],
+        False,
+    ),
     ("TensorInfo", [("name", 1, "string", False)], False),
-    ("SignatureDef.InputsEntry", [("key", 1, "string", False), ("value", 2, "TensorInfo", False)], True),
-    ("SignatureDef.OutputsEntry", [("key", 1, "string", False), ("value", 2, "TensorInfo", False)], True),
+    (
+        "SignatureDef.InputsEntry",
+        [("key", 1, "string", False), ("value", 2, "TensorInfo", False)],
+        True,
+    ),
+    (
+        "SignatureDef.OutputsEntry",
+        [("key", 1, "string", False), ("value", 2, "TensorInfo", False)],
+        True,
+    ),
     (
         "SignatureDef",
         [
@@ -228,7 +248,9 @@ def read_serving_graph(path: str | Path, key_of_node: dict[int, str]) -> Serving
         raise FunctionGraphError("the SavedModel has no serving signature")
     signature = meta.signature_def[names[0]]
     library = {f.signature.name: f for f in meta.graph_def.library.function}
-    bound = {name: list(cf.bound_inputs) for name, cf in meta.object_graph_def.concrete_functions.items()}
+    bound = {
+        name: list(cf.bound_inputs) for name, cf in meta.object_graph_def.concrete_functions.items()
+    }
     graph = _Inliner(library, bound, key_of_node)
     nodes = {n.name: n for n in meta.graph_def.node}
     placeholders = {}
@@ -383,7 +405,16 @@ def _topological(nodes) -> list:
     return order
 
 
-_READ_ATTRS = ("equation", "value", "epsilon", "transpose_a", "transpose_b", "adj_x", "adj_y", "alpha")
+_READ_ATTRS = (
+    "equation",
+    "value",
+    "epsilon",
+    "transpose_a",
+    "transpose_b",
+    "adj_x",
+    "adj_y",
+    "alpha",
+)
 
 
 def _attrs(node) -> dict:
