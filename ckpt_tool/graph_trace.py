@@ -451,6 +451,8 @@ class _Tracer:
         self, softmax: Op, scores_in: Ref, projections, by_output, used: set[str]
     ) -> _Found:
         scores, masks, scale_key = self._scores(scores_in)
+        if scores is not None and scores.op == "Sum":
+            return self._additive(softmax, scores, masks, scale_key)
         if scores is None:
             raise GraphTraceError(f"the scores of {softmax.name} come from no contraction")
         partner = [u for u in self.users(self._out(softmax)) if u.op in CONTRACTIONS]
@@ -462,7 +464,7 @@ class _Tracer:
         if _query_second(scores.attrs.get("equation")):  # tf-keras: einsum(key, query)
             q_ref, k_ref = k_ref, q_ref
         pq, pk, pv = (self._projection_of(r, by_output) for r in (q_ref, k_ref, value_ref))
-        causal = any(o.op == "MatrixBandPart" for m in masks for o in self.ancestors(m))
+        causal = self._causal(masks)
         if pq and pk and pv and len(self.shapes.get(pq.kernel, ())) >= 3:
             return self._mha(
                 softmax, scores, weighted, pq, pk, pv, masks, causal, projections, used
@@ -485,6 +487,74 @@ class _Tracer:
             notes,
         )
 
+    def _causal(self, masks: list[Ref]) -> bool:
+        """A causal band among the masks: `MatrixBandPart` (MultiHeadAttention), or
+        `GreaterEqual` of two `Cumsum`s of ones with no input behind it (Attention)."""
+        for mask in masks:
+            above = self.ancestors(mask)
+            kinds = {o.op for o in above}
+            if "MatrixBandPart" in kinds:
+                return True
+            if {"Cumsum", "GreaterEqual"} <= kinds and not self.args_reached(mask):
+                return True
+        return False
+
+    def _additive(self, softmax: Op, total: Op, masks: list[Ref], outer: str | None) -> _Found:
+        """`sum(scale * tanh(q + k))` (AdditiveAttention) or
+        `concat_score_weight * sum(tanh(scale * (q + k)))` (Attention, score_mode concat)."""
+        ref, inner, seen_tanh, add = total.inputs[0], None, False, None
+        additive_scale = None
+        for _ in range(8):
+            op = self.op(ref)
+            if op is None:
+                break
+            if op.op == "Tanh":
+                seen_tanh, ref = True, op.inputs[0]
+            elif op.op == "Mul":
+                keys = [self.variable(r) for r in op.inputs]
+                key = next((k for k in keys if k), None)
+                if seen_tanh:
+                    inner = key
+                else:
+                    additive_scale = key
+                ref = op.inputs[keys.index(None)] if None in keys else op.inputs[0]
+            elif op.op in ("AddV2", "Add"):
+                add = op
+                break
+            else:
+                break
+        partner = [u for u in self.users(self._out(softmax)) if u.op in CONTRACTIONS]
+        if add is None or not seen_tanh or len(partner) != 1:
+            raise GraphTraceError(f"the additive scores of {softmax.name} are not understood")
+        weighted = partner[0]
+        value_ref = next(r for r in weighted.inputs if self.back(r)[0] != softmax.name)
+        q_ref, k_ref = add.inputs
+        axis = self.constant(self.op(k_ref).inputs[1]) if self.op(k_ref) else None
+        if axis is not None and axis.size == 1 and int(axis.reshape(-1)[0]) == -2:
+            q_ref, k_ref = k_ref, q_ref  # expand_dims(query, -2) + expand_dims(key, -3)
+        if inner is not None or (outer is not None and additive_scale is None):
+            class_name = "Attention"
+            config = {"use_scale": inner is not None, "score_mode": "concat"}
+            weights = {"scale": inner} if inner else {}
+            if outer:
+                weights["concat_score_weight"] = outer
+        else:
+            class_name = "AdditiveAttention"
+            config = {"use_scale": additive_scale is not None}
+            weights = {"scale": additive_scale} if additive_scale else {}
+        causal = self._causal(masks)
+        args = [[self.back(q_ref), self.back(value_ref), self.back(k_ref)]]
+        return _Found(
+            [softmax.name, total.name, weighted.name],
+            class_name,
+            config,
+            weights,
+            self._out(weighted),
+            args,
+            {"use_causal_mask": True} if causal else {},
+            ["causal mask"] if causal else [],
+        )
+
     def _unscale(self, ref: Ref) -> Ref:
         op = self.op(ref)
         if op is not None and op.op == "Transpose":
@@ -500,7 +570,7 @@ class _Tracer:
             op = self.op(ref)
             if op is None:
                 return None, masks, scale_key
-            if op.op in CONTRACTIONS:
+            if op.op in CONTRACTIONS or (op.op == "Sum" and self._tanh_above(op)):
                 return op, masks, scale_key
             if op.op in ("SelectV2", "Select"):
                 masks.append(op.inputs[0])
@@ -533,10 +603,15 @@ class _Tracer:
                 return False
             if op.op in CONTRACTIONS:
                 return self.variable(op.inputs[0]) is None and self.variable(op.inputs[1]) is None
+            if op.op == "Sum" and self._tanh_above(op):
+                return True
             if not op.inputs or op.op in ("Const", "Fill", "Shape"):
                 return False
             ref = next((r for r in op.inputs if self.constant(r) is None), op.inputs[0])
         return False
+
+    def _tanh_above(self, op: Op) -> bool:
+        return any(o.op == "Tanh" for o in self.ancestors(op.inputs[0], limit=6))
 
     def _projection_of(self, ref: Ref, by_output) -> _Projection | None:
         """The projection whose output reaches `ref` through data-moving ops (and a
