@@ -314,7 +314,7 @@ class _Tracer:
             return end, "gelu"
         if "Tanh" in kinds and kinds <= {"Tanh", "Mul", "AddV2", "Add", "Pow"}:
             return end, "gelu_approximate"
-        if kinds == {"Sigmoid", "Mul"} and len(ops) == 2:
+        if kinds == {"Sigmoid", "Mul"} and len(ops) <= 3:  # x * sigmoid([1 *] x)
             return end, "silu"
         return ref, "linear"
 

@@ -367,9 +367,9 @@ class _Inliner:
                 for i, value in enumerate(rets):
                     local[f"{node.name}:output:{i}"] = value
                 continue
-            if node.op == "Identity" and inputs:  # pass-through: no op of its own
-                for port in ("output:0",):
-                    local[f"{node.name}:{port}"] = inputs[0]
+            if node.op in ("Identity", "IdentityN") and inputs:  # pass-through
+                for i, value in enumerate(inputs):  # IdentityN: tf.custom_gradient's wrapper
+                    local[f"{node.name}:output:{i}"] = value
                 continue
             self.ops[prefix + node.name] = Op(prefix + node.name, node.op, inputs, _attrs(node))
         out_names = [a.name for a in fn.signature.output_arg]
