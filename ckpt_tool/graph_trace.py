@@ -295,7 +295,8 @@ class _Tracer:
         weights = {"kernel": p.kernel} | ({"bias": p.bias} if p.bias else {})
         config = {"units": shape[1], "use_bias": p.bias is not None, "activation": activation}
         ops = [p.contraction.name, p.output[0]]
-        return _Found(ops, "Dense", config, weights, output, [p.data])
+        notes = [f"activation {activation} from the graph"]
+        return _Found(ops, "Dense", config, weights, output, [p.data], notes=notes)
 
     def _activation(self, ref: Ref) -> tuple[Ref, str]:
         """The activation applied right after a projection (by its ops), and its output."""
@@ -750,6 +751,7 @@ class _Tracer:
                 [tensor(r) for r in a] if isinstance(a, list) else tensor(a) for a in f.args
             ]
             kwargs = {k: tensor(v) if isinstance(v, tuple) else v for k, v in f.kwargs.items()}
+            f.notes += _wiring_notes(f, call_args, kwargs, set(self.g.inputs))
             entries.append(
                 {
                     "class_name": f.class_name,
@@ -794,7 +796,7 @@ class _Tracer:
         layers = []
         for f in found:
             layer = Layer(f.name, f.class_name, dict(f.config), dict(f.weights), GRAPH)
-            layer.notes += f.notes + _wiring_notes(f)
+            layer.notes += f.notes
             layers.append(layer)
         layers.sort(
             key=lambda ly: min((order.get(k, 1 << 30) for k in ly.weights.values()), default=0)
@@ -861,19 +863,27 @@ def _layer_name(found: _Found, ops: dict[str, Op]) -> str:
     return re.sub(r"_\d+$", "", common[-1])
 
 
-def _wiring_notes(found: _Found) -> list[str]:
-    def describe(ref) -> str:
-        return f"input {ref[1]!r}" if ref[0] == "arg" else "a layer"
+def _wiring_notes(found: _Found, args: list, kwargs: dict, inputs: set[str]) -> list[str]:
+    """Which model input or layer feeds each input of an attention layer."""
 
-    if found.class_name != "MultiHeadAttention":
-        return []
-    query, value = found.args[:2]
-    key = found.kwargs.get("key", value)
-    parts = [f"query from {describe(query)}"]
-    if key == value:
-        parts.append(f"key and value from {describe(value)}")
+    def describe(tensor: dict) -> str:
+        name = tensor["config"]["keras_history"][0]
+        return f"input {name!r}" if name in inputs else f"layer {name!r}"
+
+    if found.class_name == "MultiHeadAttention":
+        query, value = args[:2]
+        key = kwargs.get("key", value)
+        parts = [f"query from {describe(query)}"]
+        if key == value:
+            parts.append(f"key and value from {describe(value)}")
+        else:
+            parts += [f"key from {describe(key)}", f"value from {describe(value)}"]
+    elif found.class_name in ("Attention", "AdditiveAttention"):
+        query, value, key = args[0]
+        parts = [f"query from {describe(query)}", f"value from {describe(value)}"]
+        parts.append(f"key from {describe(key)}")
     else:
-        parts += [f"key from {describe(key)}", f"value from {describe(value)}"]
+        return []
     return ["graph wiring: " + ", ".join(parts)]
 
 
