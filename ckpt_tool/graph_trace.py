@@ -123,12 +123,20 @@ def trace_model(reader, infos: Sequence[VariableInfo]) -> Traced | None:
         key = info.key if info.kind == WEIGHT else info.extra.get("duplicate_of")
         if key is not None:
             key_of_node.setdefault(int(node), key)
+    shapes = {info.key: tuple(info.shape) for info in infos}
     try:
         graph = read_serving_graph(Path(saved_dir) / "saved_model.pb", key_of_node)
+        return _Tracer(graph, shapes).run(infos)
     except FunctionGraphError as exc:
         raise GraphTraceError(str(exc)) from None
-    shapes = {info.key: tuple(info.shape) for info in infos}
-    return _Tracer(graph, shapes).run(infos)
+    except GraphTraceError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, StopIteration, RecursionError) as exc:
+        # A graph of a shape nothing here expects (damaged or unusual): not a crash.
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise GraphTraceError(
+            f"unexpected graph structure ({type(exc).__name__} {detail})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- tracing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -130,9 +131,18 @@ def test_bare_checkpoint_is_a_clear_error():
     assert "--weights" in result.stderr
 
 
-def test_multi_input_savedmodel_without_config_asks_for_one():
+def test_multi_input_savedmodel_without_config_asks_for_one(tmp_path):
+    """Its serving graph stripped, a multi-input export cannot tell its wiring."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    stripped = tmp_path / "stripped"
+    shutil.copytree(fixture_path("cross_attention_savedmodel"), stripped)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((stripped / "saved_model.pb").read_bytes())
+    del proto.meta_graphs[0].graph_def.library.function[:]
+    (stripped / "saved_model.pb").write_bytes(proto.SerializeToString())
     with pytest.raises(CkptToolError, match="--config"):
-        verify(str(fixture_path("cross_attention_savedmodel")), VerifyOptions())
+        verify(str(stripped), VerifyOptions())
 
 
 def test_weights_from_another_format_pass():

@@ -328,6 +328,8 @@ class _Inliner:
 
     def call(self, fn_name: str, args: list[Ref], prefix: str, depth: int = 0) -> list[Ref]:
         fn = self.library.get(fn_name)
+        if depth > 32:
+            raise FunctionGraphError(f"calls nest deeper than 32 functions (at {fn_name!r})")
         if fn is None:
             raise FunctionGraphError(f"the graph calls {fn_name!r}, which the library lacks")
         input_args = [a.name for a in fn.signature.input_arg]
