@@ -341,7 +341,9 @@ class _Tracer:
         begin = position[anchor.name] if anchor is not None else first
         for end in names[begin : begin + window]:
             region = self._region(x, end, starts)
-            if not starts <= region or (anchor is not None and anchor.name not in region):
+            if anchor is None and not starts <= region:  # a composite takes every use
+                continue
+            if anchor is not None and anchor.name not in region:  # other layers share x
                 continue
             if min(position[n] for n in region) < first:
                 continue

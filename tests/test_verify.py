@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import zipfile
 
 import numpy as np
@@ -131,18 +130,19 @@ def test_bare_checkpoint_is_a_clear_error():
     assert "--weights" in result.stderr
 
 
-def test_multi_input_savedmodel_without_config_asks_for_one(tmp_path):
-    """Its serving graph stripped, a multi-input export cannot tell its wiring."""
-    from tensorflow.core.protobuf import saved_model_pb2
+def test_multi_input_savedmodel_without_config_asks_for_one(monkeypatch):
+    """When its serving graph cannot be read, a multi-input export cannot tell its
+    wiring: verify asks for the config (and says why the graph was not used)."""
+    from ckpt_tool import graph_trace
 
-    stripped = tmp_path / "stripped"
-    shutil.copytree(fixture_path("cross_attention_savedmodel"), stripped)
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((stripped / "saved_model.pb").read_bytes())
-    del proto.meta_graphs[0].graph_def.library.function[:]
-    (stripped / "saved_model.pb").write_bytes(proto.SerializeToString())
+    def unreadable(reader, infos):
+        raise graph_trace.GraphTraceError("an op the reader does not know")
+
+    monkeypatch.setattr(graph_trace, "trace_model", unreadable)
+    notes = []
     with pytest.raises(CkptToolError, match="--config"):
-        verify(str(stripped), VerifyOptions())
+        verify(str(fixture_path("cross_attention_savedmodel")), VerifyOptions(), note=notes.append)
+    assert any(n.startswith("the serving graph was not used (an op") for n in notes)
 
 
 def test_weights_from_another_format_pass():
