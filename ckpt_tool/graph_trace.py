@@ -72,6 +72,8 @@ ACTIVATION_OPS = {
     "Exp": "exponential",
     "LeakyRelu": "leaky_relu",
 }
+# Ops that read only their input's shape: data does not flow through them.
+_SHAPE_ONLY = frozenset({"Shape", "ShapeN", "Size", "Rank", "OnesLike", "ZerosLike"})
 _PASS_THROUGH = frozenset({"Identity", "Cast", "StopGradient", "Snapshot"})
 
 
@@ -149,9 +151,10 @@ class _Tracer:
         self.shapes = shapes
         self.consumers: dict[str, list[Op]] = {}
         for op in self.ops.values():
-            for ref in op.inputs:
-                if ref[0] in self.ops:
-                    self.consumers.setdefault(ref[0], []).append(op)
+            for ref in op.inputs:  # by producing op, or "arg" for the signature's inputs
+                users = self.consumers.setdefault(ref[0], [])
+                if not users or users[-1] is not op:
+                    users.append(op)
 
     # ---- small helpers
 
@@ -218,6 +221,7 @@ class _Tracer:
         return out
 
     def args_reached(self, ref: Ref) -> set[str]:
+        """The signature inputs whose values (not just shapes) reach `ref`."""
         names = set()
         stack, seen = [ref], set()
         while stack:
@@ -226,7 +230,7 @@ class _Tracer:
                 names.add(r[1])
                 continue
             op = self.op(r)
-            if op is None or op.name in seen:
+            if op is None or op.name in seen or op.op in _SHAPE_ONLY:
                 continue
             seen.add(op.name)
             stack.extend(op.inputs)
