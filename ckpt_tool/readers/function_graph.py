@@ -257,6 +257,10 @@ def read_serving_graph(path: str | Path, key_of_node: dict[int, str]) -> Serving
     for name, info in signature.inputs.items():
         placeholders[info.name.split(":")[0]] = name
     outputs: dict[str, Ref] = {}
+    wanted = [info.name.partition(":")[0] for info in signature.outputs.values()]
+    for node in _topological(_ancestors(wanted, nodes)):  # inputs first: no deep recursion
+        if node.name not in placeholders and node.op not in _VARIABLE_OPS:
+            graph.graph_value(node, 0, nodes, placeholders)
     for out_name, info in signature.outputs.items():
         node_name, _, index = info.name.partition(":")
         node = nodes.get(node_name)
@@ -275,6 +279,7 @@ class _Inliner:
         self.variables: set[str] = set()
         self.input_order: list[str] = []
         self._graph_values: dict[tuple[str, int], Ref] = {}
+        self._call_rets: dict[str, list[Ref]] = {}
 
     # ---- TF1 graphs and the GraphDef's call nodes
 
@@ -294,11 +299,15 @@ class _Inliner:
                 src, _, idx = text.partition(":")
                 if src in placeholders:
                     args.append(("arg", placeholders[src]))
-                elif src in nodes and nodes[src].op in ("VarHandleOp", "VariableV2"):
+                elif src in nodes and nodes[src].op in _VARIABLE_OPS:
                     args.append(("handle", str(i)))  # bound below through bound_inputs
                 else:
                     args.append(self.graph_value(nodes[src], int(idx or 0), nodes, placeholders))
-            rets = self.call(fn_name, args, prefix="")
+            if node.name not in self._call_rets:
+                self._call_rets[node.name] = self.call(fn_name, args, prefix="")
+            rets = self._call_rets[node.name]
+            if index >= len(rets):
+                raise FunctionGraphError(f"{node.name}:{index}: the call has no such output")
             value = rets[index]
         else:
             value = self._graph_op(node, nodes, placeholders)
@@ -315,7 +324,7 @@ class _Inliner:
                 src, _, idx = text.partition(":")
                 if src not in nodes:
                     raise FunctionGraphError(f"graph node {node.name!r} reads unknown {src!r}")
-                if nodes[src].op in ("VariableV2", "VarHandleOp", "Variable"):
+                if nodes[src].op in _VARIABLE_OPS:
                     key = src
                     self.variables.add(key)
                     inputs.append(("var", key))
@@ -377,6 +386,25 @@ class _Inliner:
         out_names = [a.name for a in fn.signature.output_arg]
         ret = {r: fn.ret[r] for r in fn.ret}
         return [resolve(ret[name]) for name in out_names]
+
+
+_VARIABLE_OPS = frozenset({"VariableV2", "VarHandleOp", "Variable"})
+
+
+def _ancestors(names: list[str], nodes: dict) -> list:
+    """The GraphDef nodes the named ones read, themselves included."""
+    seen: dict[str, object] = {}
+    stack = [n for n in names if n in nodes]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen[name] = nodes[name]
+        for text in nodes[name].input:
+            src = text.lstrip("^").split(":")[0]
+            if src in nodes and src not in seen:
+                stack.append(src)
+    return list(seen.values())
 
 
 def _attr_func(node) -> str | None:
