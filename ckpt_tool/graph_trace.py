@@ -220,10 +220,10 @@ class _Tracer:
             stack.extend(op.inputs)
         return out
 
-    def args_reached(self, ref: Ref) -> set[str]:
-        """The signature inputs whose values (not just shapes) reach `ref`."""
+    def args_reached(self, *refs: Ref) -> set[str]:
+        """The signature inputs whose values (not just shapes) reach any of `refs`."""
         names = set()
-        stack, seen = [ref], set()
+        stack, seen = list(refs), set()
         while stack:
             r = stack.pop()
             if r[0] == "arg":
@@ -432,6 +432,9 @@ class _Tracer:
             return None
         rows, dim = (self.shapes.get(key) or (0, 0))[:2]
         ids = self.back(op.inputs[1])
+        wrap = self.op(ids)  # Keras wraps negative ids: where(ids < 0, ids + n, ids)
+        if wrap is not None and wrap.op in ("SelectV2", "Select") and len(wrap.inputs) == 3:
+            ids = self.back(wrap.inputs[2])
         mask_zero = any(
             u.op == "NotEqual"
             and (c := self.constant(r)) is not None
@@ -693,13 +696,13 @@ class _Tracer:
         axes = _attention_axes(scores.attrs.get("equation"))
         if axes is not None:
             config["attention_axes"] = axes
-        query_in, value_in, key_in = (self.back(p.data) for p in (pq, pv, pk))
+        value_in, key_in = (self.back(p.data) for p in (pv, pk))
         kwargs: dict = {}
         notes = []
         if causal:
             kwargs["use_causal_mask"] = True
             notes.append("causal mask (MatrixBandPart before the softmax)")
-        own = {r[1] for r in (query_in, value_in, key_in) if r[0] == "arg"}
+        own = self.args_reached(pq.data, pk.data, pv.data)  # Keras masks travel with these
         for mask in masks:
             reached = self.args_reached(mask) - own
             for name in sorted(reached):
