@@ -106,6 +106,7 @@ class _Found:
     kwargs: dict = field(default_factory=dict)  # Refs or plain values
     notes: list[str] = field(default_factory=list)
     name: str = ""
+    extra_outputs: dict = field(default_factory=dict)  # Ref -> output index (> 0)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -494,28 +495,48 @@ class _Tracer:
         notes = ["causal mask"] if causal else []
         args = [[self.back(q_ref), self.back(value_ref), self.back(k_ref, SHAPE_OPS)]]
         args = [[self._unscale(r) for r in args[0]]]
-        return _Found(
+        found = _Found(
             [softmax.name, scores.name, weighted.name],
             "Attention",
             config,
             weights,
-            self._out(weighted),
+            self._past_query_mask(self._out(weighted)),
             args,
             kwargs,
             notes,
         )
+        self._scores_output(softmax, found)
+        return found
 
     def _causal(self, masks: list[Ref]) -> bool:
         """A causal band among the masks: `MatrixBandPart` (MultiHeadAttention), or
         `GreaterEqual` of two `Cumsum`s of ones with no input behind it (Attention)."""
         for mask in masks:
-            above = self.ancestors(mask)
-            kinds = {o.op for o in above}
-            if "MatrixBandPart" in kinds:
-                return True
-            if {"Cumsum", "GreaterEqual"} <= kinds and not self.args_reached(mask):
-                return True
+            for op in self.ancestors(mask):
+                if op.op == "MatrixBandPart":
+                    return True
+                band = op.op == "GreaterEqual" and not self.args_reached(self._out(op))
+                if band and any(o.op == "Cumsum" for o in self.ancestors(self._out(op), limit=12)):
+                    return True
         return False
+
+    def _past_query_mask(self, ref: Ref) -> Ref:
+        """Keras's Attention zeroes masked query rows of its result: `where(mask, r, 0)`
+        with the mask from `NotEqual` (a Keras mask): that is still the layer."""
+        users = self.users(ref)
+        if len(users) != 1 or users[0].op not in ("SelectV2", "Select"):
+            return ref
+        select = users[0]
+        keras_mask = any(o.op == "NotEqual" for o in self.ancestors(select.inputs[0], limit=8))
+        return self._out(select) if select.inputs[1] == ref and keras_mask else ref
+
+    def _scores_output(self, softmax: Op, found: _Found) -> None:
+        """The attention weights as a second output (`return_attention_scores=True`)
+        when the model returns them."""
+        out = self._out(softmax)
+        if out in self.g.outputs.values():
+            found.kwargs["return_attention_scores"] = True
+            found.extra_outputs[out] = 1
 
     def _additive(self, softmax: Op, total: Op, masks: list[Ref], outer: str | None) -> _Found:
         """`sum(scale * tanh(q + k))` (AdditiveAttention) or
@@ -535,7 +556,9 @@ class _Tracer:
                     inner = key
                 else:
                     additive_scale = key
-                ref = op.inputs[keys.index(None)] if None in keys else op.inputs[0]
+                live = [r for r, k in zip(op.inputs, keys, strict=True) if k is None]
+                live = [r for r in live if self.constant(r) is None] or op.inputs[:1]
+                ref = live[0]
             elif op.op in ("AddV2", "Add"):
                 add = op
                 break
@@ -562,16 +585,18 @@ class _Tracer:
             weights = {"scale": additive_scale} if additive_scale else {}
         causal = self._causal(masks)
         args = [[self.back(q_ref), self.back(value_ref), self.back(k_ref)]]
-        return _Found(
+        found = _Found(
             [softmax.name, total.name, weighted.name],
             class_name,
             config,
             weights,
-            self._out(weighted),
+            self._past_query_mask(self._out(weighted)),
             args,
             {"use_causal_mask": True} if causal else {},
             ["causal mask"] if causal else [],
         )
+        self._scores_output(softmax, found)
+        return found
 
     def _unscale(self, ref: Ref) -> Ref:
         op = self.op(ref)
@@ -614,19 +639,18 @@ class _Tracer:
                 return None, masks, scale_key
         return None, masks, scale_key
 
-    def _leads_to_contraction(self, ref: Ref) -> bool:
-        for _ in range(16):
-            op = self.op(ref)
-            if op is None:
-                return False
-            if op.op in CONTRACTIONS:
-                return self.variable(op.inputs[0]) is None and self.variable(op.inputs[1]) is None
-            if op.op == "Sum" and self._tanh_above(op):
-                return True
-            if not op.inputs or op.op in ("Const", "Fill", "Shape"):
-                return False
-            ref = next((r for r in op.inputs if self.constant(r) is None), op.inputs[0])
-        return False
+    def _leads_to_contraction(self, ref: Ref, depth: int = 0) -> bool:
+        """Whether a value comes from attention scores: a contraction of two computed
+        values, or a sum of a tanh (additive), through element-wise ops."""
+        op = self.op(ref)
+        if op is None or depth > 12 or op.op in ("Const", "Fill", "Shape"):
+            return False
+        if op.op in CONTRACTIONS:
+            return self.variable(op.inputs[0]) is None and self.variable(op.inputs[1]) is None
+        if op.op == "Sum" and self._tanh_above(op):
+            return True
+        live = [r for r in op.inputs if self.constant(r) is None and self.variable(r) is None]
+        return any(self._leads_to_contraction(r, depth + 1) for r in live[:2])
 
     def _tanh_above(self, op: Op) -> bool:
         return any(o.op == "Tanh" for o in self.ancestors(op.inputs[0], limit=6))
@@ -726,6 +750,7 @@ class _Tracer:
             kwargs,
             notes,
         )
+        self._scores_output(softmax, found)
         return found
 
     # ---- the model
@@ -741,14 +766,17 @@ class _Tracer:
                 n += 1
                 f.name = f"{base}_{n}"
             self.names_taken.add(f.name)
-        by_output = {f.output: f for f in found}
+        by_output = {f.output: (f, 0) for f in found}
+        for f in found:
+            by_output.update({ref: (f, index) for ref, index in f.extra_outputs.items()})
         glue: dict[str, dict] = {}  # op name -> config layer entry
 
         def tensor(ref: Ref, depth: int = 0) -> dict:
             if depth > 200:
                 raise GraphTraceError("the wiring between layers is too deep to follow")
             if ref in by_output:
-                return _keras_tensor(by_output[ref].name)
+                layer, index = by_output[ref]
+                return _keras_tensor(layer.name, index)
             if ref[0] == "arg":
                 return _keras_tensor(ref[1])
             op = self.op(ref)
@@ -853,8 +881,8 @@ def _entry(class_name: str, name: str, config: dict, args: list) -> dict:
     }
 
 
-def _keras_tensor(layer: str) -> dict:
-    return {"class_name": "__keras_tensor__", "config": {"keras_history": [layer, 0, 0]}}
+def _keras_tensor(layer: str, index: int = 0) -> dict:
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": [layer, 0, index]}}
 
 
 def _snake(name: str) -> str:
