@@ -474,14 +474,17 @@ class _Tracer:
             return self._additive(softmax, scores, masks, scale_key)
         if scores is None:
             raise GraphTraceError(f"the scores of {softmax.name} come from no contraction")
-        partner = [u for u in self.users(self._out(softmax)) if u.op in CONTRACTIONS]
+        partner = [u for u in self.users(self._weights(softmax)) if u.op in CONTRACTIONS]
         if len(partner) != 1:
             raise GraphTraceError(f"the weights of {softmax.name} multiply no values")
         weighted = partner[0]
-        value_ref = next(r for r in weighted.inputs if self.back(r)[0] != softmax.name)
+        attention_weights = self._weights(softmax)
+        value_ref = next(r for r in weighted.inputs if self.back(r) != attention_weights)
         q_ref, k_ref = scores.inputs[0], scores.inputs[1]
         if _query_second(scores.attrs.get("equation")):  # tf-keras: einsum(key, query)
             q_ref, k_ref = k_ref, q_ref
+        elif "equation" not in scores.attrs and self._scaled(k_ref) and not self._scaled(q_ref):
+            q_ref, k_ref = k_ref, q_ref  # matmul(key^T, query * scale), transposed after
         pq, pk, pv = (self._projection_of(r, by_output) for r in (q_ref, k_ref, value_ref))
         causal = self._causal(masks)
         if pq and pk and pv and len(self.shapes.get(pq.kernel, ())) >= 3:
@@ -520,6 +523,17 @@ class _Tracer:
                     return True
         return False
 
+    def _sliding_window(self, masks: list[Ref]) -> int | None:
+        """`abs(i - j) < w` among the masks: MultiHeadAttention(sliding_window=w)."""
+        for mask in masks:
+            for op in self.ancestors(mask):
+                if op.op != "Less" or len(op.inputs) != 2:
+                    continue
+                left, w = self.op(op.inputs[0]), self.constant(op.inputs[1])
+                if left is not None and left.op == "Abs" and w is not None and w.size == 1:
+                    return int(w.reshape(-1)[0])
+        return None
+
     def _past_query_mask(self, ref: Ref) -> Ref:
         """Keras's Attention zeroes masked query rows of its result: `where(mask, r, 0)`
         with the mask from `NotEqual` (a Keras mask): that is still the layer."""
@@ -530,10 +544,19 @@ class _Tracer:
         keras_mask = any(o.op == "NotEqual" for o in self.ancestors(select.inputs[0], limit=8))
         return self._out(select) if select.inputs[1] == ref and keras_mask else ref
 
+    def _weights(self, softmax: Op) -> Ref:
+        """The attention weights: the softmax, past a `where(mask, weights, 0)` that
+        zeroes fully masked rows."""
+        out = self._out(softmax)
+        users = self.users(out)
+        if len(users) == 1 and users[0].op in ("SelectV2", "Select") and users[0].inputs[1] == out:
+            return self._out(users[0])
+        return out
+
     def _scores_output(self, softmax: Op, found: _Found) -> None:
         """The attention weights as a second output (`return_attention_scores=True`)
         when the model returns them."""
-        out = self._out(softmax)
+        out = self._weights(softmax)
         if out in self.g.outputs.values():
             found.kwargs["return_attention_scores"] = True
             found.extra_outputs[out] = 1
@@ -564,11 +587,12 @@ class _Tracer:
                 break
             else:
                 break
-        partner = [u for u in self.users(self._out(softmax)) if u.op in CONTRACTIONS]
+        partner = [u for u in self.users(self._weights(softmax)) if u.op in CONTRACTIONS]
         if add is None or not seen_tanh or len(partner) != 1:
             raise GraphTraceError(f"the additive scores of {softmax.name} are not understood")
         weighted = partner[0]
-        value_ref = next(r for r in weighted.inputs if self.back(r)[0] != softmax.name)
+        attention_weights = self._weights(softmax)
+        value_ref = next(r for r in weighted.inputs if self.back(r) != attention_weights)
         q_ref, k_ref = add.inputs
         axis = self.constant(self.op(k_ref).inputs[1]) if self.op(k_ref) else None
         if axis is not None and axis.size == 1 and int(axis.reshape(-1)[0]) == -2:
@@ -597,6 +621,20 @@ class _Tracer:
         )
         self._scores_output(softmax, found)
         return found
+
+    def _scaled(self, ref: Ref) -> bool:
+        """Whether a value is multiplied by a constant on its way (Keras scales the
+        query, not the key, when it does not scale the scores)."""
+        for _ in range(8):
+            op = self.op(ref)
+            if op is None:
+                return False
+            if op.op in ("Mul", "RealDiv") and any(self.constant(r) is not None for r in op.inputs):
+                return True
+            if op.op not in SHAPE_OPS:
+                return False
+            ref = op.inputs[0]
+        return False
 
     def _unscale(self, ref: Ref) -> Ref:
         op = self.op(ref)
@@ -725,7 +763,11 @@ class _Tracer:
         notes = []
         if causal:
             kwargs["use_causal_mask"] = True
-            notes.append("causal mask (MatrixBandPart before the softmax)")
+            notes.append("causal mask before the softmax")
+        window = self._sliding_window(masks)
+        if window is not None:
+            config["sliding_window"] = window
+            notes.append(f"sliding window {window} from the graph")
         own = self.args_reached(pq.data, pk.data, pv.data)  # Keras masks travel with these
         for mask in masks:
             reached = self.args_reached(mask) - own
