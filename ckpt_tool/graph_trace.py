@@ -134,8 +134,8 @@ def trace_model(reader, infos: Sequence[VariableInfo]) -> Traced | None:
         raise GraphTraceError(str(exc)) from None
     except GraphTraceError:
         raise
-    except (KeyError, IndexError, ValueError, TypeError, StopIteration, RecursionError) as exc:
-        # A graph of a shape nothing here expects (damaged or unusual): not a crash.
+    except Exception as exc:  # the graph is extra evidence: never a crash
+        # A graph of a shape nothing here expects (damaged or unusual): fall back.
         detail = str(exc).splitlines()[0][:120] if str(exc) else ""
         raise GraphTraceError(
             f"unexpected graph structure ({type(exc).__name__} {detail})"
