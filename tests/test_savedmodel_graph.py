@@ -48,6 +48,22 @@ def test_verifies_with_no_options(model: str, form: str) -> None:
     assert not report.roles.unassigned
 
 
+@pytest.mark.parametrize(
+    "fixture_dir",
+    [
+        "luong_masked/luong_masked_savedmodel",  # Keras masks, causal Luong, scores output
+        "mha_masks/mha_masks_savedmodel",  # sliding window, mask input, scores output
+        "attention_concat/attention_concat_savedmodel",
+        "additive_attention/additive_attention_savedmodel",
+    ],
+)
+def test_multi_input_attention_fixtures_need_no_config(fixture_dir: str) -> None:
+    """These exited asking for --config; their serving graphs tell the wiring."""
+    report = verify(str(FIXTURES / fixture_dir), VerifyOptions())
+    assert report.passed, [a.to_json() for run in report.runs for a in run.outputs]
+    assert {layer.evidence for layer in report.roles.layers} == {GRAPH}
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("model", ("key_first", "gate"))
 def test_roles_agree_with_tensorflows_names(model: str, form: str) -> None:
