@@ -858,6 +858,7 @@ class _Tracer:
         layers_cfg = inputs + entries + list(glue.values())
         config = {
             "class_name": "Functional",
+            "ckpt_tool_source": "SavedModel serving graph",
             "config": {
                 "name": "serving_graph",
                 "layers": layers_cfg,

@@ -43,7 +43,7 @@ def _path(model: str, form: str) -> str:
 def test_verifies_with_no_options(model: str, form: str) -> None:
     report = verify(_path(model, form), VerifyOptions())
     assert report.passed, [a.to_json() for run in report.runs for a in run.outputs]
-    assert report.graph_source == "config"  # the graph's wiring, not a guessed chain
+    assert report.graph_source == "SavedModel serving graph"  # not a guessed chain
     assert {layer.evidence for layer in report.roles.layers} == {GRAPH}
     assert not report.roles.unassigned
 
