@@ -85,6 +85,26 @@ def test_roles_agree_with_tensorflows_names(model: str, form: str) -> None:
     assert by_shapes.by_key() != roles.by_key() or len(by_shapes.layers) != len(roles.layers)
 
 
+def test_where_the_graph_overrules_other_evidence_the_roles_say_so(tmp_path) -> None:
+    """Other evidence that swapped query and key (here a roles file) is overruled by the
+    graph, one note per moved variable."""
+    import json
+
+    from ckpt_tool.graph_trace import disagreements, trace_model
+
+    with open_reader(_path("gate", "export")) as reader:
+        infos = reader.variables()
+        traced = trace_model(reader, infos)
+    mha = traced.roles.layer("attention")
+    swapped = tmp_path / "roles.json"
+    query, key = mha.weights["query.kernel"], mha.weights["key.kernel"]
+    swapped.write_text(json.dumps({query: "key.kernel", key: "query.kernel"}))
+    before = assign_roles(infos, roles_file=swapped)
+    notes = disagreements(before, traced.roles)
+    assert len(notes) == 2 and all(n.startswith("graph wins: ") for n in notes)
+    assert f"graph wins: {query} is attention query.kernel; roles file said" in notes[0]
+
+
 def test_wiring_of_a_two_input_cross_attention() -> None:
     with open_reader(_path("cross", "export")) as reader:
         model = open_model(reader)
