@@ -32,6 +32,7 @@ fixtures:
 	$(PY) fixtures/keras_hub/generate.py
 	$(PY) fixtures/model_garden/generate.py
 	$(PY) fixtures/causal/generate.py
+	$(PY) fixtures/graph/generate.py
 
 bench:
 	$(PY) bench/run.py

@@ -67,7 +67,9 @@ def build_graph(model_config: dict | None, role_map: RoleMap) -> Graph:
     if model_config:
         inner = _functional_config(model_config)
         if inner is not None:
-            return _from_functional(inner)
+            graph = _from_functional(inner)
+            graph.source = model_config.get("ckpt_tool_source", graph.source)  # graph_trace
+            return graph
     return chain_graph(role_map)
 
 

@@ -186,9 +186,12 @@ def tensor_stats(array: np.ndarray) -> dict | None:
     return {"min": lo, "max": hi, "mean": mean, "std": (m2 / count) ** 0.5, "nan": nan, "inf": inf}
 
 
-def attach_roles(reader: Reader, listing: Listing) -> None:
-    """Fill each listed tensor's layer, role and the evidence that decided it."""
+def attach_roles(reader: Reader, listing: Listing) -> list[str]:
+    """Fill each listed tensor's layer, role and the evidence that decided it. Returns
+    what the evidence says beyond roles: a SavedModel graph's wiring, masks and
+    settings, or why it was not used."""
     from ckpt_tool.model import open_model
+    from ckpt_tool.rolemap import GRAPH
 
     role_map = open_model(reader).roles
     by_key = role_map.by_key()
@@ -204,3 +207,8 @@ def attach_roles(reader: Reader, listing: Listing) -> None:
             "role": role,
             "evidence": layer.evidence,
         }
+    notes = list(role_map.notes)
+    for layer in role_map.layers:
+        if layer.evidence == GRAPH:
+            notes += [f"{layer.name} ({layer.class_name}): {note}" for note in layer.notes]
+    return notes

@@ -9,8 +9,8 @@ from pathlib import Path
 from ckpt_tool.errors import CkptToolError, UsageError
 from ckpt_tool.families import Family, family_of, load_json_config
 from ckpt_tool.readers.base import Reader, VariableInfo
-from ckpt_tool.rolemap import RoleMap
-from ckpt_tool.roles import assign_roles
+from ckpt_tool.rolemap import GRAPH, RoleMap
+from ckpt_tool.roles import apply_roles_file, assign_roles
 from ckpt_tool.safe_json import loads_json, read_config_text
 
 
@@ -66,6 +66,10 @@ def open_model(
         family_config=family_config,
         ignore_names=options.ignore_names,
     )
+    if config is None and roles.family is None and not options.ignore_names:
+        config, roles = _from_serving_graph(reader, infos, config, roles)
+    if options.roles_file is not None and roles.layers and roles.layers[0].evidence == GRAPH:
+        apply_roles_file(roles, options.roles_file, infos)
     if options.num_heads is not None:
         family = family_of(roles)
         if family is None or not family.set_num_heads(roles, options.num_heads):
@@ -75,6 +79,24 @@ def open_model(
                 reader.path,
             )
     return Model(reader, infos, config, roles)
+
+
+def _from_serving_graph(
+    reader: Reader, infos: list[VariableInfo], config: dict | None, roles: RoleMap
+) -> tuple[dict | None, RoleMap]:
+    """A SavedModel's layers, roles and wiring as its serving graph states them; the
+    other evidence (with a note saying why) when the graph does not read."""
+    from ckpt_tool.graph_trace import GraphTraceError, disagreements, trace_model
+
+    try:
+        traced = trace_model(reader, infos)
+    except GraphTraceError as exc:
+        roles.notes.append(f"the serving graph was not used ({exc}); roles from names and shapes")
+        return config, roles
+    if traced is None:
+        return config, roles
+    traced.roles.notes += disagreements(roles, traced.roles)
+    return traced.config, traced.roles
 
 
 def load_model_config(path: str | Path) -> dict:

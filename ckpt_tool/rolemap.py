@@ -1,6 +1,6 @@
 """What the role parser hands on: every weight assigned to a layer and a role within it,
-with the evidence that decided it (strongest first: roles file, config, config+order,
-names, shape+order)."""
+with the evidence that decided it (strongest first: roles file, config or graph (a
+SavedModel's own serving graph), config+order, names, shape+order)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ckpt_tool.readers.base import VariableInfo
 
 CONFIG, CONFIG_ORDER, NAMES = "config", "config+order", "names"
 SHAPE_ORDER, USER = "shape+order", "roles file"
+GRAPH = "graph"  # read from a SavedModel's serving function graph (ckpt_tool.graph_trace)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class RoleMap:
     unassigned: list[VariableInfo]
     # The model family whose names decided the layers (`ckpt_tool.families`), if any.
     family: str | None = None
+    # What the evidence says about itself (e.g. why a SavedModel's graph was not used).
+    notes: list[str] = field(default_factory=list)
 
     def by_key(self) -> dict[str, tuple[Layer, str]]:
         return {key: (layer, role) for layer in self.layers for role, key in layer.weights.items()}

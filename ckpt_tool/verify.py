@@ -23,6 +23,7 @@ from ckpt_tool.graph import (
 from ckpt_tool.model import ModelOptions, open_model
 from ckpt_tool.original import InputSpec, OriginalModel, load_original
 from ckpt_tool.readers import Reader, open_reader
+from ckpt_tool.readers.choice import describe_format
 from ckpt_tool.rolemap import SHAPE_ORDER, Layer, RoleMap
 from ckpt_tool.roles import assign_roles
 from ckpt_tool.verdict import explain_failure, scales_note, summarize_hints
@@ -152,6 +153,8 @@ def verify(
             model_options = replace(model_options, family_config=None)
             model = open_model(reader, model_options, source=options.against)
         infos, config, roles = model.infos, model.config, model.roles
+        for line in roles.notes:  # e.g. why a SavedModel's serving graph was not used
+            note(line)
         family = model.family
         if family is not None and family.problem(roles):
             family.try_unknown_settings(roles)  # e.g. every head count that fits
@@ -162,7 +165,8 @@ def verify(
         model_path = Path(options.against)
         with open_reader(model_path) as other:
             model_format = other.format_name
-    note(f"running the original model with TensorFlow ({model_format})")
+    described = describe_format(model_path, model_format)
+    note(f"running the original model with TensorFlow ({described})")
     original = family.original(model_path, model_format, roles) if family else None
     if original is None:
         original = load_original(

@@ -91,3 +91,14 @@ def hostile_model_writes_its_file() -> bool:
         finally:
             os.chdir(old)
         return (Path(scratch) / "pwned.txt").exists()
+
+
+def without_serving_graph(monkeypatch) -> None:
+    """As for a SavedModel whose serving graph cannot be read (stripped, unknown ops):
+    roles then come from names, shapes and order, as for a plain checkpoint."""
+    from ckpt_tool import graph_trace
+
+    def unreadable(reader, infos):
+        raise graph_trace.GraphTraceError("an op the reader does not know")
+
+    monkeypatch.setattr(graph_trace, "trace_model", unreadable)

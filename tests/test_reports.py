@@ -24,7 +24,7 @@ from ckpt_tool.listing import attach_roles, build_listing, tensor_stats
 from ckpt_tool.readers import open_reader
 from ckpt_tool.verify import VerifyOptions, verify
 from tests.perturb import write_weights_npz
-from tests.support import FIXTURES, ROOT, fixture_path
+from tests.support import FIXTURES, ROOT, fixture_path, without_serving_graph
 
 WIDTHS = (80, 100, 120)
 LONG_NAMES = FIXTURES / "keras_hub" / "gpt2" / "gpt2_export"  # Keras 3 export of GPT-2
@@ -223,8 +223,13 @@ def test_float32_rounding_is_named_and_the_exit_code_stays_honest(tmp_path):
     assert not any("rounding" in h for h in wrong.hints)
 
 
-def test_a_causal_mask_the_file_lost_is_named():
-    result = _invoke("verify", str(FIXTURES / "causal" / "causal_export"))
+def test_a_causal_mask_the_file_lost_is_named(monkeypatch):
+    """The export's serving graph states the causal mask and it passes; where the graph
+    cannot be read, nothing in the weights says so, and the failure names the mask."""
+    path = str(FIXTURES / "causal" / "causal_export")
+    assert _invoke("verify", path).exit_code == 0
+    without_serving_graph(monkeypatch)
+    result = _invoke("verify", path)
     assert result.exit_code == 1
     assert "use_causal_mask=True in attention the rebuild agrees" in result.stdout
 

@@ -16,7 +16,14 @@ from ckpt_tool.compare import compare
 from ckpt_tool.errors import CkptToolError
 from ckpt_tool.readers import open_reader
 from ckpt_tool.verify import VerifyOptions, verify
-from tests.support import FIXTURES, fixture, fixture_path, fixtures_where, run_cli
+from tests.support import (
+    FIXTURES,
+    fixture,
+    fixture_path,
+    fixtures_where,
+    run_cli,
+    without_serving_graph,
+)
 
 RUNNABLE = [f["id"] for f in fixtures_where(runnable=True)]
 
@@ -149,9 +156,19 @@ def test_bare_checkpoint_is_a_clear_error():
     assert "--weights" in result.stderr
 
 
-def test_multi_input_savedmodel_without_config_asks_for_one():
+def test_multi_input_savedmodel_without_config_asks_for_one(monkeypatch):
+    """When its serving graph cannot be read, a multi-input export cannot tell its
+    wiring: verify asks for the config (and says why the graph was not used)."""
+    from ckpt_tool import graph_trace
+
+    def unreadable(reader, infos):
+        raise graph_trace.GraphTraceError("an op the reader does not know")
+
+    monkeypatch.setattr(graph_trace, "trace_model", unreadable)
+    notes = []
     with pytest.raises(CkptToolError, match="--config"):
-        verify(str(fixture_path("cross_attention_savedmodel")), VerifyOptions())
+        verify(str(fixture_path("cross_attention_savedmodel")), VerifyOptions(), note=notes.append)
+    assert any(n.startswith("the serving graph was not used (an op") for n in notes)
 
 
 def test_weights_from_another_format_pass():
@@ -198,7 +215,10 @@ def test_numerical_tie_keeps_creation_order_and_says_so(shared_qk_export):
     assert "not needed" not in " ".join(report.settled)
 
 
-def test_no_tie_reported_when_the_numbers_decide():
+def test_no_tie_reported_when_the_numbers_decide(monkeypatch):
+    """Read by shape and order (its serving graph set aside), the trained seed export's
+    alternatives are told apart by the numbers: creation order is confirmed, no tie."""
+    without_serving_graph(monkeypatch)
     report = verify(str(fixture_path("seed_keras3_export")), VerifyOptions())
     assert report.passed
     assert not any("cannot decide" in line for line in report.settled), report.settled

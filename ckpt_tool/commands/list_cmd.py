@@ -54,8 +54,7 @@ def command(
     with open_reader(path, format_) as reader:
         reader.verify_crc = not no_crc
         listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)
-        if show_roles:
-            attach_roles(reader, listing)
+        role_notes = attach_roles(reader, listing) if show_roles else []
         if stats:
             arrays = read_in_order(reader, [t.info for t in listing.tensors])
             for t in console.track(listing.tensors, "statistics", len(listing.tensors)):
@@ -66,3 +65,6 @@ def command(
         console.render_tree(listing)
     else:
         console.render_listing(listing, show_roles=show_roles, show_stats=stats)
+    if not as_json:
+        for note in role_notes:  # the serving graph's wiring, masks, settings
+            console.print_note(note)

@@ -88,7 +88,7 @@ def _scales(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "--config",
     "config_file",
     metavar="FILE",
-    help="Keras model config (JSON of model.to_json()) for files that hold none, e.g. a SavedModel from model.export().",
+    help="Keras model config (JSON of model.to_json(), or a .keras file) for files that hold none and whose SavedModel serving graph cannot be read.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random normal inputs.")
 @click.option(

@@ -336,7 +336,8 @@ def _positional_top(
     after the last the pooler, whose kernel is (D, D)."""
     first = min(slot.block for slot in blocks.values())
     last = max(slot.block for slot in blocks.values())
-    d = next(i.shape[0] for i in infos if i.key in blocks and blocks[i.key].role == "query.kernel")
+    queries = (i for i in infos if i.key in blocks and blocks[i.key].role == "query.kernel")
+    d = next((i.shape[0] for i in queries), None)  # None: no block names a query (not ours)
     found = [
         (k, w, info) for info in infos for k, w in [_positional_top_key(info, scope)] if k >= 0
     ]
