@@ -11,9 +11,7 @@ from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.tree import Tree
 
 from ckpt_tool.listing import ListedTensor, Listing
 
@@ -53,6 +51,8 @@ def progress(description: str, total: int) -> Iterator[callable]:
     if not err.is_terminal or total <= 1:
         yield lambda n=1: None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -175,6 +175,8 @@ def _plain_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 
 def render_tree(listing: Listing) -> None:
+    from rich.tree import Tree
+
     root = Tree(escape(f"{listing.path} ({listing.format})"))
     nodes: dict[str, Tree] = {}
     for t in listing.tensors:
