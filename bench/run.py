@@ -32,7 +32,9 @@ from measure import Measurement, Run, last_error_line, measure, run_once  # noqa
 from report import Goal, Section, Table, fmt_mb, fmt_ratio, fmt_s, goals_table  # noqa: E402
 
 SECTIONS = ("list", "stats", "export", "diff", "verify", "scaling")
-LIST_FORMATS = ("checkpoint", "savedmodel", "keras", "weights-h5")
+# The SavedModel lists as fast as the checkpoint (the same reader) and its TensorFlow
+# reference costs as much again: `--savedmodel` adds it.
+LIST_FORMATS = ("checkpoint", "keras", "weights-h5")
 STATS_FORMATS = ("checkpoint", "weights-h5")
 LIST_SPEEDUP_GOAL = 20.0  # ckpt-tool list vs tf.train.list_variables, 12-block checkpoint
 LIST_NUMPY_GOAL = 3.0  # ckpt-tool list (checkpoint) vs `python -c "import numpy"`
@@ -916,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="1 and 12 blocks, 3 runs")
     parser.add_argument(
+        "--savedmodel", action="store_true", help="also list the SavedModels (against TF)"
+    )
+    parser.add_argument(
         "--results", type=Path, default=BENCH / "RESULTS.md", help="Markdown report to write"
     )
     parser.add_argument(
@@ -955,8 +960,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"== numpy BLAS in timed processes: {machine.blas_summary(blas)}", flush=True)
 
+    list_formats = ("savedmodel", *LIST_FORMATS) if args.savedmodel else LIST_FORMATS
     plan = [
-        ("list", section_list),
+        ("list", lambda c: section_list(c, list_formats)),
         ("stats", section_stats),
         ("export", section_export),
         ("diff", section_diff),
