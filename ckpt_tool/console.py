@@ -13,9 +13,7 @@ from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape as _markup_escape
-from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
-from rich.tree import Tree
 
 from ckpt_tool import storage
 from ckpt_tool.gc_pause import gc_paused
@@ -80,12 +78,14 @@ def progress(description: str, total: int) -> Iterator[callable]:
     if not err.is_terminal or total <= 1:
         yield lambda n=1: None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
-        _FetchedColumn(),
+        _fetched_column(),
         console=err,
         transient=True,
     )
@@ -94,15 +94,20 @@ def progress(description: str, total: int) -> Iterator[callable]:
         yield lambda n=1: bar.advance(task, n)
 
 
-class _FetchedColumn(ProgressColumn):
-    """Bytes fetched from URLs while the bar runs and their rate (empty for local files)."""
+def _fetched_column():
+    """A column: bytes fetched from URLs while the bar runs and their rate (empty for
+    local files). rich.progress is imported only when a bar is drawn."""
+    from rich.progress import ProgressColumn
 
-    def render(self, task) -> Text:
-        fetched = storage.stats.bytes - task.fields.get("fetched_before", 0)
-        if fetched <= 0:
-            return Text("")
-        rate = f", {human_bytes(fetched / task.elapsed)}/s" if task.elapsed else ""
-        return Text(f"{human_bytes(fetched)} fetched{rate}")
+    class FetchedColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            fetched = storage.stats.bytes - task.fields.get("fetched_before", 0)
+            if fetched <= 0:
+                return Text("")
+            rate = f", {human_bytes(fetched / task.elapsed)}/s" if task.elapsed else ""
+            return Text(f"{human_bytes(fetched)} fetched{rate}")
+
+    return FetchedColumn()
 
 
 def track(items: Iterable[T], description: str, total: int) -> Iterator[T]:
@@ -202,6 +207,8 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
 
 
 def render_tree(listing: Listing) -> None:
+    from rich.tree import Tree
+
     root = Tree(escape(f"{listing.path} ({listing.description or listing.format})"))
     nodes: dict[str, Tree] = {}
     for t in listing.tensors:

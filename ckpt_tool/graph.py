@@ -278,10 +278,15 @@ def run_graph(
     *,
     dtype: np.dtype | type = np.float64,
     configs: Mapping[str, dict] | None = None,
+    keep_layers: bool = True,
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Run the graph in NumPy. Returns the model outputs and every node's first output
-    (by layer name, for per-layer comparison). `configs` overrides node configs."""
+    (by layer name, for per-layer comparison). `configs` overrides node configs.
+    keep_layers=False returns no per-layer outputs and frees each intermediate tensor
+    after its last use, so memory stays that of a few layers, not of the whole model."""
     from ckpt_tool.layers import LayerConfigError, get_layer_kind
+
+    freed_after = None if keep_layers else _last_uses(graph)
 
     values: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
     masks: dict[tuple[str, int], tuple[Mask, ...]] = {}
@@ -289,7 +294,7 @@ def run_graph(
         values[(ref[0], ref[1])] = (np.asarray(array),)
         masks[(ref[0], ref[1])] = (None,)
     per_layer: dict[str, np.ndarray] = {}
-    for node in graph.nodes:
+    for position, node in enumerate(graph.nodes):
         kind = get_layer_kind(node.class_name)
         config = (configs or {}).get(node.layer, node.config)
         tensors, tensor_masks, call_kwargs = _call_arguments(node, values, masks)
@@ -309,9 +314,40 @@ def run_graph(
         masks[(node.layer, node.node_index)] = _output_masks(
             node, config, tensors, tensor_masks, call_kwargs, len(outputs)
         )
-        per_layer.setdefault(node.layer, outputs[0])
+        if freed_after is None:
+            per_layer.setdefault(node.layer, outputs[0])
+        else:
+            del tensors, tensor_masks, call_kwargs, result, outputs
+            for key in freed_after.get(position, ()):
+                values.pop(key, None)
+                masks.pop(key, None)
     model_outputs = [values[(r[0], r[1])][r[2]] for r in graph.outputs]
     return model_outputs, per_layer
+
+
+def _last_uses(graph: Graph) -> dict[int, list[tuple[str, int]]]:
+    """Node position -> the (layer, call) values no later node reads: free after it.
+    The model's outputs are kept; a value nothing reads is freed right after it is made."""
+
+    def refs(value: Any):
+        if isinstance(value, tuple):
+            yield (value[0], value[1])
+        elif isinstance(value, list):
+            for item in value:
+                yield from refs(item)
+
+    last: dict[tuple[str, int], int] = {}
+    for position, node in enumerate(graph.nodes):
+        last[(node.layer, node.node_index)] = position
+        for value in [*node.args, *node.kwargs.values()]:
+            for key in refs(value):
+                last[key] = position
+    for ref in graph.outputs:
+        last.pop((ref[0], ref[1]), None)
+    freed: dict[int, list[tuple[str, int]]] = {}
+    for key, position in last.items():
+        freed.setdefault(position, []).append(key)
+    return freed
 
 
 def _call_arguments(

@@ -156,27 +156,42 @@ def _is_numeric(dtype: np.dtype) -> bool:
 
 def tensor_stats(array: np.ndarray) -> dict | None:
     """min, max, mean, std and NaN/Inf counts over finite values, streamed in chunks
-    (Chan et al.'s pairwise update of mean and M2); None for non-numeric tensors."""
+    (Chan et al.'s pairwise update of mean and M2); None for non-numeric tensors.
+    A chunk without NaN or Inf (its min and max are finite) is summed as it is, in
+    float64 accumulators, with one float64 buffer reused for the deviations."""
     flat = array.reshape(-1)
     if flat.dtype == object or flat.dtype.kind in "SUb" or not _is_numeric(flat.dtype):
         return None
     lo, hi = np.inf, -np.inf
     count, mean, m2 = 0, 0.0, 0.0
     nan = inf = 0
+    buffer = None
     for start in range(0, flat.size, _CHUNK):
         chunk = np.asarray(flat[start : start + _CHUNK])
-        if chunk.dtype.kind == "c":
-            chunk = np.abs(chunk)
-        chunk = chunk.astype(np.float64)
-        is_nan, is_inf = np.isnan(chunk), np.isinf(chunk)
-        nan += int(is_nan.sum())
-        inf += int(is_inf.sum())
-        good = chunk[~(is_nan | is_inf)]
-        if not good.size:
-            continue
-        lo, hi = min(lo, float(good.min())), max(hi, float(good.max()))
-        n_b, mean_b = good.size, float(good.mean())
-        m2_b = float(np.square(good - mean_b).sum())
+        if chunk.dtype.kind in "fiu" and chunk.size:
+            good, chunk_lo, chunk_hi = chunk, chunk.min(), chunk.max()
+            if not (np.isfinite(chunk_lo) and np.isfinite(chunk_hi)):
+                good = None  # NaN or Inf inside: the masked path below
+        else:
+            good = None
+        if good is None:
+            if chunk.dtype.kind == "c":
+                chunk = np.abs(chunk)
+            chunk = chunk.astype(np.float64)
+            is_nan, is_inf = np.isnan(chunk), np.isinf(chunk)
+            nan += int(is_nan.sum())
+            inf += int(is_inf.sum())
+            good = chunk[~(is_nan | is_inf)]
+            if not good.size:
+                continue
+            chunk_lo, chunk_hi = good.min(), good.max()
+        lo, hi = min(lo, float(chunk_lo)), max(hi, float(chunk_hi))
+        n_b = good.size
+        mean_b = float(good.sum(dtype=np.float64)) / n_b
+        if buffer is None or buffer.size < n_b:
+            buffer = np.empty(n_b, np.float64)
+        deviation = np.subtract(good, mean_b, out=buffer[:n_b], dtype=np.float64)
+        m2_b = float(np.einsum("i,i->", deviation, deviation))  # no BLAS threads
         delta, total = mean_b - mean, count + n_b
         mean += delta * n_b / total
         m2 += m2_b + delta * delta * count * n_b / total

@@ -190,8 +190,13 @@ def verify(
     configs = {layer.name: layer.config for layer in roles.layers}
     first_configs = dict(configs)  # as read, before settling (for explain_failure)
     first_inputs = input_sets[0][1]
-    expected = original(first_inputs)
+    theirs = {0: original(first_inputs)}  # each side runs once per input set
+    expected = theirs[0]
+    first_run = None
     if not options.roles_file:  # settled on the model's own weights, then kept for OTHER
+        first_run = _FirstRun.try_run(
+            graph, weights, configs, [first_inputs[i] for i in order], dtype, options.per_layer
+        )
         graph, settled = _settle_alternatives(
             graph,
             roles,
@@ -201,6 +206,7 @@ def verify(
             _aligned_expected(original, graph, expected),
             dtype,
             options,
+            first_outputs=first_run and first_run.outputs,
         )
     weights_source = str(path)
     if options.weights:
@@ -208,10 +214,19 @@ def verify(
         weights_source = options.weights
     runs = []
     kept: RunArrays | None = None
-    for label, arrays in input_sets:
-        expected = _aligned_expected(original, graph, original(arrays))
+    for index, (label, arrays) in enumerate(input_sets):
+        expected = theirs.pop(index, None)
+        expected = _aligned_expected(
+            original, graph, original(arrays) if expected is None else expected
+        )
         ours = [arrays[i] for i in order]
-        actual, per_layer = run_graph(graph, weights, ours, dtype=dtype, configs=configs)
+        if index == 0 and first_run and first_run.same_reading(graph, weights, configs):
+            actual, per_layer = first_run.outputs, first_run.per_layer
+        else:
+            actual, per_layer = run_graph(
+                graph, weights, ours, dtype=dtype, configs=configs, keep_layers=options.per_layer
+            )
+        first_run = None
         if len(actual) != len(expected):
             raise CkptToolError(
                 f"the model has {len(expected)} outputs but the rebuilt graph {len(actual)}", path
@@ -556,17 +571,25 @@ def _settle_alternatives(
     expected: list[np.ndarray],
     dtype: type,
     options: VerifyOptions,
+    first_outputs: list[np.ndarray] | None = None,
 ) -> tuple[Graph, list[str]]:
     """Where the weights leave choices open (roles of equally shaped tensors, settings
     such as an activation that weights do not store, residual wiring of a chain), pick
     the readings that agree with the original: coordinate descent on the error, one
-    choice at a time, the evidence's first reading kept unless another does better."""
+    choice at a time, the evidence's first reading kept unless another does better.
+    `first_outputs`: the current reading's outputs, when they are already computed."""
 
-    def badness(trial: _Trial) -> float:
+    def badness(trial: _Trial, actual: list[np.ndarray] | None = None) -> float:
         try:
-            actual, _ = run_graph(
-                trial.graph, trial.weights, inputs, dtype=dtype, configs=trial.configs
-            )
+            if actual is None:
+                actual, _ = run_graph(
+                    trial.graph,
+                    trial.weights,
+                    inputs,
+                    dtype=dtype,
+                    configs=trial.configs,
+                    keep_layers=False,
+                )
         except CkptToolError:
             return float("inf")
         worst = 0.0
@@ -581,7 +604,7 @@ def _settle_alternatives(
         return worst
 
     current = _Trial(graph, weights, configs)
-    best = badness(current)
+    best = badness(current, first_outputs)
     if best == 0:
         current, ties = _tied_readings(current, roles, weights, badness, best)
         tied = {line.split(":")[0] for line in ties}
@@ -667,6 +690,54 @@ def _tied_readings(
             f"as well ({others}); kept {why}, the only evidence left to decide"
         )
     return current, notes
+
+
+@dataclass
+class _FirstRun:
+    """Our outputs on the first input set for one reading of the model (graph, weights,
+    configs): settling the alternatives and the report share them when settling kept
+    that reading, so the NumPy forward runs once per input set."""
+
+    graph: Graph
+    arrays: list[tuple[str, str, np.ndarray]]  # (layer, role, array) of that reading
+    configs: str
+    outputs: list[np.ndarray]
+    per_layer: dict[str, np.ndarray]
+
+    @classmethod
+    def try_run(
+        cls,
+        graph: Graph,
+        weights: dict[str, dict[str, np.ndarray]],
+        configs: dict[str, dict],
+        inputs: list[np.ndarray],
+        dtype: type,
+        per_layer: bool,
+    ) -> _FirstRun | None:
+        try:  # a reading that cannot run is for settling to judge
+            outputs, layers = run_graph(
+                graph, weights, inputs, dtype=dtype, configs=configs, keep_layers=per_layer
+            )
+        except CkptToolError:
+            return None
+        return cls(graph, _arrays(weights), _configs_key(configs), outputs, layers)
+
+    def same_reading(self, graph: Graph, weights: dict, configs: dict[str, dict]) -> bool:
+        now = _arrays(weights)
+        return (
+            graph is self.graph
+            and len(now) == len(self.arrays)
+            and all(a[:2] == b[:2] and a[2] is b[2] for a, b in zip(now, self.arrays, strict=True))
+            and _configs_key(configs) == self.configs
+        )
+
+
+def _arrays(weights: dict[str, dict[str, np.ndarray]]) -> list[tuple[str, str, np.ndarray]]:
+    return [(layer, role, a) for layer, arrays in weights.items() for role, a in arrays.items()]
+
+
+def _configs_key(configs: dict[str, dict]) -> str:
+    return json.dumps(configs, sort_keys=True, default=repr)
 
 
 def _choices(current: _Trial, roles: RoleMap, base: dict[str, dict[str, np.ndarray]]):

@@ -485,6 +485,32 @@ def test_compare_arrays_bfloat16_strings_and_chunks(monkeypatch) -> None:
     assert d.mismatched == 1 and d.first_mismatch["index"] == [3, 4] and d.max_abs == 2.0
 
 
+@pytest.mark.parametrize(
+    "dtypes", [("float32", "float32"), ("float64", "float32"), ("float16",) * 2]
+)
+def test_compare_arrays_finite_floats_as_widened_to_float64(dtypes, monkeypatch) -> None:
+    """Chunks without NaN/Inf take a path with fewer temporaries; equal chunks are skipped:
+    same counts and errors as the elementwise float64 rule written out here."""
+    monkeypatch.setattr("ckpt_tool.diff._CHUNK", 256)
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal(2000).astype(dtypes[0])
+    b = a.astype(dtypes[1])
+    b[1000:] = b[1000:] + rng.standard_normal(1000) * rng.choice([0.0, 1e-6, 1e-3, 1.0], 1000)
+    b[1500:1510], a[1600:1605] = 0, 0
+    for atol, rtol in [(0.0, 0.0), (1e-5, 1e-4)]:
+        got = compare_arrays(a, b, atol=atol, rtol=rtol)
+        xa, xb = a.astype(np.float64), b.astype(np.float64)
+        err, mag = np.abs(xa - xb), np.abs(xb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(err == 0, 0.0, err / mag)
+        bad = err > atol + rtol * mag
+        assert got.mismatched == int(bad.sum()) > 0
+        assert got.max_abs == err.max() and got.max_rel == rel.max()
+        assert got.first_mismatch["index"] == [int(np.argmax(bad))]
+    if dtypes[0] == dtypes[1]:
+        assert compare_arrays(a[:1000], b[:1000]).max_abs == 0.0
+
+
 def test_diff_readers_api(tmp_path: Path) -> None:
     out = tmp_path / "e.npz"
     with open_reader(fixture_path("transformer_block_keras")) as reader:

@@ -11,12 +11,12 @@ those.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from ckpt_tool.layers.base import LayerConfigError
-from ckpt_tool.layers.special import erfc
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -98,14 +98,30 @@ def mish(x: np.ndarray) -> np.ndarray:
     return x * np.tanh(softplus(x))
 
 
+@cache
+def _erfc() -> Callable[[np.ndarray], np.ndarray]:
+    """SciPy's erfc (its float32 loop evaluates in float64 and rounds once), else the
+    float64 one of `special` rounded to the argument's dtype."""
+    try:
+        from scipy.special import erfc
+    except ImportError:
+        from ckpt_tool.layers.special import erfc as erfc64
+
+        return lambda x: erfc64(x).astype(x.dtype, copy=False)
+    return erfc
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU: 0.5 * x * erfc(-x / sqrt(2)) (keras.activations.gelu default).
 
     tf.nn.gelu casts 1/sqrt(2) from a Python float, so it is float32(1/sqrt(2))
     even in float64."""
     arg = -x * _c32(0.7071067811865476, x)
-    e = erfc(arg).astype(x.dtype, copy=False)  # float64 erfc, rounded once to x's dtype
-    return _c(0.5, x) * x * e
+    if arg.dtype not in (np.float32, np.float64):
+        arg = arg.astype(np.float64)
+    e = _erfc()(arg).astype(x.dtype, copy=False)  # float64 erfc rounded once to x's dtype
+    e *= _c(0.5, x) * x
+    return e
 
 
 def gelu_approximate(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,10 @@ def dense(
     # (prod(lead), in) @ (in, units) -> (prod(lead), units): one GEMM
     y = (x.reshape(-1, x.shape[-1]) @ kernel).reshape((*lead, kernel.shape[-1]))
     if bias is not None:
-        y = y + bias
+        if np.result_type(y, bias) == y.dtype:
+            y += bias  # in place: the GEMM's result is ours
+        else:
+            y = y + bias
     return get_activation(activation)(y)
 
 

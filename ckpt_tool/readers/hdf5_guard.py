@@ -115,15 +115,16 @@ def _raw_data_ranges(f: h5py.File) -> list[tuple[int, int]]:
     """[start, stop) of every contiguous dataset's raw data, relative to the superblock."""
     ranges: list[tuple[int, int]] = []
 
-    def visit(_name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
+    def visit(name: bytes, info: Any) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:  # opened inside HDF5, no h5py object
             with contextlib.suppress(Exception):
-                offset, size = obj.id.get_offset(), obj.id.get_storage_size()
+                dataset = h5py.h5d.open(f.id, name)
+                offset, size = dataset.get_offset(), dataset.get_storage_size()
                 if offset is not None and size:
                     ranges.append((offset, offset + size))
 
     with contextlib.suppress(Exception):
-        f.visititems(visit)
+        h5py.h5o.visit(f.id, visit, info=True)
     return ranges
 
 

@@ -249,22 +249,26 @@ def _object_addresses(f: h5py.File) -> dict[str, int]:
     are no good for this: their headers move when they grow.
     """
     best: dict[str, int] = {}
-
-    def visit(name: str, obj: Any) -> None:
-        if not isinstance(obj, h5py.Dataset):
-            return
-        try:
-            addr = int(h5py.h5o.get_info(obj.id).addr)
-        except Exception:
-            return
+    for name, addr in dataset_addresses(f):
         parts = name.split("/")
         for i in range(len(parts)):
             key = "/".join(parts[:i])
             if key not in best or addr < best[key]:
                 best[key] = addr
-
-    f.visititems(visit)
     return best
+
+
+def dataset_addresses(f: h5py.File) -> list[tuple[str, int]]:
+    """(path, object-header address) of every dataset, in one walk of the file inside
+    HDF5 (no h5py object made per member)."""
+    found: list[tuple[str, int]] = []
+
+    def visit(name: bytes, info: Any) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:
+            found.append((name.decode("utf-8", "surrogateescape"), int(info.addr)))
+
+    h5py.h5o.visit(f.id, visit, info=True)
+    return found
 
 
 def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
