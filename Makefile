@@ -13,7 +13,7 @@ install:
 	$(PY) -m pip install --quiet -e '.[tf,dev]'
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 lint:
 	$(VENV)/bin/ruff check .
