@@ -38,6 +38,12 @@ R = TypeVar("R")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 CHUNK_BYTES = 8 << 20  # one range request fetches at most this much
+# Parsers that read many small pieces (zip directories, HDF5 metadata) read through
+# pages of a URL's bytes, each fetched once and kept; reads of DIRECT_BYTES or more
+# (tensor data) bypass them. At most PAGES_KEPT_BYTES are kept per URL.
+PAGE_BYTES = 16 << 10
+DIRECT_BYTES = 256 << 10
+PAGES_KEPT_BYTES = 256 << 20
 
 
 def _parallel_reads() -> int:
@@ -143,6 +149,7 @@ class RemotePath:
         self._base = f"{scheme}://{rest.rstrip('/') or rest}"
         self._query = q if sep else query
         self.protocol = self._base.split("://", 1)[0].lower()
+        self._pages: dict[int, bytes] = {}  # page index -> bytes (see cached_bytes)
 
     # -- naming --
 
@@ -267,6 +274,34 @@ class RemotePath:
     def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return self.read_bytes().decode(encoding, errors)
 
+    def cached_bytes(self, start: int, length: int) -> bytes:
+        """Bytes start..start+length (clipped to the end) through this URL's pages: the
+        missing ones are fetched in one range read and kept (up to PAGES_KEPT_BYTES)."""
+        end = min(start + length, self.size())
+        if end <= start:
+            return b""
+        first, last = start // PAGE_BYTES, (end - 1) // PAGE_BYTES
+        with _lock:
+            pages = {i: self._pages.get(i) for i in range(first, last + 1)}
+        missing = [i for i, page in pages.items() if page is None]
+        if missing:
+            lo = missing[0] * PAGE_BYTES
+            buf = bytearray(min((missing[-1] + 1) * PAGE_BYTES, self.size()) - lo)
+            read_into(self, lo, memoryview(buf))
+            with _lock:
+                for i in range(missing[0], missing[-1] + 1):
+                    page = bytes(buf[i * PAGE_BYTES - lo : (i + 1) * PAGE_BYTES - lo])
+                    pages[i] = page
+                    if len(self._pages) * PAGE_BYTES < PAGES_KEPT_BYTES:
+                        self._pages[i] = page
+        data = b"".join(pages[i] for i in range(first, last + 1))
+        return data[start - first * PAGE_BYTES : end - first * PAGE_BYTES]
+
+    def open_paged(self) -> PagedFile:
+        """A seekable file for parsers that read many small pieces (zipfile, h5py):
+        small reads come from this URL's kept pages, large ones are range reads."""
+        return PagedFile(self)
+
     def open(self, mode: str = "rb", buffering: int = -1):
         if mode != "rb":
             raise UsageError(f"a URL is read-only here (mode {mode!r})", self)
@@ -314,6 +349,21 @@ class RangeFile(io.RawIOBase):
 
     def fileno(self) -> int:
         raise io.UnsupportedOperation("a URL has no file descriptor")
+
+
+class PagedFile(RangeFile):
+    """A RangeFile whose small reads go through the URL's pages (RemotePath.cached_bytes),
+    so a parser jumping between nearby small pieces makes few requests."""
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        if n >= DIRECT_BYTES:
+            read_into(self.path, self._pos, view[:n])
+        elif n:
+            view[:n] = self.path.cached_bytes(self._pos, n)
+        self._pos += n
+        return n
 
 
 # -- range reads -----------------------------------------------------------------------

@@ -37,12 +37,6 @@ def _reader_class(format: str) -> type[Reader]:
 
 
 FORMATS = tuple(_READERS)
-# Formats read straight from a URL (range reads); the others need a local copy.
-URL_FORMATS = ("checkpoint",)
-_URL_ONLY = (
-    "not a TensorFlow checkpoint or SavedModel; from a URL only those are read "
-    "(copy a .keras, .h5 or .npz file to disk first)"
-)
 
 
 def open_reader(path: str | Path, format: str | None = None) -> Reader:
@@ -50,16 +44,13 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
 
     `path` may also be a URL (s3://, gs://, http(s)://, file://): see storage.py."""
     path = as_path(path)
-    remote = isinstance(path, RemotePath)
     refuse_special(path)  # a FIFO or device would hang or never end when sniffed
     if format is not None:
         if format not in _READERS:
             raise UsageError(f"unknown format {format!r}; choose from {', '.join(_READERS)}")
-        if remote and format not in URL_FORMATS:
-            raise UnsupportedFormatError(_URL_ONLY, path)
         return _reader_class(format)(path)
     require_path(path)
-    for name in URL_FORMATS if remote else _READERS:
+    for name in _READERS:
         cls = _reader_class(name)
         if cls.sniff(path):
             return cls(path)
@@ -68,8 +59,6 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
         # Meant as a checkpoint or SavedModel: its reader says what is missing or broken
         # (no .index, a `checkpoint` file naming a missing prefix, a damaged table).
         return _reader_class("checkpoint")(path)
-    if remote:
-        raise UnsupportedFormatError(_URL_ONLY, path)
     raise UnsupportedFormatError(
         "not a TensorFlow checkpoint, SavedModel, .keras, .h5, .npz or .safetensors file", path
     )

@@ -25,6 +25,7 @@ from typing import Any
 import h5py
 
 from ckpt_tool.errors import CorruptFileError
+from ckpt_tool.storage import RemotePath
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HEAP_SIGNATURE = b"GCOL"
@@ -70,6 +71,10 @@ def _gaps(skip: list[tuple[int, int]], base: int, end: int) -> list[tuple[int, i
 def _image(source: Any):
     """(buffer with .find, start, end) of the HDF5 bytes; (None, 0, 0) if unavailable."""
     span = getattr(source, "span", None)
+    if span is not None and isinstance(span()[0], RemotePath):
+        url, start, size = span()
+        yield _UrlImage(url), start, min(url.size(), start + size)
+        return
     if isinstance(source, str | Path) or span is not None:
         file_path, start, size = (Path(source), 0, None) if span is None else span()
         try:
@@ -90,6 +95,34 @@ def _image(source: Any):
         yield data, 0, len(data)
         return
     yield None, 0, 0
+
+
+class _UrlImage:
+    """The bytes of a file at a URL as the walk reads them (image[i], image[a:b],
+    image.find(sub, lo, hi)), fetched through the URL's pages; the metadata h5py has
+    read is there already, so mostly nothing new is fetched."""
+
+    BLOCK = 1 << 20  # find() searches this many bytes at a time
+
+    def __init__(self, url: RemotePath):
+        self.url = url
+
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, slice):
+            return self.url.cached_bytes(key.start, max(0, key.stop - key.start))
+        return self.url.cached_bytes(key, 1)[0]
+
+    def find(self, sub: bytes, lo: int, hi: int) -> int:
+        pos = lo
+        while pos < hi:
+            stop = min(hi, pos + self.BLOCK)
+            # the block and the first bytes of the next: no match is cut in two
+            data = self.url.cached_bytes(pos, min(hi, stop + len(sub) - 1) - pos)
+            found = data.find(sub)
+            if found != -1:
+                return pos + found
+            pos = stop
+        return -1
 
 
 def _superblock(image, start: int, end: int) -> int | None:

@@ -30,6 +30,7 @@ from ckpt_tool.readers.hdf5_guard import (
 )
 from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
+    FileSlice,
     MemberFile,
     MiB,
     check_archive_inflation,
@@ -39,6 +40,7 @@ from ckpt_tool.readers.zip_member import (
     reason,
 )
 from ckpt_tool.safe_json import loads_json
+from ckpt_tool.storage import RemotePath, as_path
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -105,12 +107,22 @@ def open_h5(source: Any, path: Path, what: str = "file") -> h5py.File:
     return f
 
 
+def h5_source(path: Path) -> Any:
+    """What h5py opens: a local path as it is; for a URL, a seekable file over its
+    bytes (HDF5's small metadata reads come from the URL's pages)."""
+    if isinstance(path, RemotePath):
+        return FileSlice(path, 0, path.size())
+    return path
+
+
 def _h5_layout(path: Path) -> str | None:
     """'legacy', 'weights', 'other' or 'unreadable' for an HDF5 file; None if not HDF5."""
     if not has_hdf5_magic(path):
         return None
+    source = None
     try:
-        with h5py.File(path, "r") as f:
+        source = h5_source(path)
+        with h5py.File(source, "r") as f:
             if outside_reference(f) is not None:  # checking the layout would follow it
                 return "weights" if path.name.endswith(".weights.h5") else "legacy"
             if _is_legacy_layout(f):
@@ -120,6 +132,9 @@ def _h5_layout(path: Path) -> str | None:
             return "other"
     except Exception:  # sniffing never raises
         return "unreadable"
+    finally:
+        if source is not None and source is not path:
+            source.close()
 
 
 def _is_legacy_layout(f: h5py.Group) -> bool:
@@ -299,6 +314,7 @@ class _H5Reader(Reader):
     def __init__(self, path: str | Path):
         super().__init__(path)
         self._h5: h5py.File | None = None
+        self._source: Any = None  # a URL's file under self._h5, closed with it
         self._listing: list[VariableInfo] | None = None
         self._dtypes: dict[str, np.dtype] = {}
 
@@ -320,11 +336,20 @@ class _H5Reader(Reader):
         with hdf5_errors(self.path, f"cannot read dataset {key!r}"):
             return _read_dataset(self._h5[key], self._dtypes[key], self.path)
 
+    def _open_h5(self) -> h5py.File:
+        source = h5_source(self.path)
+        if source is not self.path:
+            self._source = source
+        return open_h5(source, self.path)
+
     def close(self) -> None:
         if self._h5 is not None:
             with contextlib.suppress(Exception):
                 self._h5.close()
             self._h5 = None
+        if getattr(self, "_source", None) is not None:
+            self._source.close()
+            self._source = None
 
 
 def _info(
@@ -656,7 +681,7 @@ class WeightsH5Reader(_H5Reader):
         super().__init__(path)
         if not self.path.is_file():
             raise NotFoundError("no such file", self.path)
-        self._h5 = open_h5(self.path, self.path)
+        self._h5 = self._open_h5()
         try:
             with hdf5_errors(self.path, "cannot read the HDF5 file's groups"):
                 if not _is_weights_layout(self._h5):
@@ -672,9 +697,9 @@ class WeightsH5Reader(_H5Reader):
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
-        layout = _h5_layout(Path(path))
+        layout = _h5_layout(as_path(path))
         if layout == "unreadable":  # let the reader report the corrupt file
-            return Path(path).name.endswith(".weights.h5")
+            return as_path(path).name.endswith(".weights.h5")
         return layout == "weights"
 
     def _build(self) -> list[tuple[VariableInfo, np.dtype]]:
@@ -727,7 +752,7 @@ class KerasArchiveReader(_H5Reader):
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
-        path = Path(path)
+        path = as_path(path)
         if not is_zip(path):
             return False
         if path.suffix == ".keras":
@@ -771,7 +796,7 @@ class LegacyH5Reader(_H5Reader):
         super().__init__(path)
         if not self.path.is_file():
             raise NotFoundError("no such file", self.path)
-        self._h5 = open_h5(self.path, self.path)
+        self._h5 = self._open_h5()
         self._config: dict | None = None
         try:
             with hdf5_errors(self.path, "cannot read the HDF5 file's groups"):
@@ -799,9 +824,9 @@ class LegacyH5Reader(_H5Reader):
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
-        layout = _h5_layout(Path(path))
+        layout = _h5_layout(as_path(path))
         if layout == "unreadable":
-            return not Path(path).name.endswith(".weights.h5")
+            return not as_path(path).name.endswith(".weights.h5")
         return layout in ("legacy", "other")  # "other": the reader says what is missing
 
     def model_config(self) -> dict | None:

@@ -38,6 +38,7 @@ from ckpt_tool.readers.zip_member import (
     stored_data_offset,
 )
 from ckpt_tool.safe_json import loads_json
+from ckpt_tool.storage import RemotePath, as_path, read_into
 
 NPY_MAGIC = b"\x93NUMPY"
 MANIFEST_KEY = "__manifest__"
@@ -82,7 +83,9 @@ class ManifestEntry:
 
 def manifest_beside(path: str | Path) -> Path:
     """Where the manifest of an archive whose layout keeps it outside the archive lies."""
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        return path.parent / (path.name + MANIFEST_SUFFIX)
     return path.with_name(path.name + MANIFEST_SUFFIX)
 
 
@@ -270,7 +273,7 @@ class NpzReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
-        path = Path(path)
+        path = as_path(path)
         if cls._is_npy(path):
             return True
         if not is_zip(path):
@@ -278,7 +281,7 @@ class NpzReader(Reader):
         if path.suffix == ".npz":
             return True  # even a broken one: the reader says what is wrong
         try:
-            with zipfile.ZipFile(path) as zf:
+            with open_zip(path) as zf:
                 names = zf.namelist()
         except Exception:
             return False
@@ -287,7 +290,8 @@ class NpzReader(Reader):
     # -- opening
 
     def _open_npy(self) -> None:
-        with open_regular(self.path) as f:
+        remote = isinstance(self.path, RemotePath)
+        with self.path.open_paged() if remote else open_regular(self.path) as f:
             shape, fortran, dtype = _read_header(f, "the .npy file", self.path)
             offset = f.tell()
         size = self.path.stat().st_size
@@ -421,6 +425,8 @@ class NpzReader(Reader):
                 f"{MANIFEST_KEY} is larger than {MAX_MANIFEST_BYTES} bytes", self.path
             )
         try:
+            if m.data_offset is not None and isinstance(self.path, RemotePath):
+                return _read_range(self.path, m, nbytes)
             if m.data_offset is not None and nbytes > 0:
                 return np.memmap(
                     self.path,
@@ -447,6 +453,13 @@ class NpzReader(Reader):
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+
+
+def _read_range(path: RemotePath, m: _Member, nbytes: int) -> np.ndarray:
+    """A stored array at a URL: its bytes in range reads, straight into the array."""
+    flat = np.empty(nbytes // max(m.stored_dtype.itemsize, 1), m.stored_dtype)
+    read_into(path, m.data_offset or 0, memoryview(flat.view(np.uint8)))
+    return flat.reshape(m.shape, order="F" if m.fortran_order else "C")
 
 
 def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.npz import MANIFEST_KEY, ManifestEntry, parse_manifest
+from ckpt_tool.storage import RemotePath, as_path, read_into
 
 # numpy dtype name -> safetensors dtype code (those both sides can hold).
 DTYPE_CODES: dict[str, str] = {
@@ -73,10 +74,15 @@ class _Entry:
     nbytes: int
 
 
+def _open(path: Path):
+    """The file; for a URL, one whose small reads come from the URL's pages."""
+    return path.open_paged() if isinstance(path, RemotePath) else open(path, "rb")
+
+
 def _header_length(path: Path) -> tuple[int, int] | None:
     """(header length, file size) when the file starts like a safetensors file."""
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             head = f.read(_HEADER_LEN.size + 1)
         size = path.stat().st_size
     except OSError:
@@ -106,14 +112,14 @@ class SafetensorsReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
-        path = Path(path)
+        path = as_path(path)
         if path.suffix == ".safetensors" and path.is_file():
             return True  # even a broken one: the reader says what is wrong
         found = _header_length(path) if path.is_file() else None
         if found is None or _HEADER_LEN.size + found[0] > found[1]:
             return False
         try:  # without the suffix, a header that starts like one: {"name": or {"__metadata__":
-            with open(path, "rb") as f:
+            with _open(path) as f:
                 f.seek(_HEADER_LEN.size)
                 return f.read(2) == b'{"'
         except OSError:
@@ -142,7 +148,7 @@ class SafetensorsReader(Reader):
                 f"header length {n} runs past the end of the file ({size} bytes; truncated?)",
                 self.path,
             )
-        with open(self.path, "rb") as f:
+        with _open(self.path) as f:
             f.seek(_HEADER_LEN.size)
             raw = f.read(n)
         try:
@@ -256,6 +262,10 @@ class SafetensorsReader(Reader):
             raise NotFoundError(f"no tensor {key!r} in this file", self.path)
         if e.nbytes == 0:
             return np.zeros(e.shape, dtype=e.dtype)
+        if isinstance(self.path, RemotePath):  # range reads straight into the array
+            out = np.empty(e.shape, e.dtype)
+            read_into(self.path, e.begin, memoryview(out.reshape(-1).view(np.uint8)))
+            return out
         try:
             return np.memmap(self.path, dtype=e.dtype, mode="r", offset=e.begin, shape=e.shape)
         except (OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
 from ckpt_tool.readers.regular_file import open_regular
+from ckpt_tool.storage import RemotePath
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -60,9 +61,30 @@ def is_zip(path: Path) -> bool:
     return head in (b"PK\x03\x04", b"PK\x05\x06")
 
 
+class _UrlZipFile(zipfile.ZipFile):
+    """A zip archive at a URL: its directory and members are range reads (through the
+    URL's pages); closing the archive closes the file under it."""
+
+    def __init__(self, path: RemotePath):
+        self._source = path.open_paged()
+        try:
+            super().__init__(self._source)
+        except BaseException:
+            self._source.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
     """Open a zip archive, turning every failure into a CkptToolError."""
     try:
+        if isinstance(path, RemotePath):
+            return _UrlZipFile(path)
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise CorruptFileError(f"not a readable zip archive ({reason(e)})", path) from None
@@ -165,7 +187,11 @@ class FileSlice(io.RawIOBase):
 
     def __init__(self, path: Path, start: int, size: int):
         super().__init__()
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._file = (
+            path.open_paged()  # a URL: range reads, small ones through its pages
+            if isinstance(path, RemotePath)
+            else open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        )
         self._path = path
         self._start = start
         self._size = size
