@@ -158,7 +158,8 @@ def tensor_stats(array: np.ndarray) -> dict | None:
     """min, max, mean, std and NaN/Inf counts over finite values, streamed in chunks
     (Chan et al.'s pairwise update of mean and M2); None for non-numeric tensors.
     A chunk without NaN or Inf (its min and max are finite) is summed as it is, in
-    float64 accumulators, with one float64 buffer reused for the deviations."""
+    float64 accumulators, with one float64 buffer reused for its deviations from one of
+    its values."""
     flat = array.reshape(-1)
     if flat.dtype == object or flat.dtype.kind in "SUb" or not _is_numeric(flat.dtype):
         return None
@@ -187,11 +188,27 @@ def tensor_stats(array: np.ndarray) -> dict | None:
             chunk_lo, chunk_hi = good.min(), good.max()
         lo, hi = min(lo, float(chunk_lo)), max(hi, float(chunk_hi))
         n_b = good.size
-        mean_b = float(good.sum(dtype=np.float64)) / n_b
         if buffer is None or buffer.size < n_b:
             buffer = np.empty(n_b, np.float64)
-        deviation = np.subtract(good, mean_b, out=buffer[:n_b], dtype=np.float64)
-        m2_b = float(np.einsum("i,i->", deviation, deviation))  # no BLAS threads
+        # Floats, one widening pass: d = x - c with c a value of the chunk, S1 = sum(d),
+        # S2 = sum(d*d); mean = c + S1/n and M2 = S2 - S1^2/n. S1^2/n is n*(mean - c)^2,
+        # small beside S2 unless c lies far out (> ~32 std): then M2 would lose more than
+        # 10 bits to cancellation, and mean and deviations are taken again as two passes
+        # (as for integers, whose float64 sums are exact below 2**53).
+        fast = good.dtype.kind == "f"
+        if fast:
+            shift = float(good[0])
+            deviation = np.subtract(good, shift, out=buffer[:n_b], dtype=np.float64)
+            s1 = float(deviation.sum())
+            s2 = float(np.einsum("i,i->", deviation, deviation))  # no BLAS threads
+            mean_b = shift + s1 / n_b
+            fast = s1 * s1 / n_b <= s2 * (1 - 2.0**-10)
+        if fast:
+            m2_b = max(s2 - s1 * s1 / n_b, 0.0)
+        else:
+            mean_b = float(good.sum(dtype=np.float64)) / n_b
+            deviation = np.subtract(good, mean_b, out=buffer[:n_b], dtype=np.float64)
+            m2_b = float(np.einsum("i,i->", deviation, deviation))
         delta, total = mean_b - mean, count + n_b
         mean += delta * n_b / total
         m2 += m2_b + delta * delta * count * n_b / total
