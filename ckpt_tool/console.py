@@ -128,7 +128,17 @@ def human_bytes(n: int) -> str:
 
 
 def _shape(shape: tuple[int, ...]) -> str:
+    return _shape_text(tuple(shape))
+
+
+@functools.lru_cache(maxsize=4096)  # a listing repeats few shapes
+def _shape_text(shape: tuple[int, ...]) -> str:
     return str(list(shape))  # "[8, 3]"
+
+
+@functools.lru_cache(maxsize=4096)  # and few parameter counts
+def _count(n: int) -> str:
+    return f"{n:,}"
 
 
 def _name_lines(t: ListedTensor) -> list[str]:
@@ -193,7 +203,7 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
         cells += [
             _shape(t.info.shape),
             t.info.dtype,
-            f"{t.info.num_elements:,}",
+            _count(t.info.num_elements),
             human_bytes(t.info.nbytes),
         ]
         if show_stats:

@@ -218,6 +218,7 @@ def tensor_stats(array: np.ndarray) -> dict | None:
     return {"min": lo, "max": hi, "mean": mean, "std": (m2 / count) ** 0.5, "nan": nan, "inf": inf}
 
 
+@gc_paused()  # millions of objects for a large index: see gc_pause
 def attach_roles(reader: Reader, listing: Listing) -> list[str]:
     """Fill each listed tensor's layer, role and the evidence that decided it. Returns
     what the evidence says beyond roles: a SavedModel graph's wiring, masks and

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
-from ckpt_tool.shown import shown
+from ckpt_tool.shown import shown, shown_all
 
 Cell = str | Text
 _GAP = "  "  # between columns
@@ -192,4 +193,52 @@ def print_lines(console: Console, lines: list[Text], *, fold: bool = True) -> No
 def print_table(
     console: Console, columns: list[Column], rows: list[Row], title: Cell | None = None
 ) -> None:
-    print_lines(console, table_lines(columns, rows, available_width(console), title), fold=False)
+    width = available_width(console)
+    if width is None:  # piped: the same text as table_lines gives, built column-wise
+        console.file.write("".join(line + "\n" for line in plain_table_lines(columns, rows, title)))
+        return
+    print_lines(console, table_lines(columns, rows, width, title), fold=False)
+
+
+def _plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
+def _padded(cells: list[str], header: str, right: bool, last: bool) -> list[str]:
+    """One column's shown cells padded to its natural width (header included)."""
+    cells = shown_all([_plain(c) for c in cells])
+    if "".join(cells).isascii():  # one cell per character: str padding will do
+        width = max(len(header), max(map(len, cells), default=0))
+        if right:
+            return [c.rjust(width) for c in cells]
+        return cells if last else [c.ljust(width) for c in cells]
+    width = max(len(header), max(map(cell_len, cells), default=0))
+    if right:
+        return [" " * (width - cell_len(c)) + c for c in cells]
+    return cells if last else [c + " " * (width - cell_len(c)) for c in cells]
+
+
+def plain_table_lines(
+    columns: list[Column], rows: list[Row], title: Cell | None = None
+) -> list[str]:
+    """The table at natural widths as plain lines (no trailing spaces): what
+    `table_lines(columns, rows, None, title)` shows, without a styled text per cell, so
+    that a million rows print in seconds."""
+    lines: list[str] = []
+    if title is not None:
+        lines.append(shown(_plain(title)).rstrip())
+    last = len(columns) - 1
+    padded = [
+        _padded([c.header] + [row.cells[i] for row in rows], c.header, c.right, i == last)
+        for i, c in enumerate(columns)
+    ]
+    row_lines = [line.rstrip() for line in map(_GAP.join, zip(*padded, strict=True))]
+    lines.append(row_lines[0])  # the header
+    if not any(row.above or row.below for row in rows):
+        lines += row_lines[1:]
+        return lines
+    for row, line in zip(rows, row_lines[1:], strict=True):
+        lines += [shown(_plain(above)).rstrip() for above in row.above]
+        lines.append(line)
+        lines += [(_INDENT + shown(_plain(below))).rstrip() for below in row.below]
+    return lines

@@ -62,6 +62,10 @@ _ROLE_RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple(
         (r"(?P<layer>.+)/(?P<w>kernel|bias)", "Dense", "{w}"),
     )
 )
+# The last path component of every name a rule matches.
+_RULE_LEAVES = frozenset(
+    ("kernel", "bias", "gamma", "beta", "scale", "embeddings", "reverse_embeddings", "class_token")
+)
 # What the weights cannot tell (the backbone config holds it, a bare .weights.h5 has none).
 _UNSTORED = {
     "LayerNormalization": "epsilon is not in the weights (the backbone config's, or "
@@ -459,6 +463,8 @@ def keras_path(info: VariableInfo) -> str | None:
     """The Keras weight path among the tensor's names (a SavedModel's `variables/N` has it
     as an alias), or None."""
     for name in (info.name, *info.aliases):
+        if name.rpartition("/")[2] not in _RULE_LEAVES:
+            continue  # no rule can match (checked first: an index can hold a million names)
         if any(rule.fullmatch(name) for rule, _, _ in _ROLE_RULES):
             return name
     return None

@@ -71,6 +71,12 @@ _BLOCK_PREFIX = {
     "attributes": r"(?P<scope>(?:.*/)?)_transformer_layers/(?P<i>\d+)/(?P<rest>.+)",
     "positions": r"(?P<scope>(?:.*/)?)layer_with_weights-(?P<i>\d+)/(?P<rest>.+)",
 }
+# A text every name of a spelling's blocks holds.
+_BLOCK_LITERAL = {
+    "names": "transformer/layer_",
+    "attributes": "_transformer_layers/",
+    "positions": "layer_with_weights-",
+}
 # A positional (`layer_with_weights-K/<weight>`) layer outside the blocks, by its weights.
 _POSITIONAL_TOP = (
     r"(?P<scope>(?:.*/)?)layer_with_weights-(?P<k>\d+)/(?P<w>embeddings|gamma|beta|kernel|bias)"
@@ -294,7 +300,10 @@ def _slots(infos: Sequence[VariableInfo], spelling: str) -> dict[str, _Slot]:
 
 def _block_slot(info: VariableInfo, spelling: str) -> _Slot | None:
     column = 0 if spelling == "names" else 1
+    literal = _BLOCK_LITERAL[spelling]
     for name in _names(info):
+        if literal not in name:
+            continue  # cannot match (checked first: an index can hold a million names)
         m = re.fullmatch(_BLOCK_PREFIX[spelling], name)
         if m is None:
             continue

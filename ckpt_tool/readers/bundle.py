@@ -401,12 +401,14 @@ def _parse_entry(key: str, value: bytes) -> BundleEntry:
         proto.ParseFromString(value)
     except DecodeError as e:
         raise _Corrupt(f"entry {key!r} is not a valid BundleEntryProto: {e}") from None
-    if proto.shape.unknown_rank:
+    shape_proto = proto.shape  # (each field read once: an index can hold a million entries)
+    if shape_proto.unknown_rank:
         raise _Corrupt(f"entry {key!r} has a shape of unknown rank")
-    shape = tuple([d.size for d in proto.shape.dim])
+    shape = tuple([d.size for d in shape_proto.dim])
     if shape and min(shape) < 0:
         raise _Corrupt(f"entry {key!r} has a negative dimension {shape}")
-    if proto.shard_id < 0 or proto.offset < 0 or proto.size < 0:
+    shard_id, offset, size = proto.shard_id, proto.offset, proto.size
+    if shard_id < 0 or offset < 0 or size < 0:
         raise _Corrupt(f"entry {key!r} has a negative shard id, offset or size")
     slices = ()  # (checked without a generator: an index can hold a million entries)
     if proto.slices:
@@ -414,9 +416,7 @@ def _parse_entry(key: str, value: bytes) -> BundleEntry:
             tuple((e.start, e.length if e.HasField("length") else -1) for e in s.extent)
             for s in proto.slices
         )
-    return BundleEntry(
-        key, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c, slices
-    )
+    return BundleEntry(key, proto.dtype, shape, shard_id, offset, size, proto.crc32c, slices)
 
 
 def data_filename(prefix: str | Path, shard_id: int, num_shards: int) -> Path:

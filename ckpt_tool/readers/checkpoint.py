@@ -454,7 +454,7 @@ class CheckpointReader(Reader):
         """name: informative own name > named object path > stripped key; aliases: the rest."""
         owner = _own_name_owners(infos, gvars, own)
         by_node: dict[int, str] = {}
-        for info in infos:
+        for info in infos if gvars else ():  # (no graph: a million entries may pass here)
             gv = gvars.get(info.key)
             if gv is None:
                 continue
@@ -480,7 +480,7 @@ class CheckpointReader(Reader):
         # Optimizer slots of legacy optimizers hang off no path: name them after their
         # variable, as TensorFlow's own slot names do ("dense/kernel/m").
         own_values = set(own.values())
-        for info in infos:
+        for info in infos if gvars else ():
             gv = gvars.get(info.key)
             if gv is None or gv.slot_of is None or info.name in own_values:
                 continue
@@ -500,6 +500,8 @@ class CheckpointReader(Reader):
         if len(set(names)) != len(names):
             for info in infos:
                 info.name = info.key
+        if not gvars:
+            return
         key_of_node = {}
         for info in infos:
             gv = gvars.get(info.key)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ _MAX_NEED = 1 << 63  # an object "larger" than this wraps HDF5's pointer arithme
 
 def check_global_heaps(f: h5py.File, source: Any, path: Path) -> None:
     """Raise CorruptFileError if a global heap collection of the open file `f`
-    (opened from `source`: a path, a zip_member.FileSlice or a BytesIO) is damaged
+    (opened from `source`: a path, a zip_member.FileSlice, a BytesIO or a temporary
+    file) is damaged
     in a way that would make HDF5 loop forever."""
     with _image(source) as (image, start, end):
         if image is None:
@@ -94,7 +96,17 @@ def _image(source: Any):
         data = getvalue()
         yield data, 0, len(data)
         return
-    yield None, 0, 0
+    try:  # an inflated zip member in a temporary file
+        fileno = source.fileno()
+        total = os.fstat(fileno).st_size
+    except (AttributeError, OSError, ValueError):
+        yield None, 0, 0
+        return
+    if total == 0:
+        yield None, 0, 0
+        return
+    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as mm:
+        yield mm, 0, total
 
 
 class _UrlImage:

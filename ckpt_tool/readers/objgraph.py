@@ -82,15 +82,16 @@ def unescape_local_name(name: str) -> str:
     return "".join(out)
 
 
+_VALUE_SUFFIX = f"/{ATTRIBUTES}/{VARIABLE_VALUE}"
+
+
 def strip_key(key: str) -> str:
     """A checkpoint key as a path: `a/b/.ATTRIBUTES/VARIABLE_VALUE` -> `a/b`.
 
     Other attributes stay visible (`table/.ATTRIBUTES/table-keys`); components are
     unescaped.
     """
-    suffix = f"/{ATTRIBUTES}/{VARIABLE_VALUE}"
-    if key.endswith(suffix):
-        key = key[: -len(suffix)]
+    key = key.removesuffix(_VALUE_SUFFIX)
     if ".." not in key and ".S" not in key:
         return key  # nothing escaped (the common case)
     parts = key.split("/")

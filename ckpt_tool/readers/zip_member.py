@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import io
 import lzma
+import shutil
 import struct
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
+from ckpt_tool.readers.budget import MEMORY_FLOOR
 from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.storage import RemotePath
 
@@ -26,6 +29,9 @@ MAX_MEMBER_BYTES = 16 * GiB  # a declared size above this is refused outright
 # ratio is refused as a likely decompression bomb (the rule Keras uses).
 BOMB_FLOOR_BYTES = 256 * MiB
 BOMB_MAX_RATIO = 100
+# A compressed member inflating to more than the memory budget's floor is inflated into
+# an anonymous temporary file (gone when closed, or when the process dies) instead.
+INFLATE_IN_MEMORY_BYTES = MEMORY_FLOOR
 
 # What reading a damaged member can raise: bad headers, bad crc, a broken deflate,
 # bzip2 (OSError) or lzma stream.
@@ -243,7 +249,8 @@ class MemberFile:
     """A zip member opened as a seekable binary file, without extracting it.
 
     Stored members are read in place from the archive; compressed ones are
-    inflated into memory (after the size and ratio checks).
+    inflated (after the size and ratio checks) into memory when small, else into an
+    anonymous temporary file, so memory stays within the budget's floor.
     """
 
     def __init__(self, zf: zipfile.ZipFile, name: str, path: Path, limit: int = MAX_MEMBER_BYTES):
@@ -254,8 +261,32 @@ class MemberFile:
         if offset is not None and info.file_size > 0:
             self.file: io.RawIOBase | io.BytesIO = FileSlice(path, offset, info.file_size)
             self.stored = True
-        else:
+        elif info.file_size <= INFLATE_IN_MEMORY_BYTES:
             self.file = io.BytesIO(read_member(zf, name, path, limit))
+        else:
+            self.file = _inflate_to_disk(zf, info, path, limit)
 
     def close(self) -> None:
         self.file.close()
+
+
+def _inflate_to_disk(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, limit: int):
+    """The member inflated into an unnamed temporary file, at most `limit` bytes."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by MemberFile.close)
+    try:
+        with zf.open(info) as f:
+            shutil.copyfileobj(f, spool, 4 * MiB)
+            if f.read(1) or spool.tell() > limit:
+                raise CorruptFileError(
+                    f"zip member {info.filename!r} is larger than {limit} bytes", path
+                )
+    except MEMBER_READ_ERRORS as e:
+        spool.close()
+        raise CorruptFileError(
+            f"cannot read zip member {info.filename!r} ({reason(e)})", path
+        ) from None
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool

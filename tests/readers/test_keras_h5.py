@@ -392,6 +392,33 @@ def test_deflated_keras_member_reads_the_same(tmp_path):
         assert a.model_config() == b.model_config()
 
 
+def test_large_deflated_keras_member_inflates_to_an_unnamed_file(tmp_path, monkeypatch):
+    """A compressed weights member above the memory budget's floor is inflated into an
+    anonymous temporary file (no name to leave behind), still checked by the HDF5
+    guards, and reads the same as the stored original."""
+    from ckpt_tool.readers import hdf5_guard
+
+    src = fixture_path("seed_keras")
+    dst = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item.filename, zin.read(item.filename))
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    monkeypatch.setattr(zip_member, "INFLATE_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr("tempfile.tempdir", str(spool_dir))
+    with KerasArchiveReader(src) as a, KerasArchiveReader(dst) as b:
+        assert not isinstance(b._member.file, io.BytesIO)
+        assert list(spool_dir.iterdir()) == []
+        with hdf5_guard._image(b._member.file) as (image, start, end):
+            size = zipfile.ZipFile(dst).getinfo("model.weights.h5").file_size
+            assert image is not None and (start, end) == (0, size)
+        assert a.variables() == b.variables()
+        for v in a.variables():
+            _assert_bitwise(b.read(v.key), a.read(v.key), v.name)
+    assert list(spool_dir.iterdir()) == []
+
+
 def test_legacy_split_attributes(tmp_path):
     """Long attribute lists are split as weight_names0, weight_names1 ... (tf-keras)."""
     from tf_keras.src.saving.legacy.hdf5_format import load_attributes_from_hdf5_group
