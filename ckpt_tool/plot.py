@@ -205,16 +205,7 @@ def _attention_row(fig: Figure, axes: list[Axes], m: Any) -> None:
         ):
             ax.set_title(f"{m.layer}: {what}\nnot drawn", fontsize=9)
             ax.set_axis_off()
-        rebuild_ax.text(
-            0.5,
-            0.5,
-            m.why_missing,
-            ha="center",
-            va="center",
-            wrap=True,
-            fontsize=8,
-            transform=rebuild_ax.transAxes,
-        )
+        _centred_text(rebuild_ax, m.why_missing)
         return
     vmax = (
         float(m.rebuild.max())
@@ -225,16 +216,7 @@ def _attention_row(fig: Figure, axes: list[Axes], m: Any) -> None:
         original_ax.imshow(m.original, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
         original_ax.set_title(f"{m.layer}: original attention\n{where}", fontsize=9)
     else:
-        original_ax.text(
-            0.5,
-            0.5,
-            m.why_missing,
-            ha="center",
-            va="center",
-            wrap=True,
-            fontsize=8,
-            transform=original_ax.transAxes,
-        )
+        _centred_text(original_ax, m.why_missing)
         original_ax.set_title(f"{m.layer}: original attention\nnot available", fontsize=9)
         original_ax.set_axis_off()
     image = rebuild_ax.imshow(m.rebuild, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
@@ -285,3 +267,8 @@ def _html(report: VerifyReport, svg: str) -> str:
         "<table border='1' cellpadding='4'><tr><th>inputs</th><th>output</th>"
         f"<th>max abs</th><th>cosine</th><th></th></tr>{rows}</table>\n{svg}\n</body></html>\n"
     )
+
+
+def _centred_text(ax, text: str) -> None:
+    """A short explanation in the middle of a panel (where a picture cannot be drawn)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=8, transform=ax.transAxes)
