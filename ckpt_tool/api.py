@@ -229,24 +229,24 @@ def diff(
 ) -> DiffReport:
     """`ckpt-tool diff A B`: the tensors of two weight files compared pair by pair;
     `report.ok` is the CLI's exit code 0."""
-    from ckpt_tool.diff import diff_readers
+    from ckpt_tool.diff import diff_paths
     from ckpt_tool.errors import UsageError
-    from ckpt_tool.readers import open_reader
 
     for option, value in (("atol", atol), ("rtol", rtol)):
         if not value >= 0:  # also rejects NaN
             raise UsageError(f"{option} must be a number >= 0, not {value}")
-    with open_reader(a, format_a) as reader_a, open_reader(b, format_b) as reader_b:
-        reader_a.verify_crc = reader_b.verify_crc = verify_crc
-        return diff_readers(
-            reader_a,
-            reader_b,
-            atol=atol,
-            rtol=rtol,
-            include_optimizer=include_optimizer,
-            pattern=pattern,
-            by_role=by_role,
-        )
+    return diff_paths(
+        a,
+        b,
+        format_a=format_a,
+        format_b=format_b,
+        verify_crc=verify_crc,
+        atol=atol,
+        rtol=rtol,
+        include_optimizer=include_optimizer,
+        pattern=pattern,
+        by_role=by_role,
+    )
 
 
 def figure(report: VerifyReport, *, per_layer: bool | None = None) -> Figure:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -517,6 +518,24 @@ def _json_float(value: float | None) -> float | str | None:
     if value is None or math.isfinite(value):
         return value
     return "inf" if value > 0 else "-inf"
+
+
+def diff_paths(
+    a: str | Path,
+    b: str | Path,
+    *,
+    format_a: str | None = None,
+    format_b: str | None = None,
+    verify_crc: bool = True,
+    **options,
+) -> DiffReport:
+    """diff_readers of the weight files at A and B, each opened (in its detected or given
+    format) for the comparison and closed after it."""
+    from ckpt_tool.readers import open_reader
+
+    with open_reader(a, format_a) as reader_a, open_reader(b, format_b) as reader_b:
+        reader_a.verify_crc = reader_b.verify_crc = verify_crc
+        return diff_readers(reader_a, reader_b, **options)
 
 
 def diff_readers(

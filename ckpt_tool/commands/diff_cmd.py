@@ -6,9 +6,9 @@ import click
 
 from ckpt_tool import console, console_diff
 from ckpt_tool.commands.options import no_crc_option, resolve_step
-from ckpt_tool.diff import diff_readers
+from ckpt_tool.diff import diff_paths
 from ckpt_tool.errors import EXIT_DISAGREE, EXIT_OK, UsageError
-from ckpt_tool.readers import FORMATS, open_reader
+from ckpt_tool.readers import FORMATS
 
 # A progress bar is worth drawing only for diffs this large (in pairs or bytes).
 _PROGRESS_MIN_PAIRS = 50
@@ -76,18 +76,19 @@ def command(
         if not value >= 0:  # also rejects NaN
             raise UsageError(f"{option} must be a number >= 0, not {value}")
     a, b = resolve_step(a, None), resolve_step(b, None)  # notes naming what is read
-    with open_reader(a, format_a) as reader_a, open_reader(b, format_b) as reader_b:
-        reader_a.verify_crc = reader_b.verify_crc = not no_crc
-        report = diff_readers(
-            reader_a,
-            reader_b,
-            atol=atol,
-            rtol=rtol,
-            include_optimizer=include_optimizer,
-            pattern=pattern,
-            progress=_progress,
-            by_role=by_role,
-        )
+    report = diff_paths(
+        a,
+        b,
+        format_a=format_a,
+        format_b=format_b,
+        verify_crc=not no_crc,
+        atol=atol,
+        rtol=rtol,
+        include_optimizer=include_optimizer,
+        pattern=pattern,
+        progress=_progress,
+        by_role=by_role,
+    )
     if as_json:
         console.print_json(report.to_json())
     else:
