@@ -190,8 +190,7 @@ def verify(
     configs = {layer.name: layer.config for layer in roles.layers}
     first_configs = dict(configs)  # as read, before settling (for explain_failure)
     first_inputs = input_sets[0][1]
-    theirs = {0: original(first_inputs)}  # each side runs once per input set
-    expected = theirs[0]
+    first_expected = original(first_inputs)  # each side runs once per input set
     first_run = None
     if not options.roles_file:  # settled on the model's own weights, then kept for OTHER
         first_run = _FirstRun.try_run(
@@ -203,7 +202,7 @@ def verify(
             weights,
             configs,
             [first_inputs[i] for i in order],
-            _aligned_expected(original, graph, expected),
+            _aligned_expected(original, graph, first_expected),
             dtype,
             options,
             first_outputs=first_run and first_run.outputs,
@@ -215,10 +214,8 @@ def verify(
     runs = []
     kept: RunArrays | None = None
     for index, (label, arrays) in enumerate(input_sets):
-        expected = theirs.pop(index, None)
-        expected = _aligned_expected(
-            original, graph, original(arrays) if expected is None else expected
-        )
+        raw = first_expected if index == 0 else original(arrays)
+        expected = _aligned_expected(original, graph, raw)
         ours = [arrays[i] for i in order]
         if index == 0 and first_run and first_run.same_reading(graph, weights, configs):
             actual, per_layer = first_run.outputs, first_run.per_layer

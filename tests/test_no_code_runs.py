@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -176,26 +177,27 @@ def test_verify_without_tensorflow_is_one_clear_line(blocked_frameworks: dict) -
 # verify keeps Keras' safe mode
 
 
-@pytest.fixture(scope="module")
-def lambda_keras(tmp_path_factory) -> Path:
-    """A .keras with a Lambda whose Python code leaves `lambda-ran.txt` in the working
-    directory whenever it runs (it runs once here, while the model is built)."""
+def _lambda_model(keras, path: Path) -> Path:
+    """A model (made with `keras`, Keras 3 or tf-keras) whose Lambda leaves
+    `lambda-ran.txt` in the working directory whenever its code runs; it runs once here,
+    while the model is built, which shows the marker works."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    keras = pytest.importorskip("keras")
-    work = tmp_path_factory.mktemp("lambda")
-    path = work / "lambda_model.keras"
-    old = Path.cwd()
-    os.chdir(work)
-    try:
+    with contextlib.chdir(path.parent):
         inputs = keras.Input((4,))
         x = keras.layers.Dense(3)(inputs)
         x = keras.layers.Lambda(lambda t: (open("lambda-ran.txt", "w").close(), t * 2.0)[1])(x)
         keras.Model(inputs, x).save(path)
-    finally:
-        os.chdir(old)
-    assert (work / "lambda-ran.txt").exists()  # the marker works
-    (work / "lambda-ran.txt").unlink()
+    marker = path.parent / "lambda-ran.txt"
+    assert marker.exists()  # the marker works
+    marker.unlink()
     return path
+
+
+@pytest.fixture(scope="module")
+def lambda_keras(tmp_path_factory) -> Path:
+    """A .keras with a code-running Lambda (see _lambda_model)."""
+    keras = pytest.importorskip("keras")
+    return _lambda_model(keras, tmp_path_factory.mktemp("lambda") / "lambda_model.keras")
 
 
 @pytest.mark.slow
@@ -205,13 +207,8 @@ def test_keras_safe_mode_refuses_the_lambda(lambda_keras: Path, tmp_path: Path) 
     from ckpt_tool.errors import CkptToolError
     from ckpt_tool.original import load_original
 
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        with pytest.raises(CkptToolError) as err:
-            load_original(lambda_keras, "keras", unsafe=False)
-    finally:
-        os.chdir(old)
+    with contextlib.chdir(tmp_path), pytest.raises(CkptToolError) as err:
+        load_original(lambda_keras, "keras", unsafe=False)
     assert "--unsafe" in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -222,13 +219,9 @@ def test_unsafe_mode_runs_the_lambda(lambda_keras: Path, tmp_path: Path) -> None
     --unsafe` passes) the same file loads and its Lambda's code runs, leaving its marker."""
     from ckpt_tool.original import load_original
 
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         original = load_original(lambda_keras, "keras", unsafe=True)
         original([np.ones((2, 4), np.float32)])
-    finally:
-        os.chdir(old)
     assert (tmp_path / "lambda-ran.txt").exists()
 
 
@@ -249,24 +242,10 @@ def test_verify_refuses_lambda_under_safe_mode(lambda_keras: Path, tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def lambda_h5(tmp_path_factory) -> Path:
-    """A tf-keras legacy `.h5` whose Lambda leaves `lambda-ran.txt` in the working
-    directory whenever its marshalled code runs (once here, while the model is built)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """A tf-keras legacy `.h5` whose Lambda's marshalled code runs whenever the model is
+    built (see _lambda_model)."""
     tf_keras = pytest.importorskip("tf_keras")
-    work = tmp_path_factory.mktemp("lambda_h5")
-    path = work / "lambda_model.h5"
-    old = Path.cwd()
-    os.chdir(work)
-    try:
-        inputs = tf_keras.Input((4,))
-        x = tf_keras.layers.Dense(3)(inputs)
-        x = tf_keras.layers.Lambda(lambda t: (open("lambda-ran.txt", "w").close(), t * 2.0)[1])(x)
-        tf_keras.Model(inputs, x).save(path)
-    finally:
-        os.chdir(old)
-    assert (work / "lambda-ran.txt").exists()  # the marker works
-    (work / "lambda-ran.txt").unlink()
-    return path
+    return _lambda_model(tf_keras, tmp_path_factory.mktemp("lambda_h5") / "lambda_model.h5")
 
 
 @pytest.mark.slow
@@ -275,12 +254,8 @@ def test_plain_tf_keras_runs_the_legacy_h5_lambda(lambda_h5: Path, tmp_path: Pat
     below, where it must not run, can fail)."""
     import tf_keras
 
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         tf_keras.models.load_model(str(lambda_h5), compile=False)
-    finally:
-        os.chdir(old)
     assert (tmp_path / "lambda-ran.txt").exists()
 
 
@@ -289,15 +264,11 @@ def test_verify_refuses_legacy_h5_lambda_without_unsafe(lambda_h5: Path, tmp_pat
     from ckpt_tool.errors import CkptToolError
     from ckpt_tool.original import load_original
 
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         with pytest.raises(CkptToolError) as err:
             load_original(lambda_h5, "h5", unsafe=False)
         assert list(tmp_path.iterdir()) == []  # the Lambda's code did not run
         load_original(lambda_h5, "h5", unsafe=True)  # the user's explicit choice
-    finally:
-        os.chdir(old)
     assert "--unsafe" in str(err.value) and "\n" not in str(err.value)
     assert str(err.value).startswith(f"{lambda_h5}: ")
     assert (tmp_path / "lambda-ran.txt").exists()
