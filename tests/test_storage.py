@@ -431,7 +431,7 @@ def test_a_damaged_global_heap_at_a_url_is_refused_not_hung(name: str, tmp_path:
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
-            timeout=120,
+            timeout=60,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("list hung on a damaged global heap at a URL")
@@ -439,3 +439,50 @@ def test_a_damaged_global_heap_at_a_url_is_refused_not_hung(name: str, tmp_path:
         server.stop()
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "global heap" in done.stderr
+
+
+# Run as a separate process, so that a deadlock ends in a timeout instead of a hang.
+_COLLECTION_IN_THE_SERVING_THREAD = """
+import sys
+import h5py
+from ckpt_tool.cli import cli
+from tests import object_store
+
+# h5py objects, each freed only when its reference cycle is collected.
+scratch = h5py.File("scratch.h5", "w", driver="core", backing_store=False)
+pool = [scratch.create_group(f"g{i}").id for i in range(200)]
+
+
+class CollectingHandler(object_store._RangeHandler):
+    def send_head(self):
+        if pool:
+            cycle = [pool.pop()]
+            cycle.append(cycle)  # garbage that only the collector frees
+            del cycle
+        keep = [[] for _ in range(5000)]  # enough new objects for a collection
+        del keep
+        return super().send_head()
+
+
+object_store._RangeHandler = CollectingHandler
+server = object_store.RangeHTTPServer(sys.argv[1]).start()
+cli.main(["list", server.url + "/" + sys.argv[2]], standalone_mode=False)
+"""
+
+
+@pytest.mark.parametrize(
+    "rel", ["seed/seed_weights_h5/seed.weights.h5", "seed/seed_keras/seed.keras"]
+)
+def test_a_collection_in_another_thread_cannot_deadlock_an_h5_read_at_a_url(rel: str) -> None:
+    """h5py holds its lock while it reads through the URL's file object; a collection in
+    the thread that serves those bytes, freeing an h5py object, would wait on the same
+    lock forever."""
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLECTION_IN_THE_SERVING_THREAD, str(FIXTURES), rel],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "query" in done.stdout

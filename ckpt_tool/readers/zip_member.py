@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 from ckpt_tool.errors import CorruptFileError, UnsupportedFormatError
+from ckpt_tool.gc_pause import hold_paused, release_paused
 from ckpt_tool.readers.budget import MEMORY_FLOOR
 from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.storage import RemotePath
@@ -188,16 +189,19 @@ class FileSlice(io.RawIOBase):
 
     h5py opens such an object like a file; each read goes straight from the
     archive into h5py's buffer, so a stored `model.weights.h5` is never copied
-    into memory as a whole (let alone twice).
+    into memory as a whole (let alone twice). Over a URL the cyclic garbage
+    collector is paused until close(): see gc_pause.
     """
 
     def __init__(self, path: Path, start: int, size: int):
         super().__init__()
-        self._file = (
-            path.open_paged()  # a URL: range reads, small ones through its pages
-            if isinstance(path, RemotePath)
-            else open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
-        )
+        self._holds_gc = False
+        if isinstance(path, RemotePath):
+            self._file = path.open_paged()  # range reads, small ones through its pages
+            hold_paused()
+            self._holds_gc = True
+        else:
+            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
         self._path = path
         self._start = start
         self._size = size
@@ -242,6 +246,8 @@ class FileSlice(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._file.close()
+            if self._holds_gc:
+                release_paused()
         super().close()
 
 
