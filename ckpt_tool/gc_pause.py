@@ -19,25 +19,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 _lock = threading.Lock()
-_holds = 0  # open pauses taken with hold_paused()
-_enabled_before = True
+_holds = 0  # pauses open now, in any thread
+_enabled_before = True  # the collector's state before the first of them
 
 
 def hold_paused() -> None:
-    """Pause the collector until the matching release_paused(); pauses nest."""
+    """Pause the collector until the matching release_paused(); pauses nest, and the
+    collector resumes (if it ran before) only when the last one is released."""
     global _holds, _enabled_before
     with _lock:
         if _holds == 0:
@@ -52,3 +41,12 @@ def release_paused() -> None:
         _holds -= 1
         if _holds == 0 and _enabled_before:
             gc.enable()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    hold_paused()
+    try:
+        yield
+    finally:
+        release_paused()
