@@ -242,7 +242,7 @@ def test_local_paths_never_import_fsspec(tmp_path: Path) -> None:
         f"r = CliRunner().invoke(cli, ['export', {str(FIXTURES / BERT / 'ckpt')!r}, "
         f"'-o', {str(tmp_path / 'x.npz')!r}])\n"
         "assert r.exit_code == 0, r.output\n"
-        "heavy = [m for m in ('fsspec', 's3fs', 'aiohttp', 'botocore') if m in sys.modules]\n"
+        "heavy = [m for m in ('fsspec', 's3fs', 'aiohttp', 'botocore', 'obstore') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
