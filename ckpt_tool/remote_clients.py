@@ -12,10 +12,9 @@ the bytes of a range):
   signed URLs with a query string, directory pages of a web server, and storage options
   obstore does not know.
 
-`client_for(protocol, authority, options, has_query)` picks one (a URL with a query
-string always goes to fsspec) (the environment
-variable CKPT_TOOL_REMOTE_CLIENT=fsspec or =obstore forces a choice where both can
-serve). Both are imported only when a URL is opened.
+`client_for(protocol, authority, options, has_query)` picks one; a URL with a query
+string always goes to fsspec, and CKPT_TOOL_REMOTE_CLIENT=fsspec (or =obstore) forces a
+choice where both can serve. Both are imported only when a URL is opened.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 OBSTORE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "http", "https")
 
@@ -56,13 +55,19 @@ class ObjectStoreError(Exception):
 
 def client_for(protocol: str, authority: str, options: Mapping[str, Any], has_query: bool):
     """The client for URLs of `protocol` on `authority` (bucket or host[:port])."""
+    store = obstore_store_for(protocol, authority, options, has_query)
+    if store is None:
+        return FsspecClient(protocol, options)
+    return ObstoreClient(store, protocol, f"{protocol}://{authority}")
+
+
+def obstore_store_for(protocol: str, authority: str, options: Mapping[str, Any], has_query: bool):
+    """The obstore store that serves these URLs, or None where fsspec must."""
     forced = os.environ.get("CKPT_TOOL_REMOTE_CLIENT", "").strip().lower()
     wanted = forced == "obstore" or (forced != "fsspec" and _obstore_serves(protocol, options))
     if wanted and protocol in OBSTORE_PROTOCOLS and not has_query:
-        store = _obstore_store(protocol, authority, options)
-        if store is not None:
-            return ObstoreClient(store, protocol)
-    return FsspecClient(protocol, options)
+        return _obstore_store(protocol, authority, options)
+    return None
 
 
 def _obstore_serves(protocol: str, options: Mapping[str, Any]) -> bool:
@@ -145,8 +150,9 @@ def _translated(options: Mapping[str, Any], names: Mapping[str, str]) -> dict[st
 class ObstoreClient:
     """Keys are paths inside the bucket (s3, gs) or on the host (http)."""
 
-    def __init__(self, store, protocol: str):
+    def __init__(self, store, protocol: str, base: str):
         self.store = store
+        self.protocol, self.base = protocol, base
         self.has_directories = protocol not in ("http", "https")
 
     def key(self, url: str) -> str:
@@ -155,18 +161,18 @@ class ObstoreClient:
         rest = url.split("://", 1)[1].partition("/")[2]
         return rest if self.has_directories else unquote(rest)
 
-    def info(self, key: str) -> dict | None:
-        """{"type": "file" | "directory", "size": bytes}, or None when nothing is there."""
+    def info(self, key: str, kind: str | None = None) -> dict | None:
+        """{"type": "file" | "directory", "size": bytes}, or None when nothing (or, with
+        `kind`, nothing of that kind) is there."""
         import obstore
 
-        if key:
+        if key and kind != "directory":
             try:
                 meta = _call(obstore.head, self.store, key)
                 return {"type": "file", "size": int(meta["size"])}
             except FileNotFoundError:
-                if not self.has_directories:
-                    return None
-        elif not self.has_directories:
+                pass
+        if kind == "file" or not self.has_directories:
             return None
         # An object store's directory is a prefix that some key starts with.
         found = _call(obstore.list_with_delimiter, self.store, key or None)
@@ -180,8 +186,8 @@ class ObstoreClient:
         """The entries directly under `key`: {"name": last part, "type", "size"}."""
         import obstore
 
-        if not self.has_directories:
-            raise FileNotFoundError(key)
+        if not self.has_directories:  # a web server's directory page: fsspec reads its links
+            return FsspecClient(self.protocol, {}).ls(f"{self.base}/{quote(key)}")
         found = _call(obstore.list_with_delimiter, self.store, key or None)
         entries = [
             {"name": p.rstrip("/").rsplit("/", 1)[-1], "type": "directory", "size": 0}
@@ -241,10 +247,12 @@ class FsspecClient:
             return url
         return self.fs._strip_protocol(url)
 
-    def info(self, key: str) -> dict | None:
+    def info(self, key: str, kind: str | None = None) -> dict | None:
         try:
             info = self.fs.info(key)
         except FileNotFoundError:
+            return None
+        if kind and info.get("type") != kind:
             return None
         return {"type": info.get("type"), "size": int(info.get("size") or 0)}
 

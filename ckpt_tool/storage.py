@@ -62,7 +62,7 @@ _BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
 
 _SECRET_KEY = re.compile(r"key|secret|token|password|credential|session", re.I)
 _options: dict[str, Any] = {}
-_info_cache: dict[str, dict | None] = {}
+_info_cache: dict[str | tuple[str, str], dict | None] = {}  # url or (url, kind) -> info
 _clients: dict[tuple, Any] = {}  # (protocol, bucket or host, ...) -> remote_clients client
 _lock = threading.Lock()
 
@@ -205,23 +205,26 @@ class RemotePath:
 
     # -- what is there --
 
-    def _info(self) -> dict | None:
+    def _info(self, kind: str | None = None) -> dict | None:
         """{"type": "file" | "directory", "size": bytes} for the URL, cached; None when
-        nothing is there."""
+        nothing is there. With `kind` ("file" or "directory"), None also when something
+        else is there: an object store answers that in one request instead of two."""
         with _lock:
             if self.url in _info_cache:
                 return _info_cache[self.url]
+            if kind and (self.url, kind) in _info_cache:
+                return None
         client, key = _client(self)
-        info = _retrying(lambda: client.info(key), self, "look it up")
+        info = _retrying(lambda: client.info(key, kind), self, "look it up")
         with _lock:
-            _info_cache[self.url] = info
+            _info_cache[self.url if info is not None or not kind else (self.url, kind)] = info
         return info
 
     def exists(self) -> bool:
         return self._info() is not None
 
     def is_file(self) -> bool:
-        info = self._info()
+        info = self._info("file")
         return info is not None and info.get("type") == "file"
 
     def is_dir(self) -> bool:
@@ -229,7 +232,7 @@ class RemotePath:
             # A web server has no directories, only pages: a SavedModel or checkpoint
             # directory is recognised by the file it must hold.
             return (self / "saved_model.pb").is_file() or (self / "checkpoint").is_file()
-        info = self._info()
+        info = self._info("directory")
         return info is not None and info.get("type") == "directory"
 
     def stat(self) -> SimpleNamespace:
@@ -342,6 +345,11 @@ class RangeFile(io.RawIOBase):
             read_into(self.path, self._pos, view[:n])
         self._pos += n
         return n
+
+    def readall(self) -> bytes:
+        """The rest of the object in one read (RawIOBase's would take 8 KiB at a time)."""
+        buf = bytearray(max(0, self._size - self._pos))
+        return bytes(buf[: self.readinto(buf)])
 
     def fileno(self) -> int:
         raise io.UnsupportedOperation("a URL has no file descriptor")
