@@ -1,10 +1,10 @@
 """Where a reader's bytes come from: local paths as they are, URLs through range requests.
 
 `as_path(text)` returns a `pathlib.Path` for a local path (or a `file://` URL) and a
-`RemotePath` for `s3://`, `gs://`, `http(s)://` and any other fsspec URL. A RemotePath
-answers the few pathlib questions the readers ask (name, parent, `/`, exists, is_file,
-is_dir, glob, stat, read_bytes) and `open_binary()` gives a seekable file whose reads
-become HTTP range requests: only the bytes asked for are fetched. Large reads are split
+`RemotePath` for `s3://`, `gs://`, `http(s)://` and any other URL fsspec reads. A
+RemotePath answers the few pathlib questions the readers ask (name, parent, `/`, exists,
+is_file, is_dir, glob, stat, read_bytes) and `open_binary()` gives a seekable file whose
+reads become HTTP range requests: only the bytes asked for are fetched. Large reads are split
 into chunks fetched in parallel by a bounded pool; each chunk is retried on transient
 errors, and a read that finally fails is one CkptToolError naming the URL.
 
@@ -90,9 +90,9 @@ def is_url(path: object) -> bool:
 
 
 def configure(options: Mapping[str, str]) -> None:
-    """Storage options from `--storage-option KEY=VALUE`, passed to the fsspec
-    filesystem (e.g. endpoint_url, anon, region_name). "true"/"false" become booleans,
-    digits integers."""
+    """Storage options from `--storage-option KEY=VALUE`, with fsspec's names (e.g.
+    endpoint_url, anon, region_name), for the client remote_clients picks. "true"/"false"
+    become booleans, digits integers."""
     _options.clear()
     for key, value in options.items():
         low = value.lower()
