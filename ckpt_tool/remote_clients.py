@@ -231,7 +231,7 @@ def _one_line(e: BaseException) -> str:
     """obstore's message without its debug dump and timings."""
     text = str(e).split("\n\nDebug source:", 1)[0]
     text = re.sub(r" in [0-9.]+(?:µs|ms|s) - ", ": ", text)
-    return " ".join(text.split())
+    return " ".join(text.split()).rstrip(": ")
 
 
 class FsspecClient:
