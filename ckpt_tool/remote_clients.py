@@ -102,8 +102,10 @@ def _obstore_serves(protocol: str, options: Mapping[str, Any]) -> bool:
 
 def _obstore_store(protocol: str, authority: str, options: Mapping[str, Any]):
     """An obstore store for the bucket or host, shared by all threads; None when obstore
-    is missing or does not take one of the options."""
-    key = (protocol, authority, tuple(sorted((k, str(v)) for k, v in options.items())))
+    is missing or does not take one of the options. A store reads the environment once,
+    when it is made: a change to it makes a new one."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_"))))
+    key = (protocol, authority, tuple(sorted((k, str(v)) for k, v in options.items())), env)
     with _lock:
         if key in _stores:
             return _stores[key]

@@ -63,7 +63,6 @@ _BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
 _SECRET_KEY = re.compile(r"key|secret|token|password|credential|session", re.I)
 _options: dict[str, Any] = {}
 _info_cache: dict[str | tuple[str, str], dict | None] = {}  # url or (url, kind) -> info
-_clients: dict[tuple, Any] = {}  # (protocol, bucket or host, ...) -> remote_clients client
 _lock = threading.Lock()
 
 
@@ -102,7 +101,6 @@ def configure(options: Mapping[str, str]) -> None:
             else (int(value) if value.isdigit() else value)
         )
     _info_cache.clear()
-    _clients.clear()
 
 
 def parse_option(text: str) -> tuple[str, str]:
@@ -495,26 +493,13 @@ def _reason(e: BaseException | None, path: RemotePath) -> str:
 
 
 def _client(path: RemotePath):
-    """(client, key) for a URL: remote_clients picks obstore or fsspec, once per bucket or
-    host; the libraries are imported on first use."""
+    """(client, key) for a URL: remote_clients picks obstore or fsspec (each keeps its
+    stores or filesystems per bucket or host); the libraries are imported on first use."""
     from ckpt_tool import remote_clients
 
     authority = path.url.partition("://")[2].partition("/")[0].partition("?")[0]
-    cache_key = (
-        path.protocol,
-        authority,
-        bool(path._query),
-        os.environ.get("CKPT_TOOL_REMOTE_CLIENT", ""),
-    )
-    with _lock:
-        client = _clients.get(cache_key)
-    if client is None:
-        try:
-            client = remote_clients.client_for(
-                path.protocol, authority, _options, bool(path._query)
-            )
-        except ImportError as e:
-            raise UsageError(str(e), path) from None
-        with _lock:
-            client = _clients.setdefault(cache_key, client)
+    try:
+        client = remote_clients.client_for(path.protocol, authority, _options, bool(path._query))
+    except ImportError as e:
+        raise UsageError(str(e), path) from None
     return client, client.key(path.url)
