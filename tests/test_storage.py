@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from ckpt_tool import storage
 from ckpt_tool.cli import cli
-from tests.object_store import S3_CREDENTIALS, RangeHTTPServer, SeaweedS3
+from tests.object_store import S3_CREDENTIALS, FakeGCS, RangeHTTPServer, SeaweedS3
 from tests.support import FIXTURES, ROOT
 
 # Real TF/Keras-made fixtures, uploaded under the same relative paths.
@@ -242,7 +242,7 @@ def test_local_paths_never_import_fsspec(tmp_path: Path) -> None:
         f"r = CliRunner().invoke(cli, ['export', {str(FIXTURES / BERT / 'ckpt')!r}, "
         f"'-o', {str(tmp_path / 'x.npz')!r}])\n"
         "assert r.exit_code == 0, r.output\n"
-        "heavy = [m for m in ('fsspec', 's3fs', 'aiohttp', 'botocore') if m in sys.modules]\n"
+        "heavy = [m for m in ('fsspec', 's3fs', 'aiohttp', 'botocore', 'obstore') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -486,3 +486,125 @@ def test_a_collection_in_another_thread_cannot_deadlock_an_h5_read_at_a_url(rel:
     )
     assert done.returncode == 0, done.stderr
     assert "query" in done.stdout
+
+
+# -- who makes the requests: obstore where it finds everything it needs, fsspec otherwise
+
+
+def test_list_from_s3_goes_through_obstore_without_importing_fsspec(s3) -> None:
+    code = (
+        "import sys\n"
+        "from ckpt_tool.cli import cli\n"
+        f"cli.main(['--storage-option', 'endpoint_url={s3.endpoint}', 'list', "
+        f"'s3://ckpts/{BERT}/ckpt'], standalone_mode=False)\n"
+        "heavy = [m for m in ('fsspec', 's3fs', 'aiohttp', 'botocore') if m in sys.modules]\n"
+        "assert not heavy and 'obstore' in sys.modules, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "transformer_layer_1" in done.stdout
+
+
+def test_the_fsspec_client_reads_what_obstore_reads(s3, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CKPT_TOOL_REMOTE_CLIENT", "fsspec")
+    url, local = f"s3://ckpts/{BERT}/ckpt", str(FIXTURES / BERT / "ckpt")
+    assert listing(url, endpoint=s3.endpoint) == listing(local)
+    client, _ = storage._client(storage.as_path(url))
+    assert type(client).__name__ == "FsspecClient"
+    for source, out in ((local, tmp_path / "local.npz"), (url, tmp_path / "remote.npz")):
+        code, _, err = run("export", source, "-o", str(out), endpoint=s3.endpoint)
+        assert code == 0, err
+    assert (tmp_path / "remote.npz").read_bytes() == (tmp_path / "local.npz").read_bytes()
+
+
+_NO_AWS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+_AWS = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
+
+
+@pytest.mark.parametrize(
+    "url, env, options, expected",
+    [
+        ("s3://b/k", _AWS, {"endpoint_url": "http://127.0.0.1:1"}, "obstore"),
+        ("s3://b/k", {**_AWS, "AWS_REGION": "eu-west-1"}, {}, "obstore"),
+        ("s3://b/k", _NO_AWS, {"key": "id", "secret": "s", "region_name": "x"}, "obstore"),
+        # no endpoint or region: botocore finds the bucket's region
+        ("s3://b/k", _AWS, {}, "fsspec"),
+        # a named profile, or no credentials in sight: ~/.aws, which botocore reads
+        ("s3://b/k", {**_AWS, "AWS_PROFILE": "dev", "AWS_REGION": "eu-west-1"}, {}, "fsspec"),
+        ("s3://b/k", {**_NO_AWS, "AWS_REGION": "eu-west-1"}, {}, "fsspec"),
+        # an option only s3fs knows
+        ("s3://b/k", {**_AWS, "AWS_REGION": "eu-west-1"}, {"profile": "dev"}, "fsspec"),
+        ("gs://b/k", {}, {"token": "anon", "endpoint_url": "http://127.0.0.1:1"}, "obstore"),
+        ("gs://b/k", {}, {"token": "/keys/service-account.json"}, "fsspec"),
+        ("http://127.0.0.1:1/k", {}, {}, "obstore"),
+        ("http://127.0.0.1:1/k?X-Signature=abc", {}, {}, "fsspec"),  # a signed URL
+        ("memory://k", {}, {}, "fsspec"),
+    ],
+)
+def test_obstore_serves_a_url_only_when_it_finds_what_fsspec_would(
+    monkeypatch, url: str, env: dict, options: dict, expected: str
+) -> None:
+    from ckpt_tool import remote_clients
+
+    for name in [k for k in os.environ if k.startswith("AWS_")] + ["CKPT_TOOL_REMOTE_CLIENT"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    path = storage.as_path(url)
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    store = remote_clients.obstore_store_for(path.protocol, authority, options, bool(path._query))
+    assert (store is not None) == (expected == "obstore")
+
+
+def test_transient_server_errors_are_retried_then_reported_in_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(storage, "_BACKOFF", (0.01,))
+    server = RangeHTTPServer(FIXTURES).start()
+    try:
+        url = f"{server.url}/{BERT}/ckpt"
+        server.failures = 2  # the first two answers are 503: each retried
+        assert listing(url) == listing(str(FIXTURES / BERT / "ckpt"))
+        assert server.failures == 0
+        server.failures = 1000  # it never recovers
+        code, _, err = run("list", f"{server.url}/{SEED_CKPT}/ckpt-1")
+    finally:
+        server.stop()
+    assert code == 2
+    assert err.count("\n") == 1 and f"{server.url}/{SEED_CKPT}/ckpt-1" in err
+    assert f"after {storage.RETRIES} tries" in err and "503" in err
+
+
+# -- gs:// against a GCS emulator (fake-gcs-server) on 127.0.0.1
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    import shutil
+
+    data = tmp_path_factory.mktemp("gcs")
+    for rel in (BERT, SEED_SAVEDMODEL):
+        shutil.copytree(FIXTURES / rel, data / "ckpts" / rel)  # bucket "ckpts"
+    server = FakeGCS(data).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("rel", [f"{BERT}/ckpt", SEED_SAVEDMODEL])
+def test_gs_urls_read_as_the_local_copy(gcs, rel: str, tmp_path: Path) -> None:
+    options = ("--storage-option", f"endpoint_url={gcs.endpoint}", "--storage-option", "token=anon")
+    url, local = f"gs://ckpts/{rel}", str(FIXTURES / rel)
+    code, out, err = run(*options, "list", "--json", "--all", url)
+    assert code == 0, err
+    remote = json.loads(out)
+    remote.pop("path")
+    assert remote == listing(local)
+    for source, out_file in ((local, tmp_path / "local.npz"), (url, tmp_path / "remote.npz")):
+        code, _, err = run(*options, "export", source, "-o", str(out_file))
+        assert code == 0, err
+    assert (tmp_path / "remote.npz").read_bytes() == (tmp_path / "local.npz").read_bytes()
+    code, out, err = run(*options, "diff", local, url)
+    assert code == 0, err
+    assert " 0 differ" in out
+    code, _, err = run(*options, "list", "gs://ckpts/no/such/ckpt")
+    assert code == 2 and err.count("\n") == 1 and "gs://ckpts/no/such/ckpt" in err
