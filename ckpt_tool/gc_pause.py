@@ -9,7 +9,8 @@ Two reasons to:
 - h5py holds its global lock while it reads from a Python file object. When that
   object waits on another thread (a URL's reads may run on fsspec's event loop thread,
   or a server in the same process answers them), a collection started in that thread
-  may free an h5py object, which needs the same lock: both threads wait forever. So the collector stays paused while h5py reads a URL.
+  may free an h5py object, which needs the same lock: both threads wait forever. So
+  the collector stays paused while h5py reads a URL.
 """
 
 from __future__ import annotations
