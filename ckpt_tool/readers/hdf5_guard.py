@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,19 +160,11 @@ def _sizeof_lengths(image, base: int, end: int) -> int | None:
 
 def _raw_data_ranges(f: h5py.File) -> list[tuple[int, int]]:
     """[start, stop) of every contiguous dataset's raw data, relative to the superblock."""
-    ranges: list[tuple[int, int]] = []
-
-    def visit(name: bytes, info: Any) -> None:
-        if info.type == h5py.h5o.TYPE_DATASET:  # opened inside HDF5, no h5py object
-            with contextlib.suppress(Exception):
-                dataset = h5py.h5d.open(f.id, name)
-                offset, size = dataset.get_offset(), dataset.get_storage_size()
-                if offset is not None and size:
-                    ranges.append((offset, offset + size))
-
-    with contextlib.suppress(Exception):
-        h5py.h5o.visit(f.id, visit, info=True)
-    return ranges
+    return [
+        (d.offset, d.offset + d.storage_size)
+        for d in scan(f).datasets.values()
+        if d.offset is not None and d.storage_size
+    ]
 
 
 def _check_collection(image, pos: int, end: int, lengths: int, path: Path) -> None:
@@ -219,30 +213,90 @@ def check_self_contained(f: h5py.File, path: Path) -> None:
 
 def outside_reference(f: h5py.File) -> str | None:
     """A description of the first link or dataset that points outside the file."""
-    found: list[str] = []
+    found = scan(f)
+    for name, link_type, address in found.links:
+        if link_type == h5py.h5l.TYPE_EXTERNAL:
+            try:
+                filename = f.id.links.get_val(name.encode("utf-8", "surrogateescape"))[0]
+            except Exception:  # a damaged link value: still an external link
+                filename = b"?"
+            filename = filename.decode("utf-8", "backslashreplace")
+            return f"{name!r} is an external link to {filename!r}"
+        dataset = found.datasets.get(address) if link_type == h5py.h5l.TYPE_HARD else None
+        if dataset is not None and dataset.layout == h5py.h5d.VIRTUAL:
+            return f"dataset {name!r} is a virtual dataset (its data lives in other files)"
+        if dataset is not None and dataset.external_count > 0:
+            return f"dataset {name!r} keeps its data in external files"
+    return None
 
-    def visit(name: str, link: Any) -> bool | None:
+
+# --------------------------------------------------------------------------
+# One walk of a file's links and objects, inside HDF5, shared by the checks above and the
+# readers: no h5py object is made per member, and each dataset is opened once.
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    name: str  # the path HDF5's object walk reached it by
+    address: int  # of its object header
+    offset: int | None  # of its raw data (None unless contiguous and allocated)
+    storage_size: int
+    layout: int  # h5py.h5d.CONTIGUOUS, CHUNKED, COMPACT or VIRTUAL
+    external_count: int  # external raw-data files
+    filters: int
+
+
+@dataclass
+class FileScan:
+    links: list[tuple[str, int, int]]  # (path, link type, object address or -1), walk order
+    datasets: dict[int, StoredDataset]  # object address -> what its headers say
+
+
+_SCANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def scan(f: h5py.File) -> FileScan:
+    """The links and datasets of the open file `f`, walked once per file object. Links
+    are listed, not followed: an external link's target is never opened. A damaged
+    link table or object ends the walk early; what was found so far is kept (the
+    damage is reported where it is read)."""
+    found = _SCANS.get(f)
+    if found is not None:
+        return found
+    links: list[tuple[str, int, int]] = []
+    datasets: dict[int, StoredDataset] = {}
+
+    def visit_link(name: bytes, info: Any) -> None:
         # Never raise in here: h5py's C callback turns exceptions into SystemErrors.
-        if isinstance(link, h5py.ExternalLink):
-            found.append(f"{name!r} is an external link to {link.filename!r}")
-        elif isinstance(link, h5py.HardLink):
-            found.extend(_dataset_problem(f, name))
-        return True if found else None  # a value other than None stops the walk
+        with contextlib.suppress(Exception):
+            address = int(info.u) if info.type == h5py.h5l.TYPE_HARD else -1
+            links.append((name.decode("utf-8", "surrogateescape"), info.type, address))
 
-    with contextlib.suppress(Exception):  # a damaged link table is reported where read
-        f.visititems_links(visit)
-    return found[0] if found else None
+    def visit_object(name: bytes, info: Any) -> None:
+        if info.type != h5py.h5o.TYPE_DATASET:
+            return
+        address = int(info.addr)
+        text = name.decode("utf-8", "surrogateescape")
+        # unreadable headers are reported where the dataset is read
+        datasets[address] = StoredDataset(text, address, None, 0, -1, 0, 0)
+        with contextlib.suppress(Exception):
+            dataset = h5py.h5d.open(f.id, name)  # inside HDF5, no h5py object
+            plist = dataset.get_create_plist()
+            datasets[address] = StoredDataset(
+                text,
+                address,
+                dataset.get_offset(),
+                dataset.get_storage_size(),
+                plist.get_layout(),
+                plist.get_external_count(),
+                plist.get_nfilters(),
+            )
 
-
-def _dataset_problem(f: h5py.File, name: str) -> list[str]:
-    try:
-        if h5py.h5o.get_info(f.id, name.encode()).type != h5py.h5o.TYPE_DATASET:
-            return []
-        dcpl = h5py.h5d.open(f.id, name.encode()).get_create_plist()
-        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
-            return [f"dataset {name!r} is a virtual dataset (its data lives in other files)"]
-        if dcpl.get_external_count() > 0:
-            return [f"dataset {name!r} keeps its data in external files"]
-    except Exception:
-        pass  # unreadable objects are reported where they are read
-    return []
+    with contextlib.suppress(Exception):
+        f.id.links.visit(visit_link, info=True)
+    with contextlib.suppress(Exception):
+        h5py.h5o.visit(f.id, visit_object, info=True)
+    found = FileScan(links, datasets)
+    with contextlib.suppress(TypeError):
+        _SCANS[f] = found
+    return found

@@ -27,6 +27,7 @@ from ckpt_tool.readers.hdf5_guard import (
     check_global_heaps,
     check_self_contained,
     outside_reference,
+    scan,
 )
 from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
@@ -274,16 +275,9 @@ def _object_addresses(f: h5py.File) -> dict[str, int]:
 
 
 def dataset_addresses(f: h5py.File) -> list[tuple[str, int]]:
-    """(path, object-header address) of every dataset, in one walk of the file inside
-    HDF5 (no h5py object made per member)."""
-    found: list[tuple[str, int]] = []
-
-    def visit(name: bytes, info: Any) -> None:
-        if info.type == h5py.h5o.TYPE_DATASET:
-            found.append((name.decode("utf-8", "surrogateescape"), int(info.addr)))
-
-    h5py.h5o.visit(f.id, visit, info=True)
-    return found
+    """(path, object-header address) of every dataset, from the file's one walk inside
+    HDF5 (hdf5_guard.scan: no h5py object made per member)."""
+    return [(d.name, d.address) for d in scan(f).datasets.values()]
 
 
 def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
