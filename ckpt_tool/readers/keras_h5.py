@@ -124,8 +124,13 @@ def _h5_layout(path: Path) -> str | None:
     try:
         source = h5_source(path)
         with h5py.File(source, "r") as f:
+            layout = _root_layout(f)
+            if layout in ("legacy", "weights"):  # its reader refuses outside references
+                return layout
             if outside_reference(f) is not None:  # checking the layout would follow it
                 return "weights" if path.name.endswith(".weights.h5") else "legacy"
+            if layout == "other":
+                return layout
             if _is_legacy_layout(f):
                 return "legacy"
             if _is_weights_layout(f):
@@ -136,6 +141,24 @@ def _h5_layout(path: Path) -> str | None:
     finally:
         if source is not None and source is not path:
             source.close()
+
+
+def _root_layout(f: h5py.File) -> str | None:
+    """_h5_layout from the root's own hard links and attributes, following no link (so
+    without walking the file for outside references first); None when a link that
+    decides it is soft or external."""
+    groups = set()
+    for name in ("model_weights", "vars", *_LAYER_CONTAINERS):
+        key = name.encode()
+        if not f.id.links.exists(key):
+            continue
+        if f.id.links.get_info(key).type != h5py.h5l.TYPE_HARD:
+            return None
+        if h5py.h5o.get_info(f.id, key).type == h5py.h5o.TYPE_GROUP:
+            groups.add(name)
+    if "model_weights" in groups or _has_list_attr(f, "layer_names"):
+        return "legacy"
+    return "weights" if groups else "other"
 
 
 def _is_legacy_layout(f: h5py.Group) -> bool:
@@ -328,7 +351,11 @@ class _H5Reader(Reader):
         if key not in self._dtypes or self._h5 is None:
             raise NotFoundError(f"no variable {key!r} in this file", self.path)
         with hdf5_errors(self.path, f"cannot read dataset {key!r}"):
-            return _read_dataset(self._h5[key], self._dtypes[key], self.path)
+            # opened by HDF5 itself: the key is a listed dataset's path
+            dataset = h5py.Dataset(
+                h5py.h5d.open(self._h5.id, key.encode("utf-8", "surrogateescape"))
+            )
+            return _read_dataset(dataset, self._dtypes[key], self.path)
 
     def _open_h5(self) -> h5py.File:
         source = h5_source(self.path)
@@ -425,8 +452,23 @@ def _entry_config(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return cfg if isinstance(cfg, Mapping) else None
 
 
-def _vars_name(group: h5py.Group) -> str | None:
-    vars_group = group.get("vars")
+def _members(group: h5py.Group) -> dict[str, h5py.HLObject]:
+    """group.items() as a dict, each member opened by HDF5 itself (h5py's own lookup
+    resolves every name again from the file's root). Only for files that passed
+    hdf5_guard.check_self_contained: no link here leads outside the file."""
+    out: dict[str, h5py.HLObject] = {}
+    for name in group:
+        oid = h5py.h5o.open(group.id, name.encode("utf-8", "surrogateescape"))
+        if isinstance(oid, h5py.h5g.GroupID):
+            out[name] = h5py.Group(oid)
+        elif isinstance(oid, h5py.h5d.DatasetID):
+            out[name] = h5py.Dataset(oid)
+        else:
+            out[name] = h5py.Datatype(oid)
+    return out
+
+
+def _vars_name(vars_group: h5py.HLObject | None) -> str | None:
     if isinstance(vars_group, h5py.Group) and "name" in vars_group.attrs:
         return _decode(_string_attr(vars_group, "name"))
     return None
@@ -459,6 +501,14 @@ class _WeightsH5Lister:
         # named by it (`token_embedding/embeddings`, `mha/query/kernel`), their file path
         # (`reversible_embedding/vars/0`, `mha/query_dense/kernel`) kept as an alias.
         self.keras_names: dict[str, str] = {}
+        self._opened: dict[int, dict[str, h5py.HLObject]] = {}  # id(group) -> members
+
+    def _members(self, group: h5py.Group) -> dict[str, h5py.HLObject]:
+        """_members of a group, opened once per walk."""
+        found = self._opened.get(id(group))  # the groups live in self._opened or are self.h5
+        if found is None:
+            found = self._opened[id(group)] = _members(group)
+        return found
 
     def run(self) -> list[tuple[VariableInfo, np.dtype]]:
         cfg = self.config
@@ -489,10 +539,10 @@ class _WeightsH5Lister:
             self._walk(child)
 
     def _emit_vars(self, node: _Node) -> None:
-        vars_group = node.group.get("vars")
+        vars_group = self._members(node.group).get("vars")
         if node.is_container or not isinstance(vars_group, h5py.Group):
             return
-        items = [(k, v) for k, v in vars_group.items() if isinstance(v, h5py.Dataset)]
+        items = [(k, v) for k, v in _members(vars_group).items() if isinstance(v, h5py.Dataset)]
         items.sort(key=lambda kv: (0, int(kv[0]), "") if kv[0].isdigit() else (1, 0, kv[0]))
         contiguous = [k for k, _ in items] == [str(i) for i in range(len(items))]
         names = None
@@ -526,7 +576,9 @@ class _WeightsH5Lister:
 
     def _children(self, node: _Node) -> list[_Node]:
         groups = [
-            (k, g) for k, g in node.group.items() if k != "vars" and isinstance(g, h5py.Group)
+            (k, g)
+            for k, g in self._members(node.group).items()
+            if k != "vars" and isinstance(g, h5py.Group)
         ]
         if node.is_container:
             ranks = self._config_ranks(node)
@@ -572,7 +624,7 @@ class _WeightsH5Lister:
             kind = OPTIMIZER
         elif (not node.parts and key == "metrics") or key.endswith("seed_generator"):
             kind = BOOKKEEPING
-        if "vars" not in group:  # a list or dict of saveables
+        if "vars" not in self._members(group):  # a list or dict of saveables
             model_layers = node.model_layers if key in _LAYER_CONTAINERS else None
             return _Node(
                 group,
@@ -584,7 +636,7 @@ class _WeightsH5Lister:
                 is_container=True,
             )
         class_name = config = None
-        name = _vars_name(group)
+        name = _vars_name(self._members(group).get("vars"))
         sublayer = kwn.mha_sublayer(key) if node.class_name in kwn.MHA_CLASSES else None
         if sublayer:
             class_name = "EinsumDense"
@@ -605,10 +657,12 @@ class _WeightsH5Lister:
 
     def _layer_child(self, container: _Node, key: str, group: h5py.Group) -> _Node:
         """An element of a list of saveables, matched to its config entry if any."""
-        if "vars" not in group:
+        if "vars" not in self._members(group):
             return self._attr_child(container, key, group)  # a nested list
         entry = self._match_entry(container, key, group)
-        name = _vars_name(group) or (_entry_name(entry) if entry else None)
+        name = _vars_name(self._members(group).get("vars")) or (
+            _entry_name(entry) if entry else None
+        )
         if entry is not None:
             class_name, config = _builtin_class(entry), _entry_config(entry)
         elif container.kind == WEIGHT:  # no config: the group name is the class name
@@ -632,7 +686,7 @@ class _WeightsH5Lister:
     ) -> Mapping[str, Any] | None:
         if not container.model_layers:
             return None
-        name = _vars_name(group)
+        name = _vars_name(self._members(group).get("vars"))
         if name is not None:
             for entry in container.model_layers:
                 if _entry_name(entry) == name:
