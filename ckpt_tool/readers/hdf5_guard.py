@@ -252,7 +252,9 @@ class FileScan:
     datasets: dict[int, StoredDataset]  # object address -> what its headers say
 
 
-_SCANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id(file object) -> (a weak reference to it, its scan). Not a WeakKeyDictionary: that
+# hashes the file, which h5py refuses for some damaged files.
+_SCANS: dict[int, tuple[weakref.ref, FileScan]] = {}
 
 
 def scan(f: h5py.File) -> FileScan:
@@ -260,9 +262,9 @@ def scan(f: h5py.File) -> FileScan:
     are listed, not followed: an external link's target is never opened. A damaged
     link table or object ends the walk early; what was found so far is kept (the
     damage is reported where it is read)."""
-    found = _SCANS.get(f)
-    if found is not None:
-        return found
+    cached = _SCANS.get(id(f))
+    if cached is not None and cached[0]() is f:
+        return cached[1]
     links: list[tuple[str, int, int]] = []
     datasets: dict[int, StoredDataset] = {}
 
@@ -297,6 +299,7 @@ def scan(f: h5py.File) -> FileScan:
     with contextlib.suppress(Exception):
         h5py.h5o.visit(f.id, visit_object, info=True)
     found = FileScan(links, datasets)
-    with contextlib.suppress(TypeError):
-        _SCANS[f] = found
+    key = id(f)
+    with contextlib.suppress(TypeError):  # an object without weak references: not kept
+        _SCANS[key] = (weakref.ref(f, lambda _: _SCANS.pop(key, None)), found)
     return found
