@@ -50,19 +50,20 @@ def check_global_heaps(f: h5py.File, source: Any, path: Path) -> None:
         if lengths is None:
             return
         # Search only between the datasets' raw data, so tensor bytes are never read.
-        for lo, hi in _gaps(_raw_data_ranges(f), base, end):
+        for lo, hi in _gaps(_raw_data_ranges(f), start, base, end):
             pos = image.find(HEAP_SIGNATURE, lo, hi)
             while pos != -1:
                 _check_collection(image, pos, end, lengths, path)
                 pos = image.find(HEAP_SIGNATURE, pos + 1, hi)
 
 
-def _gaps(skip: list[tuple[int, int]], base: int, end: int) -> list[tuple[int, int]]:
-    """The absolute [lo, hi) spans of [base, end) not covered by `skip` (relative to
-    base); a span is widened by the signature's length so no match is cut in two."""
+def _gaps(skip: list[tuple[int, int]], start: int, base: int, end: int) -> list[tuple[int, int]]:
+    """The absolute [lo, hi) spans of [base, end) not covered by `skip` (offsets in the
+    HDF5 image, which begins at `start`: a dataset's offset counts the user block); a
+    span is widened by the signature's length so no match is cut in two."""
     gaps, pos = [], base
     for lo, hi in sorted(skip):
-        lo, hi = base + lo, base + hi
+        lo, hi = start + lo, start + hi
         if lo > pos:
             gaps.append((pos, min(lo + len(HEAP_SIGNATURE) - 1, end)))
         pos = max(pos, hi)
@@ -159,7 +160,8 @@ def _sizeof_lengths(image, base: int, end: int) -> int | None:
 
 
 def _raw_data_ranges(f: h5py.File) -> list[tuple[int, int]]:
-    """[start, stop) of every contiguous dataset's raw data, relative to the superblock."""
+    """[start, stop) of every contiguous dataset's raw data in the HDF5 image (HDF5's
+    dataset offsets are from the image's first byte, user block included)."""
     return [
         (d.offset, d.offset + d.storage_size)
         for d in scan(f).datasets.values()

@@ -24,6 +24,7 @@ from ckpt_tool.readers import keras_weight_names as kwn
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.budget import allowance
 from ckpt_tool.readers.hdf5_guard import (
+    StoredDataset,
     check_global_heaps,
     check_self_contained,
     outside_reference,
@@ -274,6 +275,8 @@ def _read_dataset(ds: h5py.Dataset, dtype: np.dtype, path: Path) -> np.ndarray:
     except _H5_ERRORS as e:
         raise CorruptFileError(f"cannot read dataset {ds.name!r} ({reason(e)})", path) from None
     if arr.dtype != dtype:
+        if arr.dtype.newbyteorder("=") == dtype.newbyteorder("="):
+            return arr.astype(dtype)  # a scalar comes back in native order: same value
         arr = arr.view(dtype)  # opaque bytes -> bfloat16: same bits
     return arr
 
@@ -334,6 +337,7 @@ class _H5Reader(Reader):
         self._source: Any = None  # a URL's file under self._h5, closed with it
         self._listing: list[VariableInfo] | None = None
         self._dtypes: dict[str, np.dtype] = {}
+        self._stored_by_key: dict[str, StoredDataset] | None = None
 
     def _build(self) -> list[tuple[VariableInfo, np.dtype]]:
         raise NotImplementedError
@@ -355,7 +359,54 @@ class _H5Reader(Reader):
             dataset = h5py.Dataset(
                 h5py.h5d.open(self._h5.id, key.encode("utf-8", "surrogateescape"))
             )
+            in_place = self._read_in_place(key, dataset, self._dtypes[key])
+            if in_place is not None:
+                return in_place
             return _read_dataset(dataset, self._dtypes[key], self.path)
+
+    def _image(self) -> tuple[Path, int, int] | None:
+        """(local file, first byte, size) of the HDF5 image, when it lies as it is in a
+        local file (a plain file, or a stored member of a .keras); else None."""
+        return (self.path, 0, self.path.stat().st_size) if self._source is None else None
+
+    def _read_in_place(self, key: str, ds: h5py.Dataset, dtype: np.dtype) -> np.ndarray | None:
+        """A dataset stored in one piece, unfiltered and in this machine's byte order,
+        read with one positioned read of its bytes (what HDF5 does for it, without its
+        per-read machinery); None where that does not apply, for h5py to read it."""
+        image = self._image()
+        stored = None if image is None else self._stored().get(key)
+        file_type = ds.dtype
+        if (
+            stored is None
+            or stored.offset is None
+            or stored.layout != h5py.h5d.CONTIGUOUS
+            or stored.filters
+            or stored.external_count
+            or file_type.fields is not None
+            or file_type.kind not in "biufcV"
+            or not file_type.isnative
+            or file_type.itemsize != dtype.itemsize
+            or ds.shape is None
+        ):
+            return None
+        _check_stored_size(ds, self.path)  # the same checks before allocating
+        out = np.empty(ds.shape, file_type)
+        raw = out.reshape(-1).view(np.uint8)
+        path, start, size = image
+        if stored.storage_size != raw.size or stored.offset + raw.size > size:
+            return None
+        with open_regular(path) as f:
+            f.seek(start + stored.offset)
+            if f.readinto(raw) != raw.size:
+                return None
+        return out if out.dtype == dtype else out.view(dtype)
+
+    def _stored(self) -> dict[str, StoredDataset]:
+        """Each dataset's storage facts (from the file's one walk), by key."""
+        if self._stored_by_key is None:
+            assert self._h5 is not None
+            self._stored_by_key = {d.name: d for d in scan(self._h5).datasets.values()}
+        return self._stored_by_key
 
     def _open_h5(self) -> h5py.File:
         source = h5_source(self.path)
@@ -797,6 +848,12 @@ class KerasArchiveReader(_H5Reader):
         except BaseException:
             self.close()
             raise
+
+    def _image(self) -> tuple[Path, int, int] | None:
+        file = self._member.file if self._member is not None else None
+        if isinstance(file, FileSlice) and not isinstance(file.span()[0], RemotePath):
+            return file.span()  # a stored member, read in place in the archive
+        return None
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
