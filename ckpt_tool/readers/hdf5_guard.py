@@ -18,9 +18,9 @@ mistaken for a heap.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,8 @@ def _image(source: Any):
     span = getattr(source, "span", None)
     if span is not None and isinstance(span()[0], RemotePath):
         url, start, size = span()
-        yield _UrlImage(url), start, min(url.size(), start + size)
+        # the metadata h5py has read is in the URL's pages already: mostly nothing new
+        yield _ReadImage(url.cached_bytes), start, min(url.size(), start + size)
         return
     if isinstance(source, str | Path) or span is not None:
         file_path, start, size = (Path(source), 0, None) if span is None else span()
@@ -88,9 +89,8 @@ def _image(source: Any):
                 if total == 0:
                     yield None, 0, 0
                     return
-                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    end = total if size is None else min(total, start + size)
-                    yield mm, start, end
+                end = total if size is None else min(total, start + size)
+                yield _ReadImage(_pread(fh.fileno())), start, end
         except (OSError, ValueError):
             yield None, 0, 0
         return
@@ -108,31 +108,35 @@ def _image(source: Any):
     if total == 0:
         yield None, 0, 0
         return
-    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as mm:
-        yield mm, 0, total
+    yield _ReadImage(_pread(fileno)), 0, total
 
 
-class _UrlImage:
-    """The bytes of a file at a URL as the walk reads them (image[i], image[a:b],
-    image.find(sub, lo, hi)), fetched through the URL's pages; the metadata h5py has
-    read is there already, so mostly nothing new is fetched."""
+def _pread(fileno: int) -> Callable[[int, int], bytes]:
+    return lambda offset, size: os.pread(fileno, size, offset)
+
+
+class _ReadImage:
+    """The bytes of a file as the walk reads them (image[i], image[a:b],
+    image.find(sub, lo, hi)), by positioned reads of just those bytes. (A memory map
+    would do, but the kernel maps whole large pages of the tensor bytes around each
+    small span searched: 150 MB resident for a 340 MB file.)"""
 
     BLOCK = 1 << 20  # find() searches this many bytes at a time
 
-    def __init__(self, url: RemotePath):
-        self.url = url
+    def __init__(self, read: Callable[[int, int], bytes]):
+        self.read = read
 
     def __getitem__(self, key: int | slice) -> int | bytes:
         if isinstance(key, slice):
-            return self.url.cached_bytes(key.start, max(0, key.stop - key.start))
-        return self.url.cached_bytes(key, 1)[0]
+            return self.read(key.start, max(0, key.stop - key.start))
+        return self.read(key, 1)[0]
 
     def find(self, sub: bytes, lo: int, hi: int) -> int:
         pos = lo
         while pos < hi:
             stop = min(hi, pos + self.BLOCK)
             # the block and the first bytes of the next: no match is cut in two
-            data = self.url.cached_bytes(pos, min(hi, stop + len(sub) - 1) - pos)
+            data = self.read(pos, min(hi, stop + len(sub) - 1) - pos)
             found = data.find(sub)
             if found != -1:
                 return pos + found
