@@ -13,7 +13,9 @@ from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
 
 SORT_KEYS = ("order", "name", "size")
-_CHUNK = 1 << 20  # elements per chunk when streaming statistics
+# Elements per chunk when streaming statistics: a chunk's float64 deviations (512 KiB)
+# stay in the CPU's cache between the passes over them, about twice as fast as 1M.
+_CHUNK = 1 << 16
 
 
 @dataclass

@@ -51,6 +51,8 @@ def open_reader(path: str | Path, format: str | None = None) -> Reader:
         return _reader_class(format)(path)
     require_path(path)
     for name in _READERS:
+        if name == "checkpoint" and not _may_be_checkpoint(path):
+            continue  # a file of another format: the checkpoint reader is not imported
         cls = _reader_class(name)
         if cls.sniff(path):
             return cls(path)
@@ -98,6 +100,16 @@ def _names_checkpoint_file(path: Path) -> bool:
         (path.name.endswith(".index") and path.is_file())
         or ".data-" in path.name
         or _is_checkpoint_prefix(path)
+    )
+
+
+def _may_be_checkpoint(path: Path) -> bool:
+    """What CheckpointReader.sniff can accept: a directory, a file named as part of a
+    checkpoint or SavedModel, or a prefix with an `.index` beside it."""
+    return (
+        path.is_dir()
+        or path.name in ("saved_model.pb", "checkpoint")
+        or _names_checkpoint_file(path)
     )
 
 

@@ -50,13 +50,13 @@ def _checkpoints(directory: Path) -> list[Path]:
 def checkpoint_choice(path: str | Path) -> str | None:
     """A note naming the checkpoint read when `path` is a directory holding several
     (TensorFlow's `checkpoint` file names the latest); None otherwise."""
-    from ckpt_tool.readers.checkpoint import _state_file_prefix
-
     if is_url(path):  # a bucket has no directory listing to choose from
         return None
     path = Path(path)
     if not path.is_dir() or (path / "saved_model.pb").is_file():
         return None
+    from ckpt_tool.readers.checkpoint import _state_file_prefix
+
     chosen = _state_file_prefix(path)
     found = _checkpoints(path)
     if chosen is None or len(found) < 2:

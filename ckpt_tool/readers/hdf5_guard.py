@@ -18,8 +18,10 @@ mistaken for a heap.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +50,20 @@ def check_global_heaps(f: h5py.File, source: Any, path: Path) -> None:
         if lengths is None:
             return
         # Search only between the datasets' raw data, so tensor bytes are never read.
-        for lo, hi in _gaps(_raw_data_ranges(f), base, end):
+        for lo, hi in _gaps(_raw_data_ranges(f), start, base, end):
             pos = image.find(HEAP_SIGNATURE, lo, hi)
             while pos != -1:
                 _check_collection(image, pos, end, lengths, path)
                 pos = image.find(HEAP_SIGNATURE, pos + 1, hi)
 
 
-def _gaps(skip: list[tuple[int, int]], base: int, end: int) -> list[tuple[int, int]]:
-    """The absolute [lo, hi) spans of [base, end) not covered by `skip` (relative to
-    base); a span is widened by the signature's length so no match is cut in two."""
+def _gaps(skip: list[tuple[int, int]], start: int, base: int, end: int) -> list[tuple[int, int]]:
+    """The absolute [lo, hi) spans of [base, end) not covered by `skip` (offsets in the
+    HDF5 image, which begins at `start`: a dataset's offset counts the user block); a
+    span is widened by the signature's length so no match is cut in two."""
     gaps, pos = [], base
     for lo, hi in sorted(skip):
-        lo, hi = base + lo, base + hi
+        lo, hi = start + lo, start + hi
         if lo > pos:
             gaps.append((pos, min(lo + len(HEAP_SIGNATURE) - 1, end)))
         pos = max(pos, hi)
@@ -75,7 +78,8 @@ def _image(source: Any):
     span = getattr(source, "span", None)
     if span is not None and isinstance(span()[0], RemotePath):
         url, start, size = span()
-        yield _UrlImage(url), start, min(url.size(), start + size)
+        # the metadata h5py has read is in the URL's pages already: mostly nothing new
+        yield _ReadImage(url.cached_bytes), start, min(url.size(), start + size)
         return
     if isinstance(source, str | Path) or span is not None:
         file_path, start, size = (Path(source), 0, None) if span is None else span()
@@ -85,9 +89,8 @@ def _image(source: Any):
                 if total == 0:
                     yield None, 0, 0
                     return
-                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    end = total if size is None else min(total, start + size)
-                    yield mm, start, end
+                end = total if size is None else min(total, start + size)
+                yield _ReadImage(_pread(fh.fileno())), start, end
         except (OSError, ValueError):
             yield None, 0, 0
         return
@@ -105,31 +108,35 @@ def _image(source: Any):
     if total == 0:
         yield None, 0, 0
         return
-    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as mm:
-        yield mm, 0, total
+    yield _ReadImage(_pread(fileno)), 0, total
 
 
-class _UrlImage:
-    """The bytes of a file at a URL as the walk reads them (image[i], image[a:b],
-    image.find(sub, lo, hi)), fetched through the URL's pages; the metadata h5py has
-    read is there already, so mostly nothing new is fetched."""
+def _pread(fileno: int) -> Callable[[int, int], bytes]:
+    return lambda offset, size: os.pread(fileno, size, offset)
+
+
+class _ReadImage:
+    """The bytes of a file as the walk reads them (image[i], image[a:b],
+    image.find(sub, lo, hi)), by positioned reads of just those bytes. (A memory map
+    would do, but the kernel maps whole large pages of the tensor bytes around each
+    small span searched: 150 MB resident for a 340 MB file.)"""
 
     BLOCK = 1 << 20  # find() searches this many bytes at a time
 
-    def __init__(self, url: RemotePath):
-        self.url = url
+    def __init__(self, read: Callable[[int, int], bytes]):
+        self.read = read
 
     def __getitem__(self, key: int | slice) -> int | bytes:
         if isinstance(key, slice):
-            return self.url.cached_bytes(key.start, max(0, key.stop - key.start))
-        return self.url.cached_bytes(key, 1)[0]
+            return self.read(key.start, max(0, key.stop - key.start))
+        return self.read(key, 1)[0]
 
     def find(self, sub: bytes, lo: int, hi: int) -> int:
         pos = lo
         while pos < hi:
             stop = min(hi, pos + self.BLOCK)
             # the block and the first bytes of the next: no match is cut in two
-            data = self.url.cached_bytes(pos, min(hi, stop + len(sub) - 1) - pos)
+            data = self.read(pos, min(hi, stop + len(sub) - 1) - pos)
             found = data.find(sub)
             if found != -1:
                 return pos + found
@@ -157,20 +164,13 @@ def _sizeof_lengths(image, base: int, end: int) -> int | None:
 
 
 def _raw_data_ranges(f: h5py.File) -> list[tuple[int, int]]:
-    """[start, stop) of every contiguous dataset's raw data, relative to the superblock."""
-    ranges: list[tuple[int, int]] = []
-
-    def visit(name: bytes, info: Any) -> None:
-        if info.type == h5py.h5o.TYPE_DATASET:  # opened inside HDF5, no h5py object
-            with contextlib.suppress(Exception):
-                dataset = h5py.h5d.open(f.id, name)
-                offset, size = dataset.get_offset(), dataset.get_storage_size()
-                if offset is not None and size:
-                    ranges.append((offset, offset + size))
-
-    with contextlib.suppress(Exception):
-        h5py.h5o.visit(f.id, visit, info=True)
-    return ranges
+    """[start, stop) of every contiguous dataset's raw data in the HDF5 image (HDF5's
+    dataset offsets are from the image's first byte, user block included)."""
+    return [
+        (d.offset, d.offset + d.storage_size)
+        for d in scan(f).datasets.values()
+        if d.offset is not None and d.storage_size
+    ]
 
 
 def _check_collection(image, pos: int, end: int, lengths: int, path: Path) -> None:
@@ -219,30 +219,93 @@ def check_self_contained(f: h5py.File, path: Path) -> None:
 
 def outside_reference(f: h5py.File) -> str | None:
     """A description of the first link or dataset that points outside the file."""
-    found: list[str] = []
+    found = scan(f)
+    for name, link_type, address in found.links:
+        if link_type == h5py.h5l.TYPE_EXTERNAL:
+            try:
+                filename = f.id.links.get_val(name.encode("utf-8", "surrogateescape"))[0]
+            except Exception:  # a damaged link value: still an external link
+                filename = b"?"
+            filename = filename.decode("utf-8", "backslashreplace")
+            return f"{name!r} is an external link to {filename!r}"
+        dataset = found.datasets.get(address) if link_type == h5py.h5l.TYPE_HARD else None
+        if dataset is not None and dataset.layout == h5py.h5d.VIRTUAL:
+            return f"dataset {name!r} is a virtual dataset (its data lives in other files)"
+        if dataset is not None and dataset.external_count > 0:
+            return f"dataset {name!r} keeps its data in external files"
+    return None
 
-    def visit(name: str, link: Any) -> bool | None:
+
+# --------------------------------------------------------------------------
+# One walk of a file's links and objects, inside HDF5, shared by the checks above and the
+# readers: no h5py object is made per member, and each dataset is opened once.
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    name: str  # the path HDF5's object walk reached it by
+    address: int  # of its object header
+    offset: int | None  # of its raw data (None unless contiguous and allocated)
+    storage_size: int
+    layout: int  # h5py.h5d.CONTIGUOUS, CHUNKED, COMPACT or VIRTUAL
+    external_count: int  # external raw-data files
+    filters: int
+
+
+@dataclass
+class FileScan:
+    links: list[tuple[str, int, int]]  # (path, link type, object address or -1), walk order
+    datasets: dict[int, StoredDataset]  # object address -> what its headers say
+
+
+# id(file object) -> (a weak reference to it, its scan). Not a WeakKeyDictionary: that
+# hashes the file, which h5py refuses for some damaged files.
+_SCANS: dict[int, tuple[weakref.ref, FileScan]] = {}
+
+
+def scan(f: h5py.File) -> FileScan:
+    """The links and datasets of the open file `f`, walked once per file object. Links
+    are listed, not followed: an external link's target is never opened. A damaged
+    link table or object ends the walk early; what was found so far is kept (the
+    damage is reported where it is read)."""
+    cached = _SCANS.get(id(f))
+    if cached is not None and cached[0]() is f:
+        return cached[1]
+    links: list[tuple[str, int, int]] = []
+    datasets: dict[int, StoredDataset] = {}
+
+    def visit_link(name: bytes, info: Any) -> None:
         # Never raise in here: h5py's C callback turns exceptions into SystemErrors.
-        if isinstance(link, h5py.ExternalLink):
-            found.append(f"{name!r} is an external link to {link.filename!r}")
-        elif isinstance(link, h5py.HardLink):
-            found.extend(_dataset_problem(f, name))
-        return True if found else None  # a value other than None stops the walk
+        with contextlib.suppress(Exception):
+            address = int(info.u) if info.type == h5py.h5l.TYPE_HARD else -1
+            links.append((name.decode("utf-8", "surrogateescape"), info.type, address))
 
-    with contextlib.suppress(Exception):  # a damaged link table is reported where read
-        f.visititems_links(visit)
-    return found[0] if found else None
+    def visit_object(name: bytes, info: Any) -> None:
+        if info.type != h5py.h5o.TYPE_DATASET:
+            return
+        address = int(info.addr)
+        text = name.decode("utf-8", "surrogateescape")
+        # unreadable headers are reported where the dataset is read
+        datasets[address] = StoredDataset(text, address, None, 0, -1, 0, 0)
+        with contextlib.suppress(Exception):
+            dataset = h5py.h5d.open(f.id, name)  # inside HDF5, no h5py object
+            plist = dataset.get_create_plist()
+            datasets[address] = StoredDataset(
+                text,
+                address,
+                dataset.get_offset(),
+                dataset.get_storage_size(),
+                plist.get_layout(),
+                plist.get_external_count(),
+                plist.get_nfilters(),
+            )
 
-
-def _dataset_problem(f: h5py.File, name: str) -> list[str]:
-    try:
-        if h5py.h5o.get_info(f.id, name.encode()).type != h5py.h5o.TYPE_DATASET:
-            return []
-        dcpl = h5py.h5d.open(f.id, name.encode()).get_create_plist()
-        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
-            return [f"dataset {name!r} is a virtual dataset (its data lives in other files)"]
-        if dcpl.get_external_count() > 0:
-            return [f"dataset {name!r} keeps its data in external files"]
-    except Exception:
-        pass  # unreadable objects are reported where they are read
-    return []
+    with contextlib.suppress(Exception):
+        f.id.links.visit(visit_link, info=True)
+    with contextlib.suppress(Exception):
+        h5py.h5o.visit(f.id, visit_object, info=True)
+    found = FileScan(links, datasets)
+    key = id(f)
+    with contextlib.suppress(TypeError):  # an object without weak references: not kept
+        _SCANS[key] = (weakref.ref(f, lambda _: _SCANS.pop(key, None)), found)
+    return found

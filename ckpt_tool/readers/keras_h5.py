@@ -24,9 +24,11 @@ from ckpt_tool.readers import keras_weight_names as kwn
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.budget import allowance
 from ckpt_tool.readers.hdf5_guard import (
+    StoredDataset,
     check_global_heaps,
     check_self_contained,
     outside_reference,
+    scan,
 )
 from ckpt_tool.readers.regular_file import open_regular
 from ckpt_tool.readers.zip_member import (
@@ -123,8 +125,13 @@ def _h5_layout(path: Path) -> str | None:
     try:
         source = h5_source(path)
         with h5py.File(source, "r") as f:
+            layout = _root_layout(f)
+            if layout in ("legacy", "weights"):  # its reader refuses outside references
+                return layout
             if outside_reference(f) is not None:  # checking the layout would follow it
                 return "weights" if path.name.endswith(".weights.h5") else "legacy"
+            if layout == "other":
+                return layout
             if _is_legacy_layout(f):
                 return "legacy"
             if _is_weights_layout(f):
@@ -135,6 +142,24 @@ def _h5_layout(path: Path) -> str | None:
     finally:
         if source is not None and source is not path:
             source.close()
+
+
+def _root_layout(f: h5py.File) -> str | None:
+    """_h5_layout from the root's own hard links and attributes, following no link (so
+    without walking the file for outside references first); None when a link that
+    decides it is soft or external."""
+    groups = set()
+    for name in ("model_weights", "vars", *_LAYER_CONTAINERS):
+        key = name.encode()
+        if not f.id.links.exists(key):
+            continue
+        if f.id.links.get_info(key).type != h5py.h5l.TYPE_HARD:
+            return None
+        if h5py.h5o.get_info(f.id, key).type == h5py.h5o.TYPE_GROUP:
+            groups.add(name)
+    if "model_weights" in groups or _has_list_attr(f, "layer_names"):
+        return "legacy"
+    return "weights" if groups else "other"
 
 
 def _is_legacy_layout(f: h5py.Group) -> bool:
@@ -250,6 +275,8 @@ def _read_dataset(ds: h5py.Dataset, dtype: np.dtype, path: Path) -> np.ndarray:
     except _H5_ERRORS as e:
         raise CorruptFileError(f"cannot read dataset {ds.name!r} ({reason(e)})", path) from None
     if arr.dtype != dtype:
+        if arr.dtype.newbyteorder("=") == dtype.newbyteorder("="):
+            return arr.astype(dtype)  # a scalar comes back in native order: same value
         arr = arr.view(dtype)  # opaque bytes -> bfloat16: same bits
     return arr
 
@@ -274,16 +301,9 @@ def _object_addresses(f: h5py.File) -> dict[str, int]:
 
 
 def dataset_addresses(f: h5py.File) -> list[tuple[str, int]]:
-    """(path, object-header address) of every dataset, in one walk of the file inside
-    HDF5 (no h5py object made per member)."""
-    found: list[tuple[str, int]] = []
-
-    def visit(name: bytes, info: Any) -> None:
-        if info.type == h5py.h5o.TYPE_DATASET:
-            found.append((name.decode("utf-8", "surrogateescape"), int(info.addr)))
-
-    h5py.h5o.visit(f.id, visit, info=True)
-    return found
+    """(path, object-header address) of every dataset, from the file's one walk inside
+    HDF5 (hdf5_guard.scan: no h5py object made per member)."""
+    return [(d.name, d.address) for d in scan(f).datasets.values()]
 
 
 def _parse_json(raw: bytes | str, what: str, path: Path) -> dict:
@@ -317,6 +337,7 @@ class _H5Reader(Reader):
         self._source: Any = None  # a URL's file under self._h5, closed with it
         self._listing: list[VariableInfo] | None = None
         self._dtypes: dict[str, np.dtype] = {}
+        self._stored_by_key: dict[str, StoredDataset] | None = None
 
     def _build(self) -> list[tuple[VariableInfo, np.dtype]]:
         raise NotImplementedError
@@ -334,7 +355,58 @@ class _H5Reader(Reader):
         if key not in self._dtypes or self._h5 is None:
             raise NotFoundError(f"no variable {key!r} in this file", self.path)
         with hdf5_errors(self.path, f"cannot read dataset {key!r}"):
-            return _read_dataset(self._h5[key], self._dtypes[key], self.path)
+            # opened by HDF5 itself: the key is a listed dataset's path
+            dataset = h5py.Dataset(
+                h5py.h5d.open(self._h5.id, key.encode("utf-8", "surrogateescape"))
+            )
+            in_place = self._read_in_place(key, dataset, self._dtypes[key])
+            if in_place is not None:
+                return in_place
+            return _read_dataset(dataset, self._dtypes[key], self.path)
+
+    def _image(self) -> tuple[Path, int, int] | None:
+        """(local file, first byte, size) of the HDF5 image, when it lies as it is in a
+        local file (a plain file, or a stored member of a .keras); else None."""
+        return (self.path, 0, self.path.stat().st_size) if self._source is None else None
+
+    def _read_in_place(self, key: str, ds: h5py.Dataset, dtype: np.dtype) -> np.ndarray | None:
+        """A dataset stored in one piece, unfiltered and in this machine's byte order,
+        read with one positioned read of its bytes (what HDF5 does for it, without its
+        per-read machinery); None where that does not apply, for h5py to read it."""
+        image = self._image()
+        stored = None if image is None else self._stored().get(key)
+        file_type = ds.dtype
+        if (
+            stored is None
+            or stored.offset is None
+            or stored.layout != h5py.h5d.CONTIGUOUS
+            or stored.filters
+            or stored.external_count
+            or file_type.fields is not None
+            or file_type.kind not in "biufcV"
+            or not file_type.isnative
+            or file_type.itemsize != dtype.itemsize
+            or ds.shape is None
+        ):
+            return None
+        _check_stored_size(ds, self.path)  # the same checks before allocating
+        out = np.empty(ds.shape, file_type)
+        raw = out.reshape(-1).view(np.uint8)
+        path, start, size = image
+        if stored.storage_size != raw.size or stored.offset + raw.size > size:
+            return None
+        with open_regular(path) as f:
+            f.seek(start + stored.offset)
+            if f.readinto(raw) != raw.size:
+                return None
+        return out if out.dtype == dtype else out.view(dtype)
+
+    def _stored(self) -> dict[str, StoredDataset]:
+        """Each dataset's storage facts (from the file's one walk), by key."""
+        if self._stored_by_key is None:
+            assert self._h5 is not None
+            self._stored_by_key = {d.name: d for d in scan(self._h5).datasets.values()}
+        return self._stored_by_key
 
     def _open_h5(self) -> h5py.File:
         source = h5_source(self.path)
@@ -431,8 +503,23 @@ def _entry_config(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return cfg if isinstance(cfg, Mapping) else None
 
 
-def _vars_name(group: h5py.Group) -> str | None:
-    vars_group = group.get("vars")
+def _members(group: h5py.Group) -> dict[str, h5py.HLObject]:
+    """group.items() as a dict, each member opened by HDF5 itself (h5py's own lookup
+    resolves every name again from the file's root). Only for files that passed
+    hdf5_guard.check_self_contained: no link here leads outside the file."""
+    out: dict[str, h5py.HLObject] = {}
+    for name in group:
+        oid = h5py.h5o.open(group.id, name.encode("utf-8", "surrogateescape"))
+        if isinstance(oid, h5py.h5g.GroupID):
+            out[name] = h5py.Group(oid)
+        elif isinstance(oid, h5py.h5d.DatasetID):
+            out[name] = h5py.Dataset(oid)
+        else:
+            out[name] = h5py.Datatype(oid)
+    return out
+
+
+def _vars_name(vars_group: h5py.HLObject | None) -> str | None:
     if isinstance(vars_group, h5py.Group) and "name" in vars_group.attrs:
         return _decode(_string_attr(vars_group, "name"))
     return None
@@ -465,6 +552,14 @@ class _WeightsH5Lister:
         # named by it (`token_embedding/embeddings`, `mha/query/kernel`), their file path
         # (`reversible_embedding/vars/0`, `mha/query_dense/kernel`) kept as an alias.
         self.keras_names: dict[str, str] = {}
+        self._opened: dict[int, dict[str, h5py.HLObject]] = {}  # id(group) -> members
+
+    def _members(self, group: h5py.Group) -> dict[str, h5py.HLObject]:
+        """_members of a group, opened once per walk."""
+        found = self._opened.get(id(group))  # the groups live in self._opened or are self.h5
+        if found is None:
+            found = self._opened[id(group)] = _members(group)
+        return found
 
     def run(self) -> list[tuple[VariableInfo, np.dtype]]:
         cfg = self.config
@@ -495,10 +590,10 @@ class _WeightsH5Lister:
             self._walk(child)
 
     def _emit_vars(self, node: _Node) -> None:
-        vars_group = node.group.get("vars")
+        vars_group = self._members(node.group).get("vars")
         if node.is_container or not isinstance(vars_group, h5py.Group):
             return
-        items = [(k, v) for k, v in vars_group.items() if isinstance(v, h5py.Dataset)]
+        items = [(k, v) for k, v in _members(vars_group).items() if isinstance(v, h5py.Dataset)]
         items.sort(key=lambda kv: (0, int(kv[0]), "") if kv[0].isdigit() else (1, 0, kv[0]))
         contiguous = [k for k, _ in items] == [str(i) for i in range(len(items))]
         names = None
@@ -532,7 +627,9 @@ class _WeightsH5Lister:
 
     def _children(self, node: _Node) -> list[_Node]:
         groups = [
-            (k, g) for k, g in node.group.items() if k != "vars" and isinstance(g, h5py.Group)
+            (k, g)
+            for k, g in self._members(node.group).items()
+            if k != "vars" and isinstance(g, h5py.Group)
         ]
         if node.is_container:
             ranks = self._config_ranks(node)
@@ -578,7 +675,7 @@ class _WeightsH5Lister:
             kind = OPTIMIZER
         elif (not node.parts and key == "metrics") or key.endswith("seed_generator"):
             kind = BOOKKEEPING
-        if "vars" not in group:  # a list or dict of saveables
+        if "vars" not in self._members(group):  # a list or dict of saveables
             model_layers = node.model_layers if key in _LAYER_CONTAINERS else None
             return _Node(
                 group,
@@ -590,7 +687,7 @@ class _WeightsH5Lister:
                 is_container=True,
             )
         class_name = config = None
-        name = _vars_name(group)
+        name = _vars_name(self._members(group).get("vars"))
         sublayer = kwn.mha_sublayer(key) if node.class_name in kwn.MHA_CLASSES else None
         if sublayer:
             class_name = "EinsumDense"
@@ -611,10 +708,12 @@ class _WeightsH5Lister:
 
     def _layer_child(self, container: _Node, key: str, group: h5py.Group) -> _Node:
         """An element of a list of saveables, matched to its config entry if any."""
-        if "vars" not in group:
+        if "vars" not in self._members(group):
             return self._attr_child(container, key, group)  # a nested list
         entry = self._match_entry(container, key, group)
-        name = _vars_name(group) or (_entry_name(entry) if entry else None)
+        name = _vars_name(self._members(group).get("vars")) or (
+            _entry_name(entry) if entry else None
+        )
         if entry is not None:
             class_name, config = _builtin_class(entry), _entry_config(entry)
         elif container.kind == WEIGHT:  # no config: the group name is the class name
@@ -638,7 +737,7 @@ class _WeightsH5Lister:
     ) -> Mapping[str, Any] | None:
         if not container.model_layers:
             return None
-        name = _vars_name(group)
+        name = _vars_name(self._members(group).get("vars"))
         if name is not None:
             for entry in container.model_layers:
                 if _entry_name(entry) == name:
@@ -749,6 +848,12 @@ class KerasArchiveReader(_H5Reader):
         except BaseException:
             self.close()
             raise
+
+    def _image(self) -> tuple[Path, int, int] | None:
+        file = self._member.file if self._member is not None else None
+        if isinstance(file, FileSlice) and not isinstance(file.span()[0], RemotePath):
+            return file.span()  # a stored member, read in place in the archive
+        return None
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
