@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import mmap
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
+from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries, pad
 from ckpt_tool.readers.regular_file import read_regular_bytes
 from ckpt_tool.storage import as_path, open_binary
 
@@ -423,6 +425,116 @@ def data_filename(prefix: str | Path, shard_id: int, num_shards: int) -> Path:
     return as_path(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}")
 
 
+class EntryTable(Mapping[str, BundleEntry]):
+    """key -> BundleEntry for every key but slice keys, in key order.
+
+    The fields are kept as columns and a BundleEntry is made when one is asked for:
+    an index can hold a million entries. `rows()` gives all fields as plain tuples.
+    """
+
+    def __init__(self, keys: list[str], rows: list[int], columns: EntryColumns, parsed: dict):
+        self._row = dict(zip(keys, rows, strict=True))  # a repeated key: the last one
+        self._columns = columns
+        self._parsed: dict[int, BundleEntry] = parsed  # rows the protobuf parser read
+        self.slice_entries: dict[bytes, BundleEntry] = {}
+
+    def __getitem__(self, key: str) -> BundleEntry:
+        row = self._row[key]
+        parsed = self._parsed.get(row)
+        if parsed is not None:
+            return parsed
+        c = self._columns
+        return BundleEntry(
+            key,
+            int(c.dtype[row]),
+            c.shapes[row],
+            int(c.shard_id[row]),
+            int(c.offset[row]),
+            int(c.size[row]),
+            int(c.crc32c[row]),
+        )
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def rows(self) -> Iterator[tuple]:
+        """(key, dtype, shape, shard_id, offset, size, unmasked crc32c, slices) per entry,
+        in key order, without a BundleEntry per entry."""
+        c, rows = self._columns, np.fromiter(self._row.values(), np.int64, len(self._row))
+        rotated = (c.crc32c[rows] - _MASK_DELTA) & _U32  # unmask_crc, column-wise
+        crcs = ((rotated >> 17) | (rotated << 15)) & _U32
+        fields = zip(
+            self._row,
+            c.dtype[rows].tolist(),
+            c.shard_id[rows].tolist(),
+            c.offset[rows].tolist(),
+            c.size[rows].tolist(),
+            crcs.tolist(),
+            rows.tolist(),
+            strict=True,
+        )
+        shapes, parsed = c.shapes, self._parsed
+        for key, dtype, shard_id, offset, size, crc, row in fields:
+            e = parsed.get(row)
+            if e is None:
+                yield key, dtype, shapes[row], shard_id, offset, size, crc, ()
+            else:
+                crc = unmask_crc(e.crc32c)
+                yield key, e.dtype, e.shape, e.shard_id, e.offset, e.size, crc, e.slices
+
+
+def _entry_table(table: list[tuple[bytes, bytes]]) -> EntryTable:
+    """The entries of an index (header left out), decoded column-wise; the entries the
+    column decoder leaves aside (slices, unusual or damaged ones) go through the
+    protobuf parser, in key order, so the first damaged entry is the one reported."""
+    values = [value for _, value in table]
+    ends = np.cumsum(np.fromiter(map(len, values), np.int64, len(values)))
+    starts = ends - np.fromiter(map(len, values), np.int64, len(values))
+    columns = decode_entries(pad(b"".join(values)), starts, ends)
+    del values
+    fallback = set(np.flatnonzero(columns.fallback).tolist())
+    keys: list[str] = []
+    rows: list[int] = []
+    parsed: dict[int, BundleEntry] = {}
+    slice_rows: list[tuple[int, bytes]] = []
+    for row, (raw_key, value) in enumerate(table):
+        is_slice = raw_key[:1] == b"\x00"
+        if row in fallback:
+            parsed[row] = _parse_entry(repr(raw_key) if is_slice else _key_text(raw_key), value)
+        if is_slice:
+            slice_rows.append((row, raw_key))
+        else:
+            keys.append(_key_text(raw_key))
+            rows.append(row)
+    entries = EntryTable(keys, rows, columns, parsed)
+    for row, raw_key in slice_rows:
+        entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(columns, row, raw_key)
+    return entries
+
+
+def _key_text(raw_key: bytes) -> str:
+    return raw_key.decode("utf-8", "backslashreplace")
+
+
+def _column_entry(columns: EntryColumns, row: int, raw_key: bytes) -> BundleEntry:
+    """A slice entry the column decoder read (one without slices of its own)."""
+    return BundleEntry(
+        repr(raw_key),
+        int(columns.dtype[row]),
+        columns.shapes[row],
+        int(columns.shard_id[row]),
+        int(columns.offset[row]),
+        int(columns.size[row]),
+        int(columns.crc32c[row]),
+    )
+
+
 class BundleReader:
     """The tensors of one TensorFlow tensor bundle, read without TensorFlow.
 
@@ -475,14 +587,8 @@ class BundleReader:
         self.num_shards: int = header.num_shards
         self.big_endian: bool = header.endianness == protos.BIG
         self.version: tuple[int, int] = (header.version.producer, header.version.min_consumer)
-        self.entries: dict[str, BundleEntry] = {}
-        self.slice_entries: dict[bytes, BundleEntry] = {}
-        for raw_key, value in table[1:]:
-            if raw_key[:1] == b"\x00":
-                self.slice_entries[raw_key] = _parse_entry(repr(raw_key), value)
-            else:
-                key = raw_key.decode("utf-8", "backslashreplace")
-                self.entries[key] = _parse_entry(key, value)
+        self.entries: EntryTable = _entry_table(table[1:])
+        self.slice_entries: dict[bytes, BundleEntry] = self.entries.slice_entries
 
     # -- shards --
 

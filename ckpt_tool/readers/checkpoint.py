@@ -9,6 +9,7 @@ for SavedModels, from saved_model.pb and keras_metadata.pb. No TensorFlow.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from ckpt_tool.readers.bundle import (
     BundleEntry,
     BundleReader,
     decode_slice_key,
-    unmask_crc,
+    dtype_name,
 )
 from ckpt_tool.readers.objgraph import (
     ANONYMOUS_EDGES,
@@ -223,6 +224,17 @@ def _tf1_kind(key: str) -> str:
     return WEIGHT
 
 
+def _entry_extra(shard_id: int, offset: int, crc: int, slices: tuple) -> dict:
+    """Where the entry's bytes are; its crc32c (unmasked) or its slices."""
+    if slices:
+        return {
+            "shard_id": shard_id,
+            "offset": offset,
+            "slices": [list(map(list, s)) for s in slices],
+        }
+    return {"shard_id": shard_id, "offset": offset, "crc32c": crc}
+
+
 def _graph_kind(gv: GraphVariable) -> str:
     """WEIGHT if some path to the variable avoids optimizer and bookkeeping objects;
     otherwise OPTIMIZER if a path goes through an optimizer; else BOOKKEEPING."""
@@ -253,7 +265,7 @@ class CheckpointReader(Reader):
             BundleReader(self.prefix, verify_crc=verify_crc) if self.prefix is not None else None
         )
         self._variables: list[VariableInfo] | None = None
-        self._lookup: dict[str, str] = {}
+        self._lookup: dict[str, str] | None = None  # name or alias -> key
         self._saved: SavedModelInfo | None = None
         self._keras: dict[int, KerasNode] | None = None
         self._graph: ObjectGraph | None = None
@@ -347,7 +359,7 @@ class CheckpointReader(Reader):
         if self._variables is None:
             with gc_paused():  # a million entries: see gc_pause
                 self._variables = self._build_variables()
-                self._lookup = self._build_lookup(self._variables)
+            self._lookup = None  # built when a read needs it
         return list(self._variables)
 
     def _build_variables(self) -> list[VariableInfo]:
@@ -365,32 +377,31 @@ class CheckpointReader(Reader):
         slice_bytes = self._slice_bytes() if self.bundle.slice_entries else {}
         meta_order = self._tf1_order() if graph is None else {}
         infos: list[VariableInfo] = []
-        sort_keys: dict[str, tuple] = {}
+        places: list[tuple] = []  # per info: (tier, rank, sub, natural key) for the sort
         own_names: dict[str, str] = {}  # key -> the variable's own recorded name
-        for key, entry in entries.items():
-            gv = gvars.get(key)
-            info = VariableInfo(
-                key=key,
-                name=strip_key(key),
-                shape=entry.shape,
-                dtype=entry.dtype_name,
-                nbytes=slice_bytes.get(key, 0) if entry.slices else entry.size,
-                extra=self._entry_extra(entry),
-            )
+        dtype_names: dict[int, str] = {}
+        for key, dtype, shape, shard_id, offset, size, crc, slices in entries.rows():
+            name = dtype_names.get(dtype)
+            if name is None:
+                name = dtype_names[dtype] = dtype_name(dtype)
+            nbytes = slice_bytes.get(key, 0) if slices else size
+            extra = _entry_extra(shard_id, offset, crc, slices)
+            info = VariableInfo(key, strip_key(key), shape, name, WEIGHT, (), 0, nbytes, extra)
+            gv = gvars.get(key) if gvars else None
             if key == OBJECT_GRAPH_KEY:
                 info.kind = BOOKKEEPING
-                sort_keys[key] = (2, 9, (), "", ())
+                places.append((9, (), "", ()))
             elif gv is None:
                 info.kind = _tf1_kind(key)
-                created = meta_order.get(key)
+                created = meta_order.get(key) if meta_order else None
                 tier, rank = (7, (created,)) if created is not None else (8, ())
-                sort_keys[key] = (_GROUP[info.kind], tier, rank, "", _natural_key(key))
+                places.append((tier, rank, "", _natural_key(key)))
             else:
                 info.kind = _graph_kind(gv)
                 info.extra["node_id"] = gv.node_id
                 own = gv.full_name
                 sv = saved_vars.get(gv.node_id)
-                if sv is not None and sv.dtype == info.dtype and sv.shape == entry.shape:
+                if sv is not None and sv.dtype == info.dtype and sv.shape == shape:
                     info.extra["saved_variable_name"] = sv.name
                     info.extra["trainable"] = sv.trainable
                     own = sv.name or own
@@ -400,26 +411,35 @@ class CheckpointReader(Reader):
                     own_names[key] = own
                 if info.kind == WEIGHT and _names_bookkeeping(own):
                     info.kind = BOOKKEEPING  # e.g. a Keras 3 export's RNG seed state
-                sort_keys[key] = (_GROUP[info.kind], 0, gv.rank, "", _natural_key(key))
+                places.append((0, gv.rank, "", _natural_key(key)))
             infos.append(info)
 
         self._choose_names(infos, gvars, own_names)
         if gvars:  # copies are told apart by their object paths (none without a graph)
             self._mark_duplicates(infos, gvars, entries)
+            places = self._slots_after_variables(infos, gvars, places)
         if keras:
             self._add_layer_facts(infos, gvars, graph, keras)
-        # Kinds may have changed (duplicates); slots follow their variable's order.
-        rank_of_node = {gv.node_id: gv.rank for gv in gvars.values()}
-        for info in infos:
-            _, tier, rank, sub, natural = sort_keys[info.key]
-            gv = gvars.get(info.key)
-            if gv is not None and gv.slot_of is not None and gv.slot_of in rank_of_node:
-                tier, rank, sub = 1, rank_of_node[gv.slot_of], gv.slot_name or ""
-            sort_keys[info.key] = (_GROUP[info.kind], tier, rank, sub, natural)
-        infos.sort(key=lambda v: sort_keys[v.key])
+        # Kinds may have changed (duplicates): the group is taken last.
+        sort_keys = [(_GROUP[info.kind], *place) for info, place in zip(infos, places, strict=True)]
+        infos = [infos[i] for i in sorted(range(len(infos)), key=sort_keys.__getitem__)]
         for i, info in enumerate(infos):
             info.order = i
         return infos
+
+    @staticmethod
+    def _slots_after_variables(
+        infos: list[VariableInfo], gvars: dict[str, GraphVariable], places: list[tuple]
+    ) -> list[tuple]:
+        """Optimizer slots sort after their variable, in the variable's order."""
+        rank_of_node = {gv.node_id: gv.rank for gv in gvars.values()}
+        out = []
+        for info, place in zip(infos, places, strict=True):
+            gv = gvars.get(info.key)
+            if gv is not None and gv.slot_of is not None and gv.slot_of in rank_of_node:
+                place = (1, rank_of_node[gv.slot_of], gv.slot_name or "", place[3])
+            out.append(place)
+        return out
 
     def _tf1_order(self) -> dict[str, int]:
         """Creation order of TF1 variables from `<prefix>.meta`, when it is there."""
@@ -438,15 +458,6 @@ class CheckpointReader(Reader):
                 continue
             sizes[name] = sizes.get(name, 0) + part.size
         return sizes
-
-    @staticmethod
-    def _entry_extra(entry: BundleEntry) -> dict:
-        extra: dict = {"shard_id": entry.shard_id, "offset": entry.offset}
-        if entry.slices:
-            extra["slices"] = [list(map(list, s)) for s in entry.slices]
-        else:
-            extra["crc32c"] = unmask_crc(entry.crc32c)
-        return extra
 
     def _choose_names(
         self, infos: list[VariableInfo], gvars: dict[str, GraphVariable], own: dict[str, str]
@@ -489,17 +500,17 @@ class CheckpointReader(Reader):
                 info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
                 info.name = f"{original}/{gv.slot_name}"
         # Names must be unique: fall back to the stripped key, then the key itself.
-        seen: dict[str, int] = {}
-        for info in infos:
-            seen[info.name] = seen.get(info.name, 0) + 1
-        for info in infos:
-            if seen[info.name] > 1:
-                info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
-                info.name = strip_key(info.key)
         names = [v.name for v in infos]
         if len(set(names)) != len(names):
+            seen = Counter(names)
             for info in infos:
-                info.name = info.key
+                if seen[info.name] > 1:
+                    info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
+                    info.name = strip_key(info.key)
+            names = [v.name for v in infos]
+            if len(set(names)) != len(names):
+                for info in infos:
+                    info.name = info.key
         if not gvars:
             return
         key_of_node = {}
@@ -598,7 +609,10 @@ class CheckpointReader(Reader):
             raise NotFoundError(f"no tensor {key!r}: the SavedModel has no variables", self.path)
         if key in self.bundle.entries:
             return self.bundle.read(key)
-        self.variables()
+        variables = self.variables()
+        if self._lookup is None:
+            with gc_paused():
+                self._lookup = self._build_lookup(variables)
         real = self._lookup.get(key)
         if real is None:
             raise NotFoundError(f"no tensor {key!r} in checkpoint", self.bundle.index_path)

@@ -1,0 +1,160 @@
+"""Many BundleEntryProto values decoded at once, column by column, with numpy.
+
+An index can hold a million entries; a protobuf message per entry costs seconds.
+This decoder reads the protobuf wire format of all entries together: step k reads the
+k-th field of every entry still being read, so the Python loop runs once per field
+(a few times), not once per entry.
+
+It takes only the canonical form TensorFlow writes: single-byte tags of the known
+fields (dtype 1, shape 2, shard_id 3, offset 4, size 5, crc32c 6), each at most once,
+small varints, and a shape made only of dims with a size. Anything else (slices,
+unknown or repeated fields, a negative number, a dim name, unknown_rank, a truncated
+entry, a very long shape) is left to the protobuf parser: `fallback` marks those entries,
+and their decoded columns are not to be used. So every value decoded here is what the
+protobuf parser gives, and every error comes from the protobuf path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Wire-format tags, (field number << 3) | wire type.
+_DTYPE, _SHAPE, _SHARD, _OFFSET, _SIZE, _CRC = 0x08, 0x12, 0x18, 0x20, 0x28, 0x35
+_DIM, _DIM_SIZE = 0x12, 0x08  # TensorShapeProto.dim, TensorShapeProto.Dim.size
+_SMALL_VARINT = 4  # bytes: below 2**28, an int32 field's value as it is
+_LONG_VARINT = 9  # bytes: below 2**63, an int64 field's value as it is (10: negative)
+MAX_FAST_RANK = 32  # longer shapes go to the protobuf parser
+_PAD = 16  # zero bytes after the data, so that reads past an entry stay in bounds
+
+
+@dataclass
+class EntryColumns:
+    """Decoded fields of n entries; rows with `fallback` set are not decoded."""
+
+    fallback: np.ndarray  # bool[n]
+    dtype: np.ndarray  # int64[n]
+    shard_id: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+    crc32c: np.ndarray  # masked, as stored
+    shapes: list[tuple[int, ...]]  # () for fallback rows
+
+
+def _varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The varints starting at each of `pos`: (values, lengths in bytes); length 0 where
+    a varint is longer than `max_bytes` (max_bytes <= 9: the values fit an int64)."""
+    values = np.zeros(len(pos), np.int64)
+    length = np.zeros(len(pos), np.int64)
+    going = np.ones(len(pos), bool)  # no byte below 0x80 seen yet
+    for k in range(max_bytes):  # byte k of every varint at once
+        byte = data[pos + k].astype(np.int64)
+        values += np.where(going, (byte & 0x7F) << (7 * k), 0)
+        length[going & (byte < 0x80)] = k + 1
+        going &= byte >= 0x80
+    return values, length
+
+
+def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
+    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by _PAD zeros)."""
+    n = len(starts)
+    cols = {tag: np.zeros(n, np.int64) for tag in (_DTYPE, _SHARD, _OFFSET, _SIZE, _CRC)}
+    shape_start = np.zeros(n, np.int64)
+    shape_end = np.zeros(n, np.int64)
+    fallback = np.zeros(n, bool)
+    seen = np.zeros(n, np.int64)  # bit per tag seen: a repeated field goes to protobuf
+    pos = starts.astype(np.int64)
+    rows = np.flatnonzero(pos < ends)
+    while rows.size:
+        p, end = pos[rows], ends[rows]
+        tag = data[p].astype(np.int64)
+        bit = np.left_shift(1, tag & 0x3F)
+        bad = (seen[rows] & bit) != 0
+        seen[rows] |= bit
+        value, length = _varints(data, p + 1, _LONG_VARINT)
+        small = (length > 0) & (length <= _SMALL_VARINT)
+        after = p + 1 + length  # the end of a varint field
+        is_int = (tag == _DTYPE) | (tag == _SHARD)
+        is_long = (tag == _OFFSET) | (tag == _SIZE)
+        bad |= (is_int & ~small) | (is_long & (length == 0))
+        is_crc = tag == _CRC
+        crc = data[p[:, None] + np.arange(1, 5)].astype(np.int64) << np.arange(0, 32, 8)
+        value = np.where(is_crc, crc.sum(axis=1), value)
+        after = np.where(is_crc, p + 5, after)
+        is_shape = tag == _SHAPE
+        bad |= is_shape & ~small
+        sub_end = after + value  # a shape's bytes: after its length, `value` of them
+        after = np.where(is_shape, sub_end, after)
+        bad |= ~(is_int | is_long | is_crc | is_shape) | (after > end)
+        ok = ~bad
+        for t in cols:
+            hit = ok & (tag == t)
+            cols[t][rows[hit]] = value[hit]
+        hit = ok & is_shape
+        shape_start[rows[hit]] = p[hit] + 1 + length[hit]
+        shape_end[rows[hit]] = sub_end[hit]
+        fallback[rows[bad]] = True
+        pos[rows[ok]] = after[ok]
+        rows = rows[ok & (after < end)]
+    shapes, shape_bad = _decode_shapes(data, shape_start, shape_end)
+    fallback |= shape_bad
+    return EntryColumns(
+        fallback, cols[_DTYPE], cols[_SHARD], cols[_OFFSET], cols[_SIZE], cols[_CRC], shapes
+    )
+
+
+def _decode_shapes(
+    data: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """TensorShapeProto bytes data[starts[i]:ends[i]] -> shape tuples; a shape that is
+    not a plain list of dims with sizes is marked bad (and given ())."""
+    n = len(starts)
+    bad = np.zeros(n, bool)
+    dims: list[np.ndarray] = []  # dims[k][i]: size of dim k of row i (where rank > k)
+    rank = np.zeros(n, np.int64)
+    pos = starts.copy()
+    rows = np.flatnonzero(pos < ends)
+    while rows.size:
+        if len(dims) == MAX_FAST_RANK:
+            bad[rows] = True
+            break
+        p, end = pos[rows], ends[rows]
+        # one dim: tag, length, then nothing (size 0) or the size's tag and varint
+        dim_len = data[p + 1].astype(np.int64)
+        size, length = _varints(data, p + 3, _LONG_VARINT)
+        empty = dim_len == 0
+        full = (data[p + 2] == _DIM_SIZE) & (length > 0) & (dim_len == 1 + length)
+        row_bad = (data[p] != _DIM) | ~(empty | full) | (p + 2 + dim_len > end)
+        column = np.zeros(n, np.int64)
+        good = rows[~row_bad]
+        column[good] = np.where(empty, 0, size)[~row_bad]
+        dims.append(column)
+        rank[good] += 1
+        bad[rows[row_bad]] = True
+        pos[good] = (p + 2 + dim_len)[~row_bad]
+        rows = good[pos[good] < ends[good]]
+    rank[bad] = 0
+    return _shape_tuples(dims, rank), bad
+
+
+def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, ...]]:
+    """One tuple per row, rows of equal rank converted together; equal shapes share
+    one tuple (a checkpoint repeats a few shapes many times)."""
+    shapes: list[tuple[int, ...]] = [()] * len(rank)
+    common: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for r in range(1, len(dims) + 1):
+        rows = np.flatnonzero(rank == r)
+        if not rows.size:
+            continue
+        matrix = np.stack([d[rows] for d in dims[:r]], axis=1).tolist()
+        for row, shape in zip(rows.tolist(), map(tuple, matrix), strict=True):
+            shapes[row] = common.setdefault(shape, shape)
+    return shapes
+
+
+def pad(data: bytes) -> np.ndarray:
+    """`data` as uint8 with _PAD zero bytes after it (decode_entries reads ahead)."""
+    out = np.zeros(len(data) + _PAD, np.uint8)
+    out[: len(data)] = np.frombuffer(data, np.uint8)
+    return out
