@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import operator
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,7 @@ class Listing:
     def totals(self) -> dict:
         return {
             "tensors": len(self.tensors),
-            "parameters": sum(t.info.num_elements for t in self.tensors),
+            "parameters": _parameters(t.info.shape for t in self.tensors),
             "bytes": sum(t.info.nbytes for t in self.tensors),
         }
 
@@ -73,6 +74,17 @@ class Listing:
             "hidden_bytes": self.hidden_bytes,
             "totals": self.totals,
         }
+
+
+def _parameters(shapes: Iterable[tuple[int, ...]]) -> int:
+    """The number of values in tensors of these shapes (each distinct shape counted once
+    and multiplied: a large index repeats few shapes)."""
+    total = 0
+    for shape, n in Counter(map(tuple, shapes)).items():
+        for d in shape:
+            n *= d
+        total += n
+    return total
 
 
 @gc_paused()  # millions of objects for a large index: see gc_pause
@@ -109,10 +121,10 @@ def _matches(info: VariableInfo, pattern: str) -> bool:
 
 def _sort_key(sort: str) -> Callable[[ListedTensor], tuple]:
     if sort == "name":
-        return lambda t: (t.info.name,)
+        return operator.attrgetter("info.name")
     if sort == "size":
         return lambda t: (-t.info.nbytes, t.info.order, t.info.name)
-    return lambda t: (t.info.order, t.info.name)
+    return operator.attrgetter("info.order", "info.name")
 
 
 def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:

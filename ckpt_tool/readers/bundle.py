@@ -363,9 +363,11 @@ def read_table(data: bytes) -> list[tuple[bytes, bytes]]:
         offset, size, _ = _block_handle(handle, 0, len(handle))
         block = _read_block(data, offset, size, footer, "data")
         entries.extend(_block_entries(block, "data"))
-    for i in range(1, len(entries)):
-        if entries[i - 1][0] >= entries[i][0]:
-            raise _Corrupt(f"keys out of order near {entries[i][0]!r}")
+    keys = [key for key, _ in entries]
+    if not all(map(bytes.__lt__, keys, itertools.islice(keys, 1, None))):  # (at C speed)
+        for i in range(1, len(keys)):
+            if keys[i - 1] >= keys[i]:
+                raise _Corrupt(f"keys out of order near {keys[i]!r}")
     return entries
 
 
@@ -432,7 +434,7 @@ class EntryTable(Mapping[str, BundleEntry]):
     an index can hold a million entries. `rows()` gives all fields as plain tuples.
     """
 
-    def __init__(self, keys: list[str], rows: list[int], columns: EntryColumns, parsed: dict):
+    def __init__(self, keys: list[str], rows: range, columns: EntryColumns, parsed: dict):
         self._row = dict(zip(keys, rows, strict=True))  # a repeated key: the last one
         self._columns = columns
         self._parsed: dict[int, BundleEntry] = parsed  # rows the protobuf parser read
@@ -480,6 +482,10 @@ class EntryTable(Mapping[str, BundleEntry]):
             strict=True,
         )
         shapes, parsed = c.shapes, self._parsed
+        if not parsed:  # (the common case: every entry decoded column-wise)
+            for key, dtype, shard_id, offset, size, crc, row in fields:
+                yield key, dtype, shapes[row], shard_id, offset, size, crc, ()
+            return
         for key, dtype, shard_id, offset, size, crc, row in fields:
             e = parsed.get(row)
             if e is None:
@@ -498,22 +504,16 @@ def _entry_table(table: list[tuple[bytes, bytes]]) -> EntryTable:
     starts = ends - np.fromiter(map(len, values), np.int64, len(values))
     columns = decode_entries(pad(b"".join(values)), starts, ends)
     del values
-    fallback = set(np.flatnonzero(columns.fallback).tolist())
-    keys: list[str] = []
-    rows: list[int] = []
+    # Slice keys start with byte 0, so in key order they come first.
+    slices = next((row for row, (key, _) in enumerate(table) if key[:1] != b"\x00"), len(table))
     parsed: dict[int, BundleEntry] = {}
-    slice_rows: list[tuple[int, bytes]] = []
-    for row, (raw_key, value) in enumerate(table):
-        is_slice = raw_key[:1] == b"\x00"
-        if row in fallback:
-            parsed[row] = _parse_entry(repr(raw_key) if is_slice else _key_text(raw_key), value)
-        if is_slice:
-            slice_rows.append((row, raw_key))
-        else:
-            keys.append(_key_text(raw_key))
-            rows.append(row)
-    entries = EntryTable(keys, rows, columns, parsed)
-    for row, raw_key in slice_rows:
+    for row in np.flatnonzero(columns.fallback).tolist():
+        raw_key, value = table[row]
+        parsed[row] = _parse_entry(repr(raw_key) if row < slices else _key_text(raw_key), value)
+    keys = [_key_text(raw_key) for raw_key, _ in table[slices:]]
+    entries = EntryTable(keys, range(slices, len(table)), columns, parsed)
+    for row in range(slices):
+        raw_key = table[row][0]
         entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(columns, row, raw_key)
     return entries
 

@@ -216,10 +216,14 @@ def _names_bookkeeping(name: str | None) -> bool:
 
 
 def _tf1_kind(key: str) -> str:
-    parts = key.split("/")
-    if key == OBJECT_GRAPH_KEY or parts[0] in _BOOKKEEPING_PARTS:
+    first = key.partition("/")[0]  # (no split of every key: an index may hold millions)
+    if key == OBJECT_GRAPH_KEY or first in _BOOKKEEPING_PARTS:
         return BOOKKEEPING
-    if SLOT_MARKER in parts or parts[-1] in _TF1_OPTIMIZER_LEAVES or parts[0] in _OPTIMIZER_PARTS:
+    if (
+        (SLOT_MARKER in key and SLOT_MARKER in key.split("/"))
+        or key.rpartition("/")[2] in _TF1_OPTIMIZER_LEAVES
+        or first in _OPTIMIZER_PARTS
+    ):
         return OPTIMIZER
     return WEIGHT
 
@@ -635,7 +639,7 @@ def _own_name_owners(
     shape and crc32c), the copy under `variables/` (else the first). Names that distinct
     variables share have no owner."""
     members: dict[str, list[VariableInfo]] = {}
-    for info in infos:
+    for info in infos if own else ():
         if own.get(info.key):
             members.setdefault(own[info.key], []).append(info)
 
