@@ -45,14 +45,18 @@ class EntryColumns:
 def _varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """The varints starting at each of `pos`: (values, lengths in bytes); length 0 where
     a varint is longer than `max_bytes` (max_bytes <= 9: the values fit an int64)."""
-    values = np.zeros(len(pos), np.int64)
-    length = np.zeros(len(pos), np.int64)
-    going = np.ones(len(pos), bool)  # no byte below 0x80 seen yet
-    for k in range(max_bytes):  # byte k of every varint at once
-        byte = data[pos + k].astype(np.int64)
-        values += np.where(going, (byte & 0x7F) << (7 * k), 0)
-        length[going & (byte < 0x80)] = k + 1
-        going &= byte >= 0x80
+    values = data[pos].astype(np.int64)
+    length = (values < 0x80).astype(np.int64)  # most varints are one byte
+    values &= 0x7F
+    going = np.flatnonzero(length == 0)  # rows whose varint goes on
+    for k in range(1, max_bytes):  # byte k of the varints still going
+        if not going.size:
+            break
+        byte = data[pos[going] + k].astype(np.int64)
+        values[going] |= (byte & 0x7F) << (7 * k)
+        ended = byte < 0x80
+        length[going[ended]] = k + 1
+        going = going[~ended]
     return values, length
 
 
@@ -78,10 +82,10 @@ def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> En
         is_int = (tag == _DTYPE) | (tag == _SHARD)
         is_long = (tag == _OFFSET) | (tag == _SIZE)
         bad |= (is_int & ~small) | (is_long & (length == 0))
-        is_crc = tag == _CRC
-        crc = data[p[:, None] + np.arange(1, 5)].astype(np.int64) << np.arange(0, 32, 8)
-        value = np.where(is_crc, crc.sum(axis=1), value)
-        after = np.where(is_crc, p + 5, after)
+        is_crc = tag == _CRC  # fixed32: four little-endian bytes
+        crc_at = p[is_crc]
+        value[is_crc] = sum(data[crc_at + 1 + k].astype(np.int64) << (8 * k) for k in range(4))
+        after[is_crc] = crc_at + 5
         is_shape = tag == _SHAPE
         bad |= is_shape & ~small
         sub_end = after + value  # a shape's bytes: after its length, `value` of them
@@ -139,18 +143,19 @@ def _decode_shapes(
 
 
 def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, ...]]:
-    """One tuple per row, rows of equal rank converted together; equal shapes share
-    one tuple (a checkpoint repeats a few shapes many times)."""
-    shapes: list[tuple[int, ...]] = [()] * len(rank)
-    common: dict[tuple[int, ...], tuple[int, ...]] = {}
+    """One tuple per row; equal shapes share one tuple (a checkpoint repeats a few
+    shapes many times), found with numpy rank by rank."""
+    distinct: list[tuple[int, ...]] = [()]
+    shape_id = np.zeros(len(rank), np.int64)  # index into `distinct`; rank 0: ()
     for r in range(1, len(dims) + 1):
         rows = np.flatnonzero(rank == r)
         if not rows.size:
             continue
-        matrix = np.stack([d[rows] for d in dims[:r]], axis=1).tolist()
-        for row, shape in zip(rows.tolist(), map(tuple, matrix), strict=True):
-            shapes[row] = common.setdefault(shape, shape)
-    return shapes
+        matrix = np.stack([d[rows] for d in dims[:r]], axis=1)
+        unique, inverse = np.unique(matrix, axis=0, return_inverse=True)
+        shape_id[rows] = len(distinct) + inverse.reshape(-1)
+        distinct += map(tuple, unique.tolist())
+    return list(map(distinct.__getitem__, shape_id.tolist()))
 
 
 def pad(data: bytes) -> np.ndarray:
