@@ -465,34 +465,41 @@ class EntryTable(Mapping[str, BundleEntry]):
     def __len__(self) -> int:
         return len(self._row)
 
-    def rows(self) -> Iterator[tuple]:
-        """(key, dtype, shape, shard_id, offset, size, unmasked crc32c, slices) per entry,
-        in key order, without a BundleEntry per entry."""
+    def columns(self) -> EntryFields:
+        """Every entry's fields as lists, in key order, without a BundleEntry per entry."""
         c, rows = self._columns, np.fromiter(self._row.values(), np.int64, len(self._row))
         rotated = (c.crc32c[rows] - _MASK_DELTA) & _U32  # unmask_crc, column-wise
-        crcs = ((rotated >> 17) | (rotated << 15)) & _U32
-        fields = zip(
-            self._row,
+        fields = EntryFields(
+            list(self._row),
             c.dtype[rows].tolist(),
+            list(map(c.shapes.__getitem__, rows.tolist())),
             c.shard_id[rows].tolist(),
             c.offset[rows].tolist(),
             c.size[rows].tolist(),
-            crcs.tolist(),
-            rows.tolist(),
-            strict=True,
+            (((rotated >> 17) | (rotated << 15)) & _U32).tolist(),
+            [()] * len(rows),
         )
-        shapes, parsed = c.shapes, self._parsed
-        if not parsed:  # (the common case: every entry decoded column-wise)
-            for key, dtype, shard_id, offset, size, crc, row in fields:
-                yield key, dtype, shapes[row], shard_id, offset, size, crc, ()
-            return
-        for key, dtype, shard_id, offset, size, crc, row in fields:
-            e = parsed.get(row)
-            if e is None:
-                yield key, dtype, shapes[row], shard_id, offset, size, crc, ()
-            else:
-                crc = unmask_crc(e.crc32c)
-                yield key, e.dtype, e.shape, e.shard_id, e.offset, e.size, crc, e.slices
+        for i, row in enumerate(rows.tolist()) if self._parsed else ():
+            e = self._parsed.get(row)
+            if e is not None:  # read by the protobuf parser: its fields replace the columns'
+                fields.dtype[i], fields.shape[i], fields.slices[i] = e.dtype, e.shape, e.slices
+                fields.shard_id[i], fields.offset[i], fields.size[i] = e.shard_id, e.offset, e.size
+                fields.crc32c[i] = unmask_crc(e.crc32c)
+        return fields
+
+
+@dataclass
+class EntryFields:
+    """The fields of all entries of an EntryTable, one list per field, in key order."""
+
+    key: list[str]
+    dtype: list[int]
+    shape: list[tuple[int, ...]]
+    shard_id: list[int]
+    offset: list[int]
+    size: list[int]
+    crc32c: list[int]  # unmasked
+    slices: list[tuple]
 
 
 def _entry_table(table: list[tuple[bytes, bytes]]) -> EntryTable:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from ckpt_tool.readers.bundle import (
     decode_slice_key,
     dtype_name,
 )
+from ckpt_tool.readers.natural_order import natural_keys
 from ckpt_tool.readers.objgraph import (
     ANONYMOUS_EDGES,
     ATTRIBUTES,
@@ -189,15 +192,6 @@ def _has_table_magic(index: Path) -> bool:
 _GROUP = {WEIGHT: 0, OPTIMIZER: 1, BOOKKEEPING: 2}
 
 
-_DIGITS = re.compile(r"(\d+)")
-
-
-def _natural_key(text: str) -> tuple:
-    parts = _DIGITS.split(text)  # text, digits, text, ...: the odd items are numbers
-    parts[1::2] = map(int, parts[1::2])
-    return tuple(parts)
-
-
 def _path_kind(parts: tuple[str, ...]) -> str:
     if not _BOOKKEEPING_PARTS.isdisjoint(parts):
         return BOOKKEEPING
@@ -237,6 +231,20 @@ def _entry_extra(shard_id: int, offset: int, crc: int, slices: tuple) -> dict:
             "slices": [list(map(list, s)) for s in slices],
         }
     return {"shard_id": shard_id, "offset": offset, "crc32c": crc}
+
+
+def _tf1_places(keys: list[str], meta_order: dict[str, int]) -> list[tuple]:
+    """Where TF1 variables sort: by creation order when `<prefix>.meta` has it, else by
+    their keys' natural order; as (tier, rank, sub, natural key)."""
+    naturals = natural_keys(keys)
+    if not meta_order:
+        return [(8, (), "", natural) for natural in naturals]
+    return [
+        (7, (created,), "", natural)
+        if (created := meta_order.get(key)) is not None
+        else (8, (), "", natural)
+        for key, natural in zip(keys, naturals, strict=True)
+    ]
 
 
 def _graph_kind(gv: GraphVariable) -> str:
@@ -380,32 +388,46 @@ class CheckpointReader(Reader):
 
         slice_bytes = self._slice_bytes() if self.bundle.slice_entries else {}
         meta_order = self._tf1_order() if graph is None else {}
-        infos: list[VariableInfo] = []
-        places: list[tuple] = []  # per info: (tier, rank, sub, natural key) for the sort
+        # Column by column (an index may hold a million entries), as if no entry were in
+        # the object graph; the graph's variables are then looked at one by one.
+        fields = entries.columns()
+        keys = fields.key
+        dtype_names = {d: dtype_name(d) for d in set(fields.dtype)}
+        nbytes = fields.size
+        if any(fields.slices):
+            nbytes = [
+                slice_bytes.get(key, 0) if slices else size
+                for key, slices, size in zip(keys, fields.slices, nbytes, strict=True)
+            ]
+        extras = map(_entry_extra, fields.shard_id, fields.offset, fields.crc32c, fields.slices)
+        infos = list(
+            map(
+                VariableInfo,
+                keys,
+                map(strip_key, keys),
+                fields.shape,
+                map(dtype_names.__getitem__, fields.dtype),
+                map(_tf1_kind, keys),
+                repeat(()),
+                repeat(0),
+                nbytes,
+                extras,
+            )
+        )
+        places = _tf1_places(keys, meta_order)  # per info: (tier, rank, sub, natural key)
         own_names: dict[str, str] = {}  # key -> the variable's own recorded name
-        dtype_names: dict[int, str] = {}
-        for key, dtype, shape, shard_id, offset, size, crc, slices in entries.rows():
-            name = dtype_names.get(dtype)
-            if name is None:
-                name = dtype_names[dtype] = dtype_name(dtype)
-            nbytes = slice_bytes.get(key, 0) if slices else size
-            extra = _entry_extra(shard_id, offset, crc, slices)
-            info = VariableInfo(key, strip_key(key), shape, name, WEIGHT, (), 0, nbytes, extra)
-            gv = gvars.get(key) if gvars else None
+        for i, info in enumerate(infos) if gvars or OBJECT_GRAPH_KEY in entries else ():
+            key = info.key
+            gv = gvars.get(key)
             if key == OBJECT_GRAPH_KEY:
                 info.kind = BOOKKEEPING
-                places.append((9, (), "", ()))
-            elif gv is None:
-                info.kind = _tf1_kind(key)
-                created = meta_order.get(key) if meta_order else None
-                tier, rank = (7, (created,)) if created is not None else (8, ())
-                places.append((tier, rank, "", _natural_key(key)))
-            else:
+                places[i] = (9, (), "", ())
+            elif gv is not None:
                 info.kind = _graph_kind(gv)
                 info.extra["node_id"] = gv.node_id
                 own = gv.full_name
                 sv = saved_vars.get(gv.node_id)
-                if sv is not None and sv.dtype == info.dtype and sv.shape == shape:
+                if sv is not None and sv.dtype == info.dtype and sv.shape == info.shape:
                     info.extra["saved_variable_name"] = sv.name
                     info.extra["trainable"] = sv.trainable
                     own = sv.name or own
@@ -415,8 +437,7 @@ class CheckpointReader(Reader):
                     own_names[key] = own
                 if info.kind == WEIGHT and _names_bookkeeping(own):
                     info.kind = BOOKKEEPING  # e.g. a Keras 3 export's RNG seed state
-                places.append((0, gv.rank, "", _natural_key(key)))
-            infos.append(info)
+                places[i] = (0, gv.rank, "", places[i][3])
 
         self._choose_names(infos, gvars, own_names)
         if gvars:  # copies are told apart by their object paths (none without a graph)
@@ -425,7 +446,8 @@ class CheckpointReader(Reader):
         if keras:
             self._add_layer_facts(infos, gvars, graph, keras)
         # Kinds may have changed (duplicates): the group is taken last.
-        sort_keys = [(_GROUP[info.kind], *place) for info, place in zip(infos, places, strict=True)]
+        groups = map(_GROUP.__getitem__, map(attrgetter("kind"), infos))
+        sort_keys = list(zip(groups, places, strict=True))  # (group, place)
         infos = [infos[i] for i in sorted(range(len(infos)), key=sort_keys.__getitem__)]
         for i, info in enumerate(infos):
             info.order = i
