@@ -27,8 +27,9 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
-from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries, pad
+from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries
 from ckpt_tool.readers.regular_file import read_regular_bytes
+from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_columns
 from ckpt_tool.storage import as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -502,25 +503,23 @@ class EntryFields:
     slices: list[tuple]
 
 
-def _entry_table(table: list[tuple[bytes, bytes]]) -> EntryTable:
-    """The entries of an index (header left out), decoded column-wise; the entries the
-    column decoder leaves aside (slices, unusual or damaged ones) go through the
-    protobuf parser, in key order, so the first damaged entry is the one reported."""
-    values = [value for _, value in table]
-    ends = np.cumsum(np.fromiter(map(len, values), np.int64, len(values)))
-    starts = ends - np.fromiter(map(len, values), np.int64, len(values))
-    columns = decode_entries(pad(b"".join(values)), starts, ends)
-    del values
+def _entry_table(table: TableColumns) -> EntryTable:
+    """The entries of an index (its first entry, the header, left out), decoded column-wise;
+    the entries the column decoder leaves aside (slices, unusual or damaged ones) go
+    through the protobuf parser, in key order, so the first damaged entry is the one
+    reported."""
+    raw_keys = table.keys[1:]
+    columns = decode_entries(table.data, table.starts[1:], table.ends[1:])
     # Slice keys start with byte 0, so in key order they come first.
-    slices = next((row for row, (key, _) in enumerate(table) if key[:1] != b"\x00"), len(table))
+    slices = next((row for row, key in enumerate(raw_keys) if key[:1] != b"\x00"), len(raw_keys))
     parsed: dict[int, BundleEntry] = {}
     for row in np.flatnonzero(columns.fallback).tolist():
-        raw_key, value = table[row]
+        raw_key, value = raw_keys[row], table.value(row + 1)
         parsed[row] = _parse_entry(repr(raw_key) if row < slices else _key_text(raw_key), value)
-    keys = [_key_text(raw_key) for raw_key, _ in table[slices:]]
-    entries = EntryTable(keys, range(slices, len(table)), columns, parsed)
+    keys = [_key_text(raw_key) for raw_key in raw_keys[slices:]]
+    entries = EntryTable(keys, range(slices, len(raw_keys)), columns, parsed)
     for row in range(slices):
-        raw_key = table[row][0]
+        raw_key = raw_keys[row]
         entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(columns, row, raw_key)
     return entries
 
@@ -569,16 +568,19 @@ class BundleReader:
             ) from None
         try:
             with gc_paused():  # a million entries: see gc_pause
-                self._load(read_table(data))
+                # numpy reads a table in the usual form; read_table reads any other
+                # (and says what is wrong with it)
+                table = table_columns(data, FOOTER_SIZE, TABLE_MAGIC)
+                self._load(table or from_pairs(read_table(data)))
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 
-    def _load(self, table: list[tuple[bytes, bytes]]) -> None:
-        if not table or table[0][0] != b"":
+    def _load(self, table: TableColumns) -> None:
+        if not table.keys or table.keys[0] != b"":
             raise _Corrupt("no bundle header entry (the empty key) in the index")
         header = protos.BundleHeaderProto()
         try:
-            header.ParseFromString(table[0][1])
+            header.ParseFromString(table.value(0))
         except DecodeError as e:
             raise _Corrupt(f"bundle header is not a valid BundleHeaderProto: {e}") from None
         if header.num_shards < 1:
@@ -594,7 +596,7 @@ class BundleReader:
         self.num_shards: int = header.num_shards
         self.big_endian: bool = header.endianness == protos.BIG
         self.version: tuple[int, int] = (header.version.producer, header.version.min_consumer)
-        self.entries: EntryTable = _entry_table(table[1:])
+        self.entries: EntryTable = _entry_table(table)
         self.slice_entries: dict[bytes, BundleEntry] = self.entries.slice_entries
 
     # -- shards --

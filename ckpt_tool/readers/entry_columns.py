@@ -42,7 +42,7 @@ class EntryColumns:
     shapes: list[tuple[int, ...]]  # () for fallback rows
 
 
-def _varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """The varints starting at each of `pos`: (values, lengths in bytes); length 0 where
     a varint is longer than `max_bytes` (max_bytes <= 9: the values fit an int64)."""
     values = data[pos].astype(np.int64)
@@ -76,7 +76,7 @@ def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> En
         bit = np.left_shift(1, tag & 0x3F)
         bad = (seen[rows] & bit) != 0
         seen[rows] |= bit
-        value, length = _varints(data, p + 1, _LONG_VARINT)
+        value, length = varints(data, p + 1, _LONG_VARINT)
         small = (length > 0) & (length <= _SMALL_VARINT)
         after = p + 1 + length  # the end of a varint field
         is_int = (tag == _DTYPE) | (tag == _SHARD)
@@ -126,7 +126,7 @@ def _decode_shapes(
         p, end = pos[rows], ends[rows]
         # one dim: tag, length, then nothing (size 0) or the size's tag and varint
         dim_len = data[p + 1].astype(np.int64)
-        size, length = _varints(data, p + 3, _LONG_VARINT)
+        size, length = varints(data, p + 3, _LONG_VARINT)
         empty = dim_len == 0
         full = (data[p + 2] == _DIM_SIZE) & (length > 0) & (dim_len == 1 + length)
         row_bad = (data[p] != _DIM) | ~(empty | full) | (p + 2 + dim_len > end)
