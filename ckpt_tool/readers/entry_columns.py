@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Wire-format tags, (field number << 3) | wire type.
-_DTYPE, _SHAPE, _SHARD, _OFFSET, _SIZE, _CRC = 0x08, 0x12, 0x18, 0x20, 0x28, 0x35
+# Wire-format tags, (field number << 3) | wire type, of the fields taken here.
+_FIELD_TAGS = (0x08, 0x12, 0x18, 0x20, 0x28, 0x35)  # dtype, shape, shard_id, offset, size, crc32c
+_DTYPE_FIELD, _SHAPE_FIELD, _SHARD_FIELD, _CRC_FIELD = 0, 1, 2, 5
+_FIELD_OF_TAG = np.full(256, -1, np.int64)
+_FIELD_OF_TAG[list(_FIELD_TAGS)] = range(len(_FIELD_TAGS))
 _DIM, _DIM_SIZE = 0x12, 0x08  # TensorShapeProto.dim, TensorShapeProto.Dim.size
 _SMALL_VARINT = 4  # bytes: below 2**28, an int32 field's value as it is
 _LONG_VARINT = 9  # bytes: below 2**63, an int64 field's value as it is (10: negative)
@@ -63,49 +66,40 @@ def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
     """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by _PAD zeros)."""
     n = len(starts)
-    cols = {tag: np.zeros(n, np.int64) for tag in (_DTYPE, _SHARD, _OFFSET, _SIZE, _CRC)}
-    shape_start = np.zeros(n, np.int64)
+    # One row per field, in the order of _FIELD_TAGS; for the shape: where its bytes start.
+    fields = np.zeros((len(_FIELD_TAGS), n), np.int64)
+    seen = np.zeros((len(_FIELD_TAGS), n), bool)  # a repeated field goes to protobuf
     shape_end = np.zeros(n, np.int64)
     fallback = np.zeros(n, bool)
-    seen = np.zeros(n, np.int64)  # bit per tag seen: a repeated field goes to protobuf
     pos = starts.astype(np.int64)
     rows = np.flatnonzero(pos < ends)
     while rows.size:
         p, end = pos[rows], ends[rows]
-        tag = data[p].astype(np.int64)
-        bit = np.left_shift(1, tag & 0x3F)
-        bad = (seen[rows] & bit) != 0
-        seen[rows] |= bit
+        field = _FIELD_OF_TAG[data[p]]  # -1: not a field taken here
+        known = field >= 0
+        field[~known] = 0
+        bad = ~known | seen[field, rows]
+        seen[field, rows] = True
         value, length = varints(data, p + 1, _LONG_VARINT)
         small = (length > 0) & (length <= _SMALL_VARINT)
         after = p + 1 + length  # the end of a varint field
-        is_int = (tag == _DTYPE) | (tag == _SHARD)
-        is_long = (tag == _OFFSET) | (tag == _SIZE)
-        bad |= (is_int & ~small) | (is_long & (length == 0))
-        is_crc = tag == _CRC  # fixed32: four little-endian bytes
+        is_int, is_shape = (field == _DTYPE_FIELD) | (field == _SHARD_FIELD), field == _SHAPE_FIELD
+        bad |= ((is_int | is_shape) & ~small) | (length == 0) & ~(field == _CRC_FIELD)
+        is_crc = known & (field == _CRC_FIELD)  # fixed32: four little-endian bytes
         crc_at = p[is_crc]
         value[is_crc] = sum(data[crc_at + 1 + k].astype(np.int64) << (8 * k) for k in range(4))
         after[is_crc] = crc_at + 5
-        is_shape = tag == _SHAPE
-        bad |= is_shape & ~small
-        sub_end = after + value  # a shape's bytes: after its length, `value` of them
-        after = np.where(is_shape, sub_end, after)
-        bad |= ~(is_int | is_long | is_crc | is_shape) | (after > end)
+        shape_end[rows[is_shape]] = (after + value)[is_shape]
+        value[is_shape], after[is_shape] = after[is_shape], (after + value)[is_shape]
+        bad |= after > end
         ok = ~bad
-        for t in cols:
-            hit = ok & (tag == t)
-            cols[t][rows[hit]] = value[hit]
-        hit = ok & is_shape
-        shape_start[rows[hit]] = p[hit] + 1 + length[hit]
-        shape_end[rows[hit]] = sub_end[hit]
+        fields[field[ok], rows[ok]] = value[ok]
         fallback[rows[bad]] = True
         pos[rows[ok]] = after[ok]
         rows = rows[ok & (after < end)]
-    shapes, shape_bad = _decode_shapes(data, shape_start, shape_end)
-    fallback |= shape_bad
-    return EntryColumns(
-        fallback, cols[_DTYPE], cols[_SHARD], cols[_OFFSET], cols[_SIZE], cols[_CRC], shapes
-    )
+    dtype, shape_start, shard_id, offset, size, crc32c = fields
+    shapes, shape_bad = _decode_shapes(data, shape_start, np.where(fallback, 0, shape_end))
+    return EntryColumns(fallback | shape_bad, dtype, shard_id, offset, size, crc32c, shapes)
 
 
 def _decode_shapes(
@@ -152,10 +146,22 @@ def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, .
         if not rows.size:
             continue
         matrix = np.stack([d[rows] for d in dims[:r]], axis=1)
-        unique, inverse = np.unique(matrix, axis=0, return_inverse=True)
-        shape_id[rows] = len(distinct) + inverse.reshape(-1)
+        unique, inverse = _unique_rows(matrix)
+        shape_id[rows] = len(distinct) + inverse
         distinct += map(tuple, unique.tolist())
     return list(map(distinct.__getitem__, shape_id.tolist()))
+
+
+def _unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(matrix, axis=0, return_inverse=True), by a lexsort of the columns
+    (faster than sorting the rows as opaque bytes)."""
+    order = np.lexsort(matrix.T[::-1])
+    ordered = matrix[order]
+    first = np.ones(len(order), bool)  # each distinct row's first place in the order
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(len(order), np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return ordered[first], inverse
 
 
 def pad(data: bytes) -> np.ndarray:
