@@ -133,7 +133,7 @@ def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
     `_all_variables/M`; the reader marks the copy (extra["duplicate_of"]) when its
     dtype, shape, size and stored crc32c equal the first's, so no bytes are read."""
     if not any("duplicate_of" in info.extra for info in infos):
-        return [ListedTensor(info) for info in infos]  # nothing to fold (the common case)
+        return list(map(ListedTensor, infos))  # nothing to fold (the common case)
     listed = {info.key: ListedTensor(info) for info in infos}
     twins: dict[tuple, list[ListedTensor]] = {}  # equal tensors, each a variable of its own
     for tensor in listed.values():
