@@ -17,7 +17,7 @@ SORT_KEYS = ("order", "name", "size")
 _CHUNK = 1 << 20  # elements per chunk when streaming statistics
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per tensor: a listing may hold millions
 class ListedTensor:
     info: VariableInfo
     duplicate_keys: list[str] = field(default_factory=list)  # byte-identical copies folded in
