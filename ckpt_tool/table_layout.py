@@ -204,6 +204,15 @@ def _plain(cell: Cell) -> str:
     return cell.plain if isinstance(cell, Text) else cell
 
 
+def _all_str(cells: list) -> bool:
+    """Whether every cell is a plain str (one join at C speed, not a test per cell)."""
+    try:
+        "".join(cells)
+    except TypeError:
+        return False
+    return True
+
+
 def _column_format(cells: list[str], header: str, right: bool, last: bool) -> tuple[list, str]:
     """One column's shown cells (header first) and the format field that pads them to
     its natural width: str.format pads ASCII text; other text is padded here by its
@@ -245,8 +254,8 @@ def plain_column_lines(
     last = len(columns) - 1
     shown_cells, fields = [], []
     for i, c in enumerate(columns):
-        plain = [c.header] + [x.plain if isinstance(x, Text) else x for x in cells[i]]
-        column, field = _column_format(plain, c.header, c.right, i == last)
+        plain = cells[i] if _all_str(cells[i]) else [_plain(x) for x in cells[i]]
+        column, field = _column_format([c.header, *plain], c.header, c.right, i == last)
         shown_cells.append(column)
         fields.append(field)
     row_format = _GAP.join(fields).format
