@@ -516,7 +516,7 @@ def _entry_table(table: TableColumns) -> EntryTable:
     for row in np.flatnonzero(columns.fallback).tolist():
         raw_key, value = raw_keys[row], table.value(row + 1)
         parsed[row] = _parse_entry(repr(raw_key) if row < slices else _key_text(raw_key), value)
-    keys = [_key_text(raw_key) for raw_key in raw_keys[slices:]]
+    keys = [raw_key.decode("utf-8", "backslashreplace") for raw_key in raw_keys[slices:]]
     entries = EntryTable(keys, range(slices, len(raw_keys)), columns, parsed)
     for row in range(slices):
         raw_key = raw_keys[row]
