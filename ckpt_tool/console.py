@@ -19,7 +19,7 @@ from ckpt_tool import storage
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.listing import ListedTensor, Listing
 from ckpt_tool.shown import shown
-from ckpt_tool.table_layout import Column, Row, print_table
+from ckpt_tool.table_layout import Column, print_columns
 
 T = TypeVar("T")
 
@@ -141,11 +141,14 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 def _name_lines(t: ListedTensor) -> list[str]:
     """The resolved name, then the raw key when it says more, then folded copies."""
     info = t.info
     lines = [info.name]
-    if info.key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE") != info.name:
+    if info.key.removesuffix(_VALUE_SUFFIX) != info.name:
         lines.append(info.key)
     lines.extend(f"= {k}" for k in t.duplicate_keys)
     return lines
@@ -193,27 +196,57 @@ def render_listing(listing: Listing, *, show_roles: bool = False, show_stats: bo
         )
         for h in headers
     ]
-    rows = []
-    for t in listing.tensors:
-        first, *more = _name_lines(t)
-        cells: list = [first]
-        if show_roles:
-            role = t.role or {}
-            cells += [role.get("layer") or "-", role.get("role") or "?", role.get("evidence") or ""]
-        cells += [
-            _shape(t.info.shape),
-            t.info.dtype,
-            _count(t.info.num_elements),
-            human_bytes(t.info.nbytes),
-        ]
-        if show_stats:
-            s = t.stats or {}
-            cells += [_stat(s.get(k)) for k in ("min", "max", "mean", "std")]
-            cells += [str(s.get("nan", "-")), str(s.get("inf", "-"))]
-        rows.append(Row(cells, below=[Text(line, style="dim") for line in more]))
+    cells = _listing_columns(listing.tensors, show_roles, show_stats)
+    below = _lines_below(listing.tensors)
     title = Text(f"{listing.path} ({listing.description or listing.format})", style="bold")
-    print_table(out, columns, rows, title)
+    print_columns(out, columns, cells, title, below, below_style="dim")
     _print_totals(listing)
+
+
+def _listing_columns(
+    tensors: list[ListedTensor], show_roles: bool, show_stats: bool
+) -> list[list[str]]:
+    """The listing's cells, column by column (a million rows make no object per row)."""
+    infos = [t.info for t in tensors]
+    shapes = [tuple(info.shape) for info in infos]
+    shape_cells = {shape: (_shape_text(shape), _count(_product(shape))) for shape in set(shapes)}
+    byte_cells = {n: human_bytes(n) for n in {info.nbytes for info in infos}}
+    columns = [[info.name for info in infos]]
+    if show_roles:
+        roles = [t.role or {} for t in tensors]
+        columns += [
+            [role.get("layer") or "-" for role in roles],
+            [role.get("role") or "?" for role in roles],
+            [role.get("evidence") or "" for role in roles],
+        ]
+    columns += [
+        [shape_cells[shape][0] for shape in shapes],
+        [info.dtype for info in infos],
+        [shape_cells[shape][1] for shape in shapes],
+        [byte_cells[info.nbytes] for info in infos],
+    ]
+    if show_stats:
+        stats = [t.stats or {} for t in tensors]
+        columns += [[_stat(s.get(k)) for s in stats] for k in ("min", "max", "mean", "std")]
+        columns += [[str(s.get(k, "-")) for s in stats] for k in ("nan", "inf")]
+    return columns
+
+
+def _product(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _lines_below(tensors: list[ListedTensor]) -> dict[int, list[str]]:
+    """Row -> the lines under its name: the raw key when it says more, folded copies."""
+    return {
+        r: more
+        for r, t in enumerate(tensors)
+        if (t.duplicate_keys or t.info.key.removesuffix(_VALUE_SUFFIX) != t.info.name)
+        and (more := _name_lines(t)[1:])
+    }
 
 
 def render_tree(listing: Listing) -> None:

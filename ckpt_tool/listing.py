@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import operator
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ SORT_KEYS = ("order", "name", "size")
 _CHUNK = 1 << 16
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per tensor: a listing may hold millions
 class ListedTensor:
     info: VariableInfo
     duplicate_keys: list[str] = field(default_factory=list)  # byte-identical copies folded in
@@ -60,7 +61,7 @@ class Listing:
     def totals(self) -> dict:
         return {
             "tensors": len(self.tensors),
-            "parameters": sum(t.info.num_elements for t in self.tensors),
+            "parameters": _parameters(t.info.shape for t in self.tensors),
             "bytes": sum(t.info.nbytes for t in self.tensors),
         }
 
@@ -75,6 +76,17 @@ class Listing:
             "hidden_bytes": self.hidden_bytes,
             "totals": self.totals,
         }
+
+
+def _parameters(shapes: Iterable[tuple[int, ...]]) -> int:
+    """The number of values in tensors of these shapes (each distinct shape counted once
+    and multiplied: a large index repeats few shapes)."""
+    total = 0
+    for shape, n in Counter(map(tuple, shapes)).items():
+        for d in shape:
+            n *= d
+        total += n
+    return total
 
 
 @gc_paused()  # millions of objects for a large index: see gc_pause
@@ -111,10 +123,10 @@ def _matches(info: VariableInfo, pattern: str) -> bool:
 
 def _sort_key(sort: str) -> Callable[[ListedTensor], tuple]:
     if sort == "name":
-        return lambda t: (t.info.name,)
+        return operator.attrgetter("info.name")
     if sort == "size":
         return lambda t: (-t.info.nbytes, t.info.order, t.info.name)
-    return lambda t: (t.info.order, t.info.name)
+    return operator.attrgetter("info.order", "info.name")
 
 
 def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
@@ -123,7 +135,7 @@ def _fold_duplicates(infos: list[VariableInfo]) -> list[ListedTensor]:
     `_all_variables/M`; the reader marks the copy (extra["duplicate_of"]) when its
     dtype, shape, size and stored crc32c equal the first's, so no bytes are read."""
     if not any("duplicate_of" in info.extra for info in infos):
-        return [ListedTensor(info) for info in infos]  # nothing to fold (the common case)
+        return list(map(ListedTensor, infos))  # nothing to fold (the common case)
     listed = {info.key: ListedTensor(info) for info in infos}
     twins: dict[tuple, list[ListedTensor]] = {}  # equal tensors, each a variable of its own
     for tensor in listed.values():

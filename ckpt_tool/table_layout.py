@@ -204,18 +204,27 @@ def _plain(cell: Cell) -> str:
     return cell.plain if isinstance(cell, Text) else cell
 
 
-def _padded(cells: list[str], header: str, right: bool, last: bool) -> list[str]:
-    """One column's shown cells padded to its natural width (header included)."""
-    cells = shown_all([_plain(c) for c in cells])
+def _all_str(cells: list) -> bool:
+    """Whether every cell is a plain str (one join at C speed, not a test per cell)."""
+    try:
+        "".join(cells)
+    except TypeError:
+        return False
+    return True
+
+
+def _column_format(cells: list[str], header: str, right: bool, last: bool) -> tuple[list, str]:
+    """One column's shown cells (header first) and the format field that pads them to
+    its natural width: str.format pads ASCII text; other text is padded here by its
+    width in terminal cells and formatted as it is."""
+    cells = shown_all(cells)
     if "".join(cells).isascii():  # one cell per character: str padding will do
         width = max(len(header), max(map(len, cells), default=0))
-        if right:
-            return [c.rjust(width) for c in cells]
-        return cells if last else [c.ljust(width) for c in cells]
+        return cells, (f"{{:>{width}}}" if right else "{}" if last else f"{{:<{width}}}")
     width = max(len(header), max(map(cell_len, cells), default=0))
     if right:
-        return [" " * (width - cell_len(c)) + c for c in cells]
-    return cells if last else [c + " " * (width - cell_len(c)) for c in cells]
+        return [" " * (width - cell_len(c)) + c for c in cells], "{}"
+    return (cells if last else [c + " " * (width - cell_len(c)) for c in cells]), "{}"
 
 
 def plain_table_lines(
@@ -224,21 +233,64 @@ def plain_table_lines(
     """The table at natural widths as plain lines (no trailing spaces): what
     `table_lines(columns, rows, None, title)` shows, without a styled text per cell, so
     that a million rows print in seconds."""
+    cells = [[row.cells[i] for row in rows] for i in range(len(columns))]
+    above = {r: row.above for r, row in enumerate(rows) if row.above}
+    below = {r: row.below for r, row in enumerate(rows) if row.below}
+    return plain_column_lines(columns, cells, title, above, below)
+
+
+def plain_column_lines(
+    columns: list[Column],
+    cells: list[list[Cell]],
+    title: Cell | None = None,
+    above: dict[int, list[Cell]] | None = None,
+    below: dict[int, list[Cell]] | None = None,
+) -> list[str]:
+    """plain_table_lines of a table given column by column: cells[i][r] is column i of
+    row r; above/below hold the lines before/after the rows that have any."""
     lines: list[str] = []
     if title is not None:
         lines.append(shown(_plain(title)).rstrip())
     last = len(columns) - 1
-    padded = [
-        _padded([c.header] + [row.cells[i] for row in rows], c.header, c.right, i == last)
-        for i, c in enumerate(columns)
-    ]
-    row_lines = [line.rstrip() for line in map(_GAP.join, zip(*padded, strict=True))]
+    shown_cells, fields = [], []
+    for i, c in enumerate(columns):
+        plain = cells[i] if _all_str(cells[i]) else [_plain(x) for x in cells[i]]
+        column, field = _column_format([c.header, *plain], c.header, c.right, i == last)
+        shown_cells.append(column)
+        fields.append(field)
+    row_format = _GAP.join(fields).format
+    row_lines = [row_format(*row).rstrip() for row in zip(*shown_cells, strict=True)]
     lines.append(row_lines[0])  # the header
-    if not any(row.above or row.below for row in rows):
+    if not above and not below:
         lines += row_lines[1:]
         return lines
-    for row, line in zip(rows, row_lines[1:], strict=True):
-        lines += [shown(_plain(above)).rstrip() for above in row.above]
+    above, below = above or {}, below or {}
+    for r, line in enumerate(row_lines[1:]):
+        if r in above:
+            lines += [shown(_plain(line_above)).rstrip() for line_above in above[r]]
         lines.append(line)
-        lines += [(_INDENT + shown(_plain(below))).rstrip() for below in row.below]
+        if r in below:
+            lines += [(_INDENT + shown(_plain(line_below))).rstrip() for line_below in below[r]]
     return lines
+
+
+def print_columns(
+    console: Console,
+    columns: list[Column],
+    cells: list[list[Cell]],
+    title: Cell | None = None,
+    below: dict[int, list[str]] | None = None,
+    below_style: str | None = None,
+) -> None:
+    """print_table of a table given column by column (see plain_column_lines): piped,
+    no object per row is made."""
+    if available_width(console) is None:
+        lines = plain_column_lines(columns, cells, title, None, below)
+        console.file.write("\n".join(lines) + "\n")
+        return
+    below = below or {}
+    rows = [
+        Row(list(row), below=[Text(line, style=below_style) for line in below.get(r, ())])
+        for r, row in enumerate(zip(*cells, strict=True))
+    ]
+    print_table(console, columns, rows, title)

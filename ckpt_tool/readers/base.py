@@ -16,7 +16,7 @@ OPTIMIZER = "optimizer"  # optimizer slots, iterations, learning rate, ...
 BOOKKEEPING = "bookkeeping"  # object graph, save_counter, metrics, ...
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per variable: an index may hold millions
 class VariableInfo:
     """One tensor in a weight file, described without reading its bytes."""
 

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import mmap
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
+from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries
 from ckpt_tool.readers.regular_file import read_regular_bytes
+from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_columns
 from ckpt_tool.storage import as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -361,9 +364,11 @@ def read_table(data: bytes) -> list[tuple[bytes, bytes]]:
         offset, size, _ = _block_handle(handle, 0, len(handle))
         block = _read_block(data, offset, size, footer, "data")
         entries.extend(_block_entries(block, "data"))
-    for i in range(1, len(entries)):
-        if entries[i - 1][0] >= entries[i][0]:
-            raise _Corrupt(f"keys out of order near {entries[i][0]!r}")
+    keys = [key for key, _ in entries]
+    if not all(map(bytes.__lt__, keys, itertools.islice(keys, 1, None))):  # (at C speed)
+        for i in range(1, len(keys)):
+            if keys[i - 1] >= keys[i]:
+                raise _Corrupt(f"keys out of order near {keys[i]!r}")
     return entries
 
 
@@ -423,6 +428,119 @@ def data_filename(prefix: str | Path, shard_id: int, num_shards: int) -> Path:
     return as_path(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}")
 
 
+class EntryTable(Mapping[str, BundleEntry]):
+    """key -> BundleEntry for every key but slice keys, in key order.
+
+    The fields are kept as columns and a BundleEntry is made when one is asked for:
+    an index can hold a million entries. `rows()` gives all fields as plain tuples.
+    """
+
+    def __init__(self, keys: list[str], rows: range, columns: EntryColumns, parsed: dict):
+        self._row = dict(zip(keys, rows, strict=True))  # a repeated key: the last one
+        self._columns = columns
+        self._parsed: dict[int, BundleEntry] = parsed  # rows the protobuf parser read
+        self.slice_entries: dict[bytes, BundleEntry] = {}
+
+    def __getitem__(self, key: str) -> BundleEntry:
+        row = self._row[key]
+        parsed = self._parsed.get(row)
+        if parsed is not None:
+            return parsed
+        c = self._columns
+        return BundleEntry(
+            key,
+            int(c.dtype[row]),
+            c.shapes[row],
+            int(c.shard_id[row]),
+            int(c.offset[row]),
+            int(c.size[row]),
+            int(c.crc32c[row]),
+        )
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def columns(self) -> EntryFields:
+        """Every entry's fields as lists, in key order, without a BundleEntry per entry."""
+        c, rows = self._columns, np.fromiter(self._row.values(), np.int64, len(self._row))
+        rotated = (c.crc32c[rows] - _MASK_DELTA) & _U32  # unmask_crc, column-wise
+        fields = EntryFields(
+            list(self._row),
+            c.dtype[rows].tolist(),
+            list(map(c.shapes.__getitem__, rows.tolist())),
+            c.shard_id[rows].tolist(),
+            c.offset[rows].tolist(),
+            c.size[rows].tolist(),
+            (((rotated >> 17) | (rotated << 15)) & _U32).tolist(),
+            [()] * len(rows),
+        )
+        for i, row in enumerate(rows.tolist()) if self._parsed else ():
+            e = self._parsed.get(row)
+            if e is not None:  # read by the protobuf parser: its fields replace the columns'
+                fields.dtype[i], fields.shape[i], fields.slices[i] = e.dtype, e.shape, e.slices
+                fields.shard_id[i], fields.offset[i], fields.size[i] = e.shard_id, e.offset, e.size
+                fields.crc32c[i] = unmask_crc(e.crc32c)
+        return fields
+
+
+@dataclass
+class EntryFields:
+    """The fields of all entries of an EntryTable, one list per field, in key order."""
+
+    key: list[str]
+    dtype: list[int]
+    shape: list[tuple[int, ...]]
+    shard_id: list[int]
+    offset: list[int]
+    size: list[int]
+    crc32c: list[int]  # unmasked
+    slices: list[tuple]
+
+
+def _entry_table(table: TableColumns) -> EntryTable:
+    """The entries of an index (its first entry, the header, left out), decoded column-wise;
+    the entries the column decoder leaves aside (slices, unusual or damaged ones) go
+    through the protobuf parser, in key order, so the first damaged entry is the one
+    reported."""
+    raw_keys = table.keys[1:]
+    columns = decode_entries(table.data, table.starts[1:], table.ends[1:])
+    # Slice keys start with byte 0, so in key order they come first.
+    slices = next((row for row, key in enumerate(raw_keys) if key[:1] != b"\x00"), len(raw_keys))
+    parsed: dict[int, BundleEntry] = {}
+    for row in np.flatnonzero(columns.fallback).tolist():
+        raw_key, value = raw_keys[row], table.value(row + 1)
+        parsed[row] = _parse_entry(repr(raw_key) if row < slices else _key_text(raw_key), value)
+    keys = [raw_key.decode("utf-8", "backslashreplace") for raw_key in raw_keys[slices:]]
+    entries = EntryTable(keys, range(slices, len(raw_keys)), columns, parsed)
+    for row in range(slices):
+        raw_key = raw_keys[row]
+        entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(columns, row, raw_key)
+    return entries
+
+
+def _key_text(raw_key: bytes) -> str:
+    return raw_key.decode("utf-8", "backslashreplace")
+
+
+def _column_entry(columns: EntryColumns, row: int, raw_key: bytes) -> BundleEntry:
+    """A slice entry the column decoder read (one without slices of its own)."""
+    return BundleEntry(
+        repr(raw_key),
+        int(columns.dtype[row]),
+        columns.shapes[row],
+        int(columns.shard_id[row]),
+        int(columns.offset[row]),
+        int(columns.size[row]),
+        int(columns.crc32c[row]),
+    )
+
+
 class BundleReader:
     """The tensors of one TensorFlow tensor bundle, read without TensorFlow.
 
@@ -450,16 +568,19 @@ class BundleReader:
             ) from None
         try:
             with gc_paused():  # a million entries: see gc_pause
-                self._load(read_table(data))
+                # numpy reads a table in the usual form; read_table reads any other
+                # (and says what is wrong with it)
+                table = table_columns(data, FOOTER_SIZE, TABLE_MAGIC)
+                self._load(table or from_pairs(read_table(data)))
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 
-    def _load(self, table: list[tuple[bytes, bytes]]) -> None:
-        if not table or table[0][0] != b"":
+    def _load(self, table: TableColumns) -> None:
+        if not table.keys or table.keys[0] != b"":
             raise _Corrupt("no bundle header entry (the empty key) in the index")
         header = protos.BundleHeaderProto()
         try:
-            header.ParseFromString(table[0][1])
+            header.ParseFromString(table.value(0))
         except DecodeError as e:
             raise _Corrupt(f"bundle header is not a valid BundleHeaderProto: {e}") from None
         if header.num_shards < 1:
@@ -475,14 +596,8 @@ class BundleReader:
         self.num_shards: int = header.num_shards
         self.big_endian: bool = header.endianness == protos.BIG
         self.version: tuple[int, int] = (header.version.producer, header.version.min_consumer)
-        self.entries: dict[str, BundleEntry] = {}
-        self.slice_entries: dict[bytes, BundleEntry] = {}
-        for raw_key, value in table[1:]:
-            if raw_key[:1] == b"\x00":
-                self.slice_entries[raw_key] = _parse_entry(repr(raw_key), value)
-            else:
-                key = raw_key.decode("utf-8", "backslashreplace")
-                self.entries[key] = _parse_entry(key, value)
+        self.entries: EntryTable = _entry_table(table)
+        self.slice_entries: dict[bytes, BundleEntry] = self.entries.slice_entries
 
     # -- shards --
 

@@ -9,6 +9,9 @@ for SavedModels, from saved_model.pb and keras_metadata.pb. No TensorFlow.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +25,9 @@ from ckpt_tool.readers.bundle import (
     BundleEntry,
     BundleReader,
     decode_slice_key,
-    unmask_crc,
+    dtype_name,
 )
+from ckpt_tool.readers.natural_order import natural_keys
 from ckpt_tool.readers.objgraph import (
     ANONYMOUS_EDGES,
     ATTRIBUTES,
@@ -188,15 +192,6 @@ def _has_table_magic(index: Path) -> bool:
 _GROUP = {WEIGHT: 0, OPTIMIZER: 1, BOOKKEEPING: 2}
 
 
-_DIGITS = re.compile(r"(\d+)")
-
-
-def _natural_key(text: str) -> tuple:
-    parts = _DIGITS.split(text)  # text, digits, text, ...: the odd items are numbers
-    parts[1::2] = map(int, parts[1::2])
-    return tuple(parts)
-
-
 def _path_kind(parts: tuple[str, ...]) -> str:
     if not _BOOKKEEPING_PARTS.isdisjoint(parts):
         return BOOKKEEPING
@@ -215,12 +210,41 @@ def _names_bookkeeping(name: str | None) -> bool:
 
 
 def _tf1_kind(key: str) -> str:
-    parts = key.split("/")
-    if key == OBJECT_GRAPH_KEY or parts[0] in _BOOKKEEPING_PARTS:
+    first = key.partition("/")[0]  # (no split of every key: an index may hold millions)
+    if key == OBJECT_GRAPH_KEY or first in _BOOKKEEPING_PARTS:
         return BOOKKEEPING
-    if SLOT_MARKER in parts or parts[-1] in _TF1_OPTIMIZER_LEAVES or parts[0] in _OPTIMIZER_PARTS:
+    if (
+        (SLOT_MARKER in key and SLOT_MARKER in key.split("/"))
+        or key.rpartition("/")[2] in _TF1_OPTIMIZER_LEAVES
+        or first in _OPTIMIZER_PARTS
+    ):
         return OPTIMIZER
     return WEIGHT
+
+
+def _entry_extra(shard_id: int, offset: int, crc: int, slices: tuple) -> dict:
+    """Where the entry's bytes are; its crc32c (unmasked) or its slices."""
+    if slices:
+        return {
+            "shard_id": shard_id,
+            "offset": offset,
+            "slices": [list(map(list, s)) for s in slices],
+        }
+    return {"shard_id": shard_id, "offset": offset, "crc32c": crc}
+
+
+def _tf1_places(keys: list[str], meta_order: dict[str, int]) -> list[tuple]:
+    """Where TF1 variables sort: by creation order when `<prefix>.meta` has it, else by
+    their keys' natural order; as (tier, rank, sub, natural key)."""
+    naturals = natural_keys(keys)
+    if not meta_order:
+        return [(8, (), "", natural) for natural in naturals]
+    return [
+        (7, (created,), "", natural)
+        if (created := meta_order.get(key)) is not None
+        else (8, (), "", natural)
+        for key, natural in zip(keys, naturals, strict=True)
+    ]
 
 
 def _graph_kind(gv: GraphVariable) -> str:
@@ -253,7 +277,7 @@ class CheckpointReader(Reader):
             BundleReader(self.prefix, verify_crc=verify_crc) if self.prefix is not None else None
         )
         self._variables: list[VariableInfo] | None = None
-        self._lookup: dict[str, str] = {}
+        self._lookup: dict[str, str] | None = None  # name or alias -> key
         self._saved: SavedModelInfo | None = None
         self._keras: dict[int, KerasNode] | None = None
         self._graph: ObjectGraph | None = None
@@ -347,7 +371,7 @@ class CheckpointReader(Reader):
         if self._variables is None:
             with gc_paused():  # a million entries: see gc_pause
                 self._variables = self._build_variables()
-                self._lookup = self._build_lookup(self._variables)
+            self._lookup = None  # built when a read needs it
         return list(self._variables)
 
     def _build_variables(self) -> list[VariableInfo]:
@@ -364,33 +388,46 @@ class CheckpointReader(Reader):
 
         slice_bytes = self._slice_bytes() if self.bundle.slice_entries else {}
         meta_order = self._tf1_order() if graph is None else {}
-        infos: list[VariableInfo] = []
-        sort_keys: dict[str, tuple] = {}
-        own_names: dict[str, str] = {}  # key -> the variable's own recorded name
-        for key, entry in entries.items():
-            gv = gvars.get(key)
-            info = VariableInfo(
-                key=key,
-                name=strip_key(key),
-                shape=entry.shape,
-                dtype=entry.dtype_name,
-                nbytes=slice_bytes.get(key, 0) if entry.slices else entry.size,
-                extra=self._entry_extra(entry),
+        # Column by column (an index may hold a million entries), as if no entry were in
+        # the object graph; the graph's variables are then looked at one by one.
+        fields = entries.columns()
+        keys = fields.key
+        dtype_names = {d: dtype_name(d) for d in set(fields.dtype)}
+        nbytes = fields.size
+        if any(fields.slices):
+            nbytes = [
+                slice_bytes.get(key, 0) if slices else size
+                for key, slices, size in zip(keys, fields.slices, nbytes, strict=True)
+            ]
+        extras = map(_entry_extra, fields.shard_id, fields.offset, fields.crc32c, fields.slices)
+        infos = list(
+            map(
+                VariableInfo,
+                keys,
+                map(strip_key, keys),
+                fields.shape,
+                map(dtype_names.__getitem__, fields.dtype),
+                map(_tf1_kind, keys),
+                repeat(()),
+                repeat(0),
+                nbytes,
+                extras,
             )
+        )
+        places = _tf1_places(keys, meta_order)  # per info: (tier, rank, sub, natural key)
+        own_names: dict[str, str] = {}  # key -> the variable's own recorded name
+        for i, info in enumerate(infos) if gvars or OBJECT_GRAPH_KEY in entries else ():
+            key = info.key
+            gv = gvars.get(key)
             if key == OBJECT_GRAPH_KEY:
                 info.kind = BOOKKEEPING
-                sort_keys[key] = (2, 9, (), "", ())
-            elif gv is None:
-                info.kind = _tf1_kind(key)
-                created = meta_order.get(key)
-                tier, rank = (7, (created,)) if created is not None else (8, ())
-                sort_keys[key] = (_GROUP[info.kind], tier, rank, "", _natural_key(key))
-            else:
+                places[i] = (9, (), "", ())
+            elif gv is not None:
                 info.kind = _graph_kind(gv)
                 info.extra["node_id"] = gv.node_id
                 own = gv.full_name
                 sv = saved_vars.get(gv.node_id)
-                if sv is not None and sv.dtype == info.dtype and sv.shape == entry.shape:
+                if sv is not None and sv.dtype == info.dtype and sv.shape == info.shape:
                     info.extra["saved_variable_name"] = sv.name
                     info.extra["trainable"] = sv.trainable
                     own = sv.name or own
@@ -400,26 +437,35 @@ class CheckpointReader(Reader):
                     own_names[key] = own
                 if info.kind == WEIGHT and _names_bookkeeping(own):
                     info.kind = BOOKKEEPING  # e.g. a Keras 3 export's RNG seed state
-                sort_keys[key] = (_GROUP[info.kind], 0, gv.rank, "", _natural_key(key))
-            infos.append(info)
+                places[i] = (0, gv.rank, "", places[i][3])
 
         self._choose_names(infos, gvars, own_names)
         if gvars:  # copies are told apart by their object paths (none without a graph)
             self._mark_duplicates(infos, gvars, entries)
+            places = self._slots_after_variables(infos, gvars, places)
         if keras:
             self._add_layer_facts(infos, gvars, graph, keras)
-        # Kinds may have changed (duplicates); slots follow their variable's order.
-        rank_of_node = {gv.node_id: gv.rank for gv in gvars.values()}
-        for info in infos:
-            _, tier, rank, sub, natural = sort_keys[info.key]
-            gv = gvars.get(info.key)
-            if gv is not None and gv.slot_of is not None and gv.slot_of in rank_of_node:
-                tier, rank, sub = 1, rank_of_node[gv.slot_of], gv.slot_name or ""
-            sort_keys[info.key] = (_GROUP[info.kind], tier, rank, sub, natural)
-        infos.sort(key=lambda v: sort_keys[v.key])
+        # Kinds may have changed (duplicates): the group is taken last.
+        groups = map(_GROUP.__getitem__, map(attrgetter("kind"), infos))
+        sort_keys = list(zip(groups, places, strict=True))  # (group, place)
+        infos = [infos[i] for i in sorted(range(len(infos)), key=sort_keys.__getitem__)]
         for i, info in enumerate(infos):
             info.order = i
         return infos
+
+    @staticmethod
+    def _slots_after_variables(
+        infos: list[VariableInfo], gvars: dict[str, GraphVariable], places: list[tuple]
+    ) -> list[tuple]:
+        """Optimizer slots sort after their variable, in the variable's order."""
+        rank_of_node = {gv.node_id: gv.rank for gv in gvars.values()}
+        out = []
+        for info, place in zip(infos, places, strict=True):
+            gv = gvars.get(info.key)
+            if gv is not None and gv.slot_of is not None and gv.slot_of in rank_of_node:
+                place = (1, rank_of_node[gv.slot_of], gv.slot_name or "", place[3])
+            out.append(place)
+        return out
 
     def _tf1_order(self) -> dict[str, int]:
         """Creation order of TF1 variables from `<prefix>.meta`, when it is there."""
@@ -438,15 +484,6 @@ class CheckpointReader(Reader):
                 continue
             sizes[name] = sizes.get(name, 0) + part.size
         return sizes
-
-    @staticmethod
-    def _entry_extra(entry: BundleEntry) -> dict:
-        extra: dict = {"shard_id": entry.shard_id, "offset": entry.offset}
-        if entry.slices:
-            extra["slices"] = [list(map(list, s)) for s in entry.slices]
-        else:
-            extra["crc32c"] = unmask_crc(entry.crc32c)
-        return extra
 
     def _choose_names(
         self, infos: list[VariableInfo], gvars: dict[str, GraphVariable], own: dict[str, str]
@@ -489,17 +526,17 @@ class CheckpointReader(Reader):
                 info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
                 info.name = f"{original}/{gv.slot_name}"
         # Names must be unique: fall back to the stripped key, then the key itself.
-        seen: dict[str, int] = {}
-        for info in infos:
-            seen[info.name] = seen.get(info.name, 0) + 1
-        for info in infos:
-            if seen[info.name] > 1:
-                info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
-                info.name = strip_key(info.key)
         names = [v.name for v in infos]
         if len(set(names)) != len(names):
+            seen = Counter(names)
             for info in infos:
-                info.name = info.key
+                if seen[info.name] > 1:
+                    info.aliases = tuple(dict.fromkeys((info.name, *info.aliases)))
+                    info.name = strip_key(info.key)
+            names = [v.name for v in infos]
+            if len(set(names)) != len(names):
+                for info in infos:
+                    info.name = info.key
         if not gvars:
             return
         key_of_node = {}
@@ -598,7 +635,10 @@ class CheckpointReader(Reader):
             raise NotFoundError(f"no tensor {key!r}: the SavedModel has no variables", self.path)
         if key in self.bundle.entries:
             return self.bundle.read(key)
-        self.variables()
+        variables = self.variables()
+        if self._lookup is None:
+            with gc_paused():
+                self._lookup = self._build_lookup(variables)
         real = self._lookup.get(key)
         if real is None:
             raise NotFoundError(f"no tensor {key!r} in checkpoint", self.bundle.index_path)
@@ -621,7 +661,7 @@ def _own_name_owners(
     shape and crc32c), the copy under `variables/` (else the first). Names that distinct
     variables share have no owner."""
     members: dict[str, list[VariableInfo]] = {}
-    for info in infos:
+    for info in infos if own else ():
         if own.get(info.key):
             members.setdefault(own[info.key], []).append(info)
 

@@ -1,0 +1,174 @@
+"""The entries of a LevelDB-format table (a checkpoint .index) found with numpy.
+
+A table block holds entries `shared, non_shared, value_length` (varints), the key's
+new bytes, the value; then restart offsets (uint32 each) and their count. Entries
+between two restart points follow each other, so the block is read from every
+restart point at once: step k reads the k-th entry after every restart point.
+
+Only the usual form is taken: single-byte lengths, restart points that split the
+block exactly into runs of entries, a valid crc and no compression, keys in order.
+`table_columns` returns None for anything else, and then the entry-by-entry reader
+(bundle.read_table) reads the table and reports what is wrong, as it always has.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import google_crc32c
+import numpy as np
+
+from ckpt_tool.readers.entry_columns import pad, varints
+
+MAX_RUN = 256  # entries from one restart point to the next (LevelDB writes 16)
+
+
+@dataclass
+class TableColumns:
+    """keys[i] and its value data[starts[i]:ends[i]]; data has zero bytes after it."""
+
+    keys: list[bytes]
+    data: np.ndarray  # uint8
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def value(self, i: int) -> bytes:
+        return self.data[self.starts[i] : self.ends[i]].tobytes()
+
+
+def from_pairs(pairs: list[tuple[bytes, bytes]]) -> TableColumns:
+    """TableColumns of (key, value) pairs (as bundle.read_table gives them)."""
+    lengths = np.fromiter((len(v) for _, v in pairs), np.int64, len(pairs))
+    ends = np.cumsum(lengths)
+    return TableColumns(
+        [k for k, _ in pairs], pad(b"".join(v for _, v in pairs)), ends - lengths, ends
+    )
+
+
+def table_columns(data: bytes, footer_size: int, magic: int) -> TableColumns | None:
+    """Every entry of the table in `data`, or None when it is not in the usual form."""
+    from ckpt_tool.readers import bundle  # (the entry-by-entry reader, for the index block)
+
+    if len(data) < footer_size or struct.unpack_from("<Q", data, len(data) - 8)[0] != magic:
+        return None
+    footer = len(data) - footer_size
+    try:
+        _, _, pos = bundle._block_handle(data, footer, footer + 40)
+        index_offset, index_size, _ = bundle._block_handle(data, pos, footer + 40)
+    except bundle._Corrupt:
+        return None
+    array = pad(data)
+    handles = _block_handles(array, data, index_offset, index_size, footer)
+    blocks = None if handles is None else _data_blocks(data, handles, footer)
+    found = None if blocks is None else _entries(array, *blocks)
+    if found is None:
+        return None
+    shared, key_starts, key_ends, value_starts, value_ends = found
+    keys = _keys(data, shared, key_starts, key_ends)
+    if keys is None:
+        return None
+    return TableColumns(keys, array, value_starts, value_ends)
+
+
+def _block_handles(
+    array: np.ndarray, data: bytes, offset: int, size: int, footer: int
+) -> list[tuple[int, int]] | None:
+    """(offset, size) of every data block, from the index block's values."""
+    index = _data_blocks(data, [(offset, size)], footer)
+    found = None if index is None else _entries(array, *index)
+    if found is None:
+        return None
+    _, _, _, starts, ends = found
+    offsets, first = varints(array, starts, 9)
+    sizes, second = varints(array, starts + first, 9)
+    if ((first == 0) | (second == 0) | (starts + first + second > ends)).any():
+        return None
+    return list(zip(offsets.tolist(), sizes.tolist(), strict=True))
+
+
+def _data_blocks(data: bytes, handles: list, footer: int):
+    """(block starts, entry limits, restart arrays' starts, restart counts), each block's
+    bounds, trailer crc and type checked; None if one fails."""
+    starts, limits, restarts, counts = [], [], [], []
+    for offset, size in handles:
+        if offset + size + 5 > footer or size < 4 or data[offset + size] != 0:
+            return None
+        (stored,) = struct.unpack_from("<I", data, offset + size + 1)
+        rot = (stored - 0xA282EAD8) & 0xFFFFFFFF  # unmask the crc
+        if ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF != google_crc32c.value(
+            data[offset : offset + size + 1]
+        ):
+            return None
+        (count,) = struct.unpack_from("<I", data, offset + size - 4)
+        limit = offset + size - 4 - 4 * count
+        if count == 0 or limit < offset:
+            return None
+        starts.append(offset)
+        limits.append(limit)
+        restarts.append(limit)
+        counts.append(count)
+    return tuple(np.array(x, np.int64) for x in (starts, limits, restarts, counts))
+
+
+def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
+    """(shared, key starts, key ends, value starts, value ends) of every entry, walked
+    from every restart point at once; None if a run does not end at the next restart
+    point or a length takes more than one byte."""
+    block = np.repeat(np.arange(len(counts)), counts)  # the block of each restart point
+    first = np.cumsum(counts) - counts  # each block's first restart point
+    within = np.arange(len(block)) - first[block]
+    at = restart_starts[block] + 4 * within
+    offsets = sum(data[at + k].astype(np.int64) << (8 * k) for k in range(4))
+    run_starts = block_starts[block] + offsets
+    is_last = within == counts[block] - 1
+    run_ends = np.where(is_last, limits[block], np.roll(run_starts, -1))
+    if (within == 0).any() and (offsets[within == 0] != 0).any():
+        return None
+    if (run_ends < run_starts).any() or ((run_ends == run_starts) & ~is_last).any():
+        return None
+    found = []  # per step: (run, shared, key start, key end, value start, value end)
+    pos, runs = run_starts.copy(), np.flatnonzero(run_starts < run_ends)
+    for step in range(MAX_RUN + 1):
+        if not runs.size:
+            break
+        if step == MAX_RUN:
+            return None
+        p = pos[runs]
+        shared, non_shared, value_len = (data[p + k].astype(np.int64) for k in range(3))
+        if ((shared | non_shared | value_len) >= 0x80).any():
+            return None
+        key_end = p + 3 + non_shared
+        value_end = key_end + value_len
+        if (value_end > run_ends[runs]).any():
+            return None
+        found.append((runs, np.full(len(runs), step), shared, p + 3, key_end, key_end, value_end))
+        pos[runs] = value_end
+        runs = runs[value_end < run_ends[runs]]
+    if not found:
+        return (np.zeros(0, np.int64),) * 5
+    run, step, *fields = (np.concatenate(x) for x in zip(*found, strict=True))
+    order = np.lexsort((step, run))  # entries in file order
+    shared, key_starts, key_ends, value_starts, value_ends = (f[order] for f in fields)
+    # A block's first entry shares nothing; every entry shares at most the key before it.
+    block_first = np.zeros(len(order), bool)
+    entry_block = block[run[order]]
+    block_first[0] = True
+    block_first[1:] = entry_block[1:] != entry_block[:-1]
+    lengths = shared + (key_ends - key_starts)
+    if (shared[block_first] != 0).any() or (shared[1:] > lengths[:-1])[~block_first[1:]].any():
+        return None
+    return shared, key_starts, key_ends, value_starts, value_ends
+
+
+def _keys(data: bytes, shared, key_starts, key_ends) -> list[bytes] | None:
+    """The keys, prefix compression undone; None unless they are in strictly
+    increasing order."""
+    keys = []
+    key = b""
+    for n, start, end in zip(shared.tolist(), key_starts.tolist(), key_ends.tolist(), strict=True):
+        key = key[:n] + data[start:end]
+        keys.append(key)
+    if not all(map(bytes.__lt__, keys, keys[1:])):
+        return None
+    return keys

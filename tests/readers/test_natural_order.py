@@ -1,0 +1,48 @@
+"""natural_keys (all names at once) orders names as natural_key (one at a time) does."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ckpt_tool.readers.natural_order import MAX_PADDED_WIDTH, natural_key, natural_keys
+
+
+def _order(texts: list[str], keys: list) -> list[int]:
+    return sorted(range(len(texts)), key=keys.__getitem__)
+
+
+EDGES = ["a007b", "a7b", "a7", "a", "7a", "b", "0", "00", "", "a/", "a0", "x1", "x01", "a b"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_same_order_as_one_key_per_name(seed):
+    rng = random.Random(seed)
+    alphabet = "ab/_.-: ~" + "0123456789" * 3
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(12))) for _ in range(300)]
+    texts += EDGES
+    keys = natural_keys(texts)
+    assert all(isinstance(k, str) for k in keys)  # the fast form was taken
+    assert _order(texts, keys) == _order(texts, [natural_key(t) for t in texts])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "line\nbreak",
+        "tab\there",
+        "caf\u00e9 7",
+        "\u0663 arabic digit",
+        "x" + "9" * (MAX_PADDED_WIDTH + 1),
+    ],
+)
+def test_names_outside_the_fast_form_fall_back_to_key_tuples(extra):
+    texts = [*EDGES, extra, "x9", "line 2"]
+    keys = natural_keys(texts)
+    assert all(isinstance(k, tuple) for k in keys)
+    assert _order(texts, keys) == _order(texts, [natural_key(t) for t in texts])
+
+
+def test_no_names():
+    assert natural_keys([]) == []
