@@ -62,12 +62,19 @@ def map_rows(
             e = min(s + per_slice, stop)
             fn(x[s:e], out[s:e])
 
+    split_range(run, rows, parallel=x.size >= PARALLEL_MIN_ELEMENTS)
+    return out
+
+
+def split_range(run: Callable[[int, int], object], n: int, *, parallel: bool = True) -> None:
+    """Call `run(start, stop)` over pieces covering range(n), on every core when
+    `parallel` (and there is more than one core and one item)."""
     pool = _pool()
-    if pool is None or x.size < PARALLEL_MIN_ELEMENTS or rows < 2:
-        run(0, rows)
-        return out
-    pieces = min(rows, _thread_count() * PIECES_PER_THREAD)
-    bounds = [int(b) for b in np.linspace(0, rows, pieces + 1)]
+    if pool is None or not parallel or n < 2:
+        run(0, n)
+        return
+    pieces = min(n, _thread_count() * PIECES_PER_THREAD)
+    bounds = [int(b) for b in np.linspace(0, n, pieces + 1)]
     # Each piece runs in a copy of the caller's context, so NumPy's error state
     # (np.errstate) holds in the threads too; the caller's thread takes the first piece.
     futures = [
@@ -77,7 +84,6 @@ def map_rows(
     run(bounds[0], bounds[1])
     for f in futures:
         f.result()
-    return out
 
 
 def map_elements(

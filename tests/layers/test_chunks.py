@@ -106,3 +106,19 @@ def test_the_callers_error_state_holds_in_the_threads(monkeypatch, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
     with pytest.warns(RuntimeWarning), np.errstate(divide="warn"):
         chunks.map_elements(lambda a, o: np.divide(1.0, a, out=o), x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_gemms_shared_among_threads_are_the_same_bits(monkeypatch, dtype):
+    """contract's batch of one-thread GEMMs (attention scores) split among threads gives
+    what one np.matmul over the whole batch gives."""
+    from ckpt_tool.layers.contract import contract
+
+    rng = np.random.default_rng(4)
+    q, k = (rng.normal(size=(3, 128, 5, 64)).astype(dtype) for _ in range(2))
+    monkeypatch.setattr(chunks, "PARALLEL_MIN_ELEMENTS", 1)
+    got = contract("BTNH,BSNH->BNTS", q, k)
+    # (B, N, T, H) @ (B, N, H, S), one matmul over the stack
+    want = np.matmul(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, np.einsum("btnh,bsnh->bnts", q, k), rtol=1e-4, atol=1e-4)
