@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_tool.layers.base import LayerConfigError
+from ckpt_tool.layers.chunks import map_elements, map_rows
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -99,29 +100,58 @@ def mish(x: np.ndarray) -> np.ndarray:
 
 
 @cache
-def _erfc() -> Callable[[np.ndarray], np.ndarray]:
+def _erfc() -> Callable[..., np.ndarray]:
     """SciPy's erfc (its float32 loop evaluates in float64 and rounds once), else the
-    float64 one of `special` rounded to the argument's dtype."""
+    float64 one of `special` rounded to the argument's dtype. Called as `f(x, out=o)`."""
     try:
         from scipy.special import erfc
     except ImportError:
         from ckpt_tool.layers.special import erfc as erfc64
 
-        return lambda x: erfc64(x).astype(x.dtype, copy=False)
+        def erfc(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+            out[...] = erfc64(x)
+            return out
+
     return erfc
+
+
+def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
+    """out = 0.5 * x * erfc(-x * float32(1/sqrt(2))) for a slice of x (float32/float64);
+    `out` may be `x`."""
+    half_x = np.multiply(x, _c(0.5, x))
+    np.multiply(x, -_c32(0.7071067811865476, x), out=out)
+    _erfc()(out, out=out)  # float64 erfc rounded once to x's dtype
+    out *= half_x
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU: 0.5 * x * erfc(-x / sqrt(2)) (keras.activations.gelu default).
 
     tf.nn.gelu casts 1/sqrt(2) from a Python float, so it is float32(1/sqrt(2))
-    even in float64."""
-    arg = -x * _c32(0.7071067811865476, x)
-    if arg.dtype not in (np.float32, np.float64):
-        arg = arg.astype(np.float64)
-    e = _erfc()(arg).astype(x.dtype, copy=False)  # float64 erfc rounded once to x's dtype
-    e *= _c(0.5, x) * x
-    return e
+    even in float64. Computed slice by slice on every core (`chunks`)."""
+    if x.dtype not in (np.float32, np.float64):
+        arg = (-x * _c32(0.7071067811865476, x)).astype(np.float64)
+        e = _erfc()(arg, out=np.empty_like(arg)).astype(x.dtype, copy=False)
+        e *= _c(0.5, x) * x
+        return e
+    return map_elements(_gelu_into, x)
+
+
+def add_bias_then(y: np.ndarray, bias: np.ndarray, activation: Any) -> np.ndarray:
+    """`activation(y + bias)` for a fresh `y` of bias's dtype, `bias` over y's last axis:
+    in place, rows at a time on every core (`chunks`) where the activation allows."""
+    name = activation_name(activation) if not callable(activation) else None
+    if name not in ("linear", "gelu") or y.dtype not in (np.float32, np.float64):
+        y += bias
+        return get_activation(activation)(y)
+
+    def rows(r: np.ndarray, out: np.ndarray) -> None:
+        r += bias
+        if name == "gelu":
+            _gelu_into(r, r)
+
+    map_rows(rows, y.reshape(-1, y.shape[-1]), y.reshape(-1, y.shape[-1]))
+    return y
 
 
 def gelu_approximate(x: np.ndarray) -> np.ndarray:
@@ -133,8 +163,20 @@ def gelu_approximate(x: np.ndarray) -> np.ndarray:
     return _c(0.5, x) * x * (_c(1.0, x) + np.tanh(inner))
 
 
+def _softmax_rows(x: np.ndarray, out: np.ndarray) -> None:
+    """Softmax over the last axis of 2-D `x`, into `out` (may be `x`)."""
+    np.subtract(x, np.max(x, axis=-1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=-1, keepdims=True)
+
+
 def softmax(x: np.ndarray, axis: int | tuple[int, ...] = -1) -> np.ndarray:
     """exp(x - max) / sum, as tf.nn.softmax."""
+    if axis in (-1, x.ndim - 1) and x.ndim >= 1 and x.size:
+        # over the last axis: rows at a time, on every core (`chunks`)
+        out = np.empty(x.shape, dtype=x.dtype)
+        map_rows(_softmax_rows, x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1]))
+        return out
     e = x - np.max(x, axis=axis, keepdims=True)  # a new array: safe to work in place
     np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)

@@ -13,7 +13,8 @@ A batch of small products (attention's per-head (T, H) @ (H, S)) is further
 split by rows so that each GEMM stays within 2^18 multiply-adds: OpenBLAS
 runs such a GEMM on one thread, where a two-thread GEMM this small gains
 nothing and waits on a thread hand-off per call, which costs dearly on a
-machine whose cores are busy.
+machine whose cores are busy. The batch of them is shared among threads
+instead (`chunks.split_range`); each GEMM is the same call either way.
 
 Letters that appear in one operand only and not in the output are summed away
 first; anything else unusual (a letter repeated inside one operand, ellipsis
@@ -29,6 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ckpt_tool.layers import chunks
 from ckpt_tool.layers.base import LayerConfigError
 
 Shape = tuple[int, ...]
@@ -166,5 +168,14 @@ def contract(equation: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         bt, m, k = plan.shape_x3
         x3 = x3.reshape(bt, plan.row_chunks, m // plan.row_chunks, k)
         y3 = y3[:, None]
-    out = np.matmul(x3, y3).reshape(plan.shape_out)
+        # the batch shared among threads: each entry is the same one-thread GEMMs
+        out = np.empty((*x3.shape[:-1], y3.shape[-1]), dtype=np.result_type(x3, y3))
+        chunks.split_range(
+            lambda s, e: np.matmul(x3[s:e], y3[s:e], out=out[s:e]),
+            bt,
+            parallel=out.size >= chunks.PARALLEL_MIN_ELEMENTS,
+        )
+        out = out.reshape(plan.shape_out)
+    else:
+        out = np.matmul(x3, y3).reshape(plan.shape_out)
     return out if plan.perm_out is None else np.ascontiguousarray(out.transpose(plan.perm_out))

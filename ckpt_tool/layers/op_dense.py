@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ckpt_tool.layers.activations import get_activation
+from ckpt_tool.layers.activations import add_bias_then, get_activation
 from ckpt_tool.layers.base import LayerConfigError, LayerKind, Shape, get_bool, require_int
 from ckpt_tool.layers.shape_match import shape_at, shape_layer
 
@@ -24,10 +24,9 @@ def dense(
     # (prod(lead), in) @ (in, units) -> (prod(lead), units): one GEMM
     y = (x.reshape(-1, x.shape[-1]) @ kernel).reshape((*lead, kernel.shape[-1]))
     if bias is not None:
-        if np.result_type(y, bias) == y.dtype:
-            y += bias  # in place: the GEMM's result is ours
-        else:
-            y = y + bias
+        if np.result_type(y, bias) == y.dtype and bias.shape == y.shape[-1:]:
+            return add_bias_then(y, bias, activation)  # in place: the GEMM's result is ours
+        y = y + bias
     return get_activation(activation)(y)
 
 

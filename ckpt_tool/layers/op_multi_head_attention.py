@@ -276,6 +276,14 @@ def _expand_mask(mask: np.ndarray, scores_rank: int, n_attn_axes: int) -> np.nda
 # -- the kernel -----------------------------------------------------------------
 
 
+def _add_bias(y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """y + b, in place when the sum keeps y's dtype and shape (`contract`'s result is new)."""
+    if np.result_type(y, b) == y.dtype and np.broadcast_shapes(y.shape, b.shape) == y.shape:
+        y += b
+        return y
+    return y + b
+
+
 def multi_head_attention(
     query: np.ndarray,
     value: np.ndarray,
@@ -312,7 +320,7 @@ def multi_head_attention(
     def project(x: np.ndarray, role: str) -> np.ndarray:
         eq, _, _ = build_proj_equation(x.ndim - 1, bound_dims=1, output_dims=2)
         y = contract(eq, x, w[f"{role}.kernel"])
-        return y + w[f"{role}.bias"] if bias else y
+        return _add_bias(y, w[f"{role}.bias"]) if bias else y
 
     masks = dict(
         query_mask=as_mask(query_mask, what="query_mask"),
@@ -381,7 +389,7 @@ def multi_head_attention(
     eq, _, _ = build_proj_equation(query.ndim - 1, bound_dims=2, output_dims=n_out)
     out = contract(eq, ctx, w["output.kernel"])
     if bias:
-        out = out + w["output.bias"]
+        out = _add_bias(out, w["output.bias"])
     if return_attention_scores:
         return out, scores
     return out
