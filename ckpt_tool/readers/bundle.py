@@ -446,16 +446,7 @@ class EntryTable(Mapping[str, BundleEntry]):
         parsed = self._parsed.get(row)
         if parsed is not None:
             return parsed
-        c = self._columns
-        return BundleEntry(
-            key,
-            int(c.dtype[row]),
-            c.shapes[row],
-            int(c.shard_id[row]),
-            int(c.offset[row]),
-            int(c.size[row]),
-            int(c.crc32c[row]),
-        )
+        return _column_entry(self._columns, row, key)
 
     def __contains__(self, key: object) -> bool:
         return key in self._row
@@ -520,7 +511,9 @@ def _entry_table(table: TableColumns) -> EntryTable:
     entries = EntryTable(keys, range(slices, len(raw_keys)), columns, parsed)
     for row in range(slices):
         raw_key = raw_keys[row]
-        entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(columns, row, raw_key)
+        entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(
+            columns, row, repr(raw_key)
+        )
     return entries
 
 
@@ -528,10 +521,10 @@ def _key_text(raw_key: bytes) -> str:
     return raw_key.decode("utf-8", "backslashreplace")
 
 
-def _column_entry(columns: EntryColumns, row: int, raw_key: bytes) -> BundleEntry:
-    """A slice entry the column decoder read (one without slices of its own)."""
+def _column_entry(columns: EntryColumns, row: int, name: str) -> BundleEntry:
+    """The entry of `row` as the column decoder read it (one without slices of its own)."""
     return BundleEntry(
-        repr(raw_key),
+        name,
         int(columns.dtype[row]),
         columns.shapes[row],
         int(columns.shard_id[row]),

@@ -390,11 +390,12 @@ class _H5Reader(Reader):
         ):
             return None
         _check_stored_size(ds, self.path)  # the same checks before allocating
+        path, start, size = image
+        nbytes = ds.size * file_type.itemsize
+        if stored.storage_size != nbytes or stored.offset + nbytes > size:
+            return None
         out = np.empty(ds.shape, file_type)
         raw = out.reshape(-1).view(np.uint8)
-        path, start, size = image
-        if stored.storage_size != raw.size or stored.offset + raw.size > size:
-            return None
         with open_regular(path) as f:
             f.seek(start + stored.offset)
             if f.readinto(raw) != raw.size:
