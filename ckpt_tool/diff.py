@@ -601,7 +601,7 @@ def diff_readers(
         # pairs are read and compared on every core, the results taken in order
         start = functools.partial(_start_pair, reader_a, reader_b)
         finish = functools.partial(_finish_pair, atol=atol, rtol=rtol)
-        for pair in in_order(matches, start, finish):
+        for pair in in_order(matches, start, finish, lambda m: m.a.nbytes + m.b.nbytes):
             report.pairs.append(pair)
             advance()
     return report

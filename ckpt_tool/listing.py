@@ -190,7 +190,12 @@ def stats_in_order(reader: Reader, infos: list[VariableInfo]) -> Iterator[dict |
 
     if isinstance(reader.path, RemotePath):
         return map(tensor_stats, read_in_order(reader, infos))
-    return in_order(infos, lambda info: reader.read_pieces(info.key, PIECE_ELEMENTS), stream_stats)
+    return in_order(
+        infos,
+        lambda info: reader.read_pieces(info.key, PIECE_ELEMENTS),
+        stream_stats,
+        lambda info: info.nbytes,
+    )
 
 
 def stream_stats(pieces: Iterable[np.ndarray]) -> dict | None:

@@ -42,32 +42,50 @@ def _pool() -> ThreadPoolExecutor | None:
     return ThreadPoolExecutor(n, thread_name_prefix="ckpt-tool-stream") if n > 1 else None
 
 
-def in_order(items: Iterable[T], prepare: Callable[[T], P], work: Callable[[P], R]) -> Iterator[R]:
+# Bytes of tensors (by their size) under way at once beyond the first: a reader that
+# cannot stream a tensor reads it whole in `prepare`, and that memory is held until its
+# work is done.
+AHEAD_BYTES = 128 << 20
+
+
+def in_order(
+    items: Iterable[T],
+    prepare: Callable[[T], P],
+    work: Callable[[P], R],
+    size: Callable[[T], int],
+) -> Iterator[R]:
     """work(prepare(item)) for each item, in order: prepare in this thread, work in the
-    pool's threads with at most one item per thread under way. On one core both run
-    here, one item after another."""
+    pool's threads, with at most one item per thread under way and at most AHEAD_BYTES
+    of them by size(item) (or one item, if it is larger). On one core both run here,
+    one item after another."""
     pool = _pool()
     if pool is None:
         for item in items:
             yield work(prepare(item))
         return
-    pending: deque[Future] = deque()
+    pending: deque[tuple[Future, int]] = deque()
+    under_way = 0
     upcoming = iter(items)
+    item = next(upcoming, _END)
     with gc_paused():
         try:
             while True:
-                while len(pending) < _thread_count() and not _failed(pending):
-                    item = next(upcoming, _END)
-                    if item is _END:
+                while item is not _END and len(pending) < _thread_count():
+                    n = size(item)
+                    if pending and (under_way + n > AHEAD_BYTES or _failed(pending[-1][0])):
                         break
-                    pending.append(_submit(pool, prepare, work, item))
+                    pending.append((_submit(pool, prepare, work, item), n))
+                    under_way += n
+                    item = next(upcoming, _END)
                 if not pending:
                     return
-                yield pending.popleft().result()
+                future, n = pending.popleft()
+                under_way -= n
+                yield future.result()
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
-            for future in pending:  # let running work finish before its files close
+            for future, _ in pending:  # let running work finish before its files close
                 if not future.cancelled():
                     future.exception()
 
@@ -75,9 +93,9 @@ def in_order(items: Iterable[T], prepare: Callable[[T], P], work: Callable[[P], 
 _END = object()
 
 
-def _failed(pending: deque[Future]) -> bool:
-    """Whether the last item's prepare failed: no item after it is started."""
-    return bool(pending) and pending[-1].done() and pending[-1].exception() is not None
+def _failed(future: Future) -> bool:
+    """Whether an item's prepare (or work) has failed: no item after it is started."""
+    return future.done() and future.exception() is not None
 
 
 def _submit(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from ckpt_tool import streaming
 from ckpt_tool.cli import cli
 from ckpt_tool.diff import compare_arrays
 from ckpt_tool.errors import CorruptFileError
@@ -202,7 +203,12 @@ def test_in_order_keeps_order_and_raises_the_first_error_in_turn():
 
     got = []
     with pytest.raises(ValueError, match="work 4"):
-        for value in in_order(range(10), prepare, work):
+        for value in in_order(range(10), prepare, work, lambda i: 1):
             got.append(value)
     assert got == [0, 1, 4, 9]
-    assert list(in_order(range(50), lambda i: i, lambda i: -i)) == [-i for i in range(50)]
+    assert list(in_order(range(50), lambda i: i, lambda i: -i, lambda i: 1)) == [
+        -i for i in range(50)
+    ]
+    # items larger than the budget run one at a time, still in order
+    big = streaming.AHEAD_BYTES
+    assert list(in_order(range(5), lambda i: i, lambda i: i + 1, lambda i: big)) == [1, 2, 3, 4, 5]
