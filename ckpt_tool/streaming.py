@@ -55,8 +55,9 @@ def in_order(
     size: Callable[[T], int],
 ) -> Iterator[R]:
     """work(prepare(item)) for each item, in order: prepare in this thread, work in the
-    pool's threads, with at most one item per thread under way and at most AHEAD_BYTES
-    of them by size(item) (or one item, if it is larger). On one core both run here,
+    pool's threads, with at most two items per thread under way (a thread that is done
+    need not wait for the one before it) and at most AHEAD_BYTES of them by size(item)
+    (or one item, if it is larger). On one core both run here,
     one item after another."""
     pool = _pool()
     if pool is None:
@@ -70,7 +71,7 @@ def in_order(
     with gc_paused():
         try:
             while True:
-                while item is not _END and len(pending) < _thread_count():
+                while item is not _END and len(pending) < 2 * _thread_count():
                     n = size(item)
                     if pending and (under_way + n > AHEAD_BYTES or _failed(pending[-1][0])):
                         break
