@@ -9,6 +9,7 @@ config (see keras_weight_names). Legacy `.h5` files name every weight
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -381,10 +382,11 @@ class _H5Reader(Reader):
             raise NotFoundError(f"no variable {key!r} in this file", self.path)
         dtype = self._dtypes[key]
         with hdf5_errors(self.path, f"cannot read dataset {key!r}"):
-            dataset = h5py.Dataset(
-                h5py.h5d.open(self._h5.id, key.encode("utf-8", "surrogateescape"))
-            )
-            span = self._in_place_span(key, dataset, dtype)
+            # HDF5's own handle, not an h5py.Dataset: only its type and shape are needed,
+            # and no array of the tensor's size is allocated here (pieces of at most
+            # `elements` values), so the stored-size check of `read` has nothing to guard
+            dataset = h5py.h5d.open(self._h5.id, key.encode("utf-8", "surrogateescape"))
+            span = self._span(key, dataset.dtype, dataset.shape, dtype)
         if span is None:
             return split_flat(self.read(key), elements)
         return self._stream(key, *span, dtype, elements)
@@ -431,9 +433,18 @@ class _H5Reader(Reader):
     ) -> tuple[Path, int, int] | None:
         """(local file, first byte, size) of a dataset's values when they can be read in
         place (see _read_in_place), after the stored-size checks; else None."""
+        span = self._span(key, ds.dtype, ds.shape, dtype)
+        if span is not None:
+            _check_stored_size(ds, self.path)  # the same checks before allocating
+        return span
+
+    def _span(
+        self, key: str, file_type: np.dtype, shape: tuple[int, ...] | None, dtype: np.dtype
+    ) -> tuple[Path, int, int] | None:
+        """(local file, first byte, size) of a dataset stored in one piece, unfiltered, in
+        this machine's byte order, whose stored size is exactly its values'; else None."""
         image = self._image()
         stored = None if image is None else self._stored().get(key)
-        file_type = ds.dtype
         if (
             stored is None
             or stored.offset is None
@@ -444,12 +455,11 @@ class _H5Reader(Reader):
             or file_type.kind not in "biufcV"
             or not file_type.isnative
             or file_type.itemsize != dtype.itemsize
-            or ds.shape is None
+            or shape is None
         ):
             return None
-        _check_stored_size(ds, self.path)  # the same checks before allocating
         path, start, size = image
-        nbytes = ds.size * file_type.itemsize
+        nbytes = math.prod(shape) * file_type.itemsize
         if stored.storage_size != nbytes or stored.offset + nbytes > size:
             return None
         return path, start + stored.offset, nbytes
