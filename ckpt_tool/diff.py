@@ -9,10 +9,11 @@ A pair is equal when every element satisfies `|a - b| <= atol + rtol * |b|`
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ckpt_tool.export import select_variables
-from ckpt_tool.readers.base import Reader, VariableInfo
+from ckpt_tool.readers.base import Reader, VariableInfo, split_flat
 from ckpt_tool.rolemap import RoleMap
+from ckpt_tool.streaming import in_order
 
 SCHEMA = "ckpt-tool.diff/1"
-_CHUNK = 1 << 20  # elements per chunk when comparing
+# Elements per piece when comparing: 1 MiB of float32, read into the CPU cache and
+# compared there (see Reader.read_pieces).
+_CHUNK = 1 << 18
 
 ProgressFactory = Callable[[int, int], AbstractContextManager[Callable[..., None]]]
 
@@ -311,12 +315,28 @@ def compare_arrays(
     """Elementwise comparison of two same-shape arrays, streamed in chunks."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    textual = _is_text(fa.dtype) or _is_text(fb.dtype)
+    return compare_pieces(
+        split_flat(a, _CHUNK), split_flat(b, _CHUNK), a.shape, atol=atol, rtol=rtol
+    )
+
+
+def compare_pieces(
+    pieces_a: Iterable[np.ndarray],
+    pieces_b: Iterable[np.ndarray],
+    shape: tuple[int, ...],
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> ValueDiff:
+    """compare_arrays of two tensors of `shape` given as flat pieces of equal sizes
+    (Reader.read_pieces with the same piece size), one pair of pieces at a time. Both
+    are read to their end, so that their checksums are checked."""
+    textual, size = False, 0
     mismatched, first = 0, None
     max_abs = max_rel = 0.0
-    for start in range(0, fa.size, _CHUNK):
-        ca, cb = np.asarray(fa[start : start + _CHUNK]), np.asarray(fb[start : start + _CHUNK])
+    for ca, cb in zip(pieces_a, pieces_b, strict=True):
+        start, size = size, size + ca.size
+        textual = _is_text(ca.dtype) or _is_text(cb.dtype)
         if textual:
             bad = np.fromiter(
                 (
@@ -335,14 +355,14 @@ def compare_arrays(
         if n_bad and first is None:
             k = int(np.argmax(bad))
             first = {
-                "index": [int(i) for i in np.unravel_index(start + k, a.shape)] if a.shape else [],
+                "index": [int(i) for i in np.unravel_index(start + k, shape)] if shape else [],
                 "a": _scalar(ca[k]),
                 "b": _scalar(cb[k]),
             }
         mismatched += n_bad
     if textual:
-        return ValueDiff(int(fa.size), mismatched, None, None, first)
-    return ValueDiff(int(fa.size), mismatched, max_abs, max_rel, first)
+        return ValueDiff(size, mismatched, None, None, first)
+    return ValueDiff(size, mismatched, max_abs, max_rel, first)
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
@@ -373,7 +393,9 @@ def _numeric_chunk(
         mag = np.abs(xb)
         bad = ~same & ~(d <= atol + rtol * mag)
         rel = np.where(mag > 0, d / np.where(mag > 0, mag, 1.0), np.where(d > 0, np.inf, 0.0))
-    return bad, float(d.max(initial=0.0)), float(rel.max(initial=0.0))
+    # fmax passes over NaN (inf / inf, where b is infinite): as in _finite_float_chunk, so
+    # that no chunk's largest ratio is lost, whatever the chunk size
+    return bad, float(d.max(initial=0.0)), float(np.fmax.reduce(rel, initial=0.0))
 
 
 def _finite_float_chunk(
@@ -381,7 +403,8 @@ def _finite_float_chunk(
 ) -> tuple[np.ndarray, float, float] | None:
     """_numeric_chunk for float chunks without NaN or Inf (else None), with three float64
     temporaries: the same float64 differences, tolerances and ratios."""
-    d = np.subtract(a, b, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: seen by the check below
+        d = np.subtract(a, b, dtype=np.float64)
     np.abs(d, out=d)
     mag = np.abs(b, dtype=np.float64)
     d_max, mag_max = float(d.max(initial=0.0)), float(mag.max(initial=0.0))
@@ -575,8 +598,11 @@ def diff_readers(
     total_bytes = sum(m.a.nbytes + m.b.nbytes for m in matches)
     bar = progress(len(matches), total_bytes) if progress else contextlib.nullcontext(_no_op)
     with bar as advance:
-        for m in matches:
-            report.pairs.append(compare_pair(reader_a, reader_b, m, atol=atol, rtol=rtol))
+        # pairs are read and compared on every core, the results taken in order
+        start = functools.partial(_start_pair, reader_a, reader_b)
+        finish = functools.partial(_finish_pair, atol=atol, rtol=rtol)
+        for pair in in_order(matches, start, finish, lambda m: m.a.nbytes + m.b.nbytes):
+            report.pairs.append(pair)
             advance()
     return report
 
@@ -588,13 +614,32 @@ def _no_op(n: int = 1) -> None:
 def compare_pair(
     reader_a: Reader, reader_b: Reader, match: Match, *, atol: float, rtol: float
 ) -> PairDiff:
+    return _finish_pair(_start_pair(reader_a, reader_b, match), atol=atol, rtol=rtol)
+
+
+_Started = tuple[Match, PairDiff | None, Iterator[np.ndarray] | None, Iterator[np.ndarray] | None]
+
+
+def _start_pair(reader_a: Reader, reader_b: Reader, match: Match) -> _Started:
+    """The pair's verdict when its shapes or kinds differ; else both tensors opened for
+    streaming (read_pieces: the readers' own calls, in the caller's thread)."""
     a, b = match.a, match.b
     if tuple(a.shape) != tuple(b.shape):
-        return PairDiff(a, b, match.how, SHAPE_MISMATCH, None, match.role)
+        return match, PairDiff(a, b, match.how, SHAPE_MISMATCH, None, match.role), None, None
     text_a, text_b = a.dtype == "string", b.dtype == "string"
     if text_a != text_b:
-        return PairDiff(a, b, match.how, DTYPE_MISMATCH, None, match.role)
-    values = compare_arrays(reader_a.read(a.key), reader_b.read(b.key), atol=atol, rtol=rtol)
+        return match, PairDiff(a, b, match.how, DTYPE_MISMATCH, None, match.role), None, None
+    return match, None, reader_a.read_pieces(a.key, _CHUNK), reader_b.read_pieces(b.key, _CHUNK)
+
+
+def _finish_pair(started: _Started, *, atol: float, rtol: float) -> PairDiff:
+    """Compare the streams that _start_pair opened (any thread)."""
+    match, decided, pieces_a, pieces_b = started
+    if decided is not None:
+        return decided
+    assert pieces_a is not None and pieces_b is not None
+    a, b = match.a, match.b
+    values = compare_pieces(pieces_a, pieces_b, tuple(b.shape), atol=atol, rtol=rtol)
     status = DIFFER if values.mismatched else EQUAL
     if a.dtype != b.dtype:
         status = DTYPE_MISMATCH

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import operator
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ckpt_tool.gc_pause import gc_paused
-from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.base import WEIGHT, Reader, VariableInfo, split_flat
 
 SORT_KEYS = ("order", "name", "size")
 # Elements per chunk when streaming statistics: a chunk's float64 deviations (512 KiB)
@@ -169,20 +170,65 @@ def _is_numeric(dtype: np.dtype) -> bool:
 
 
 def tensor_stats(array: np.ndarray) -> dict | None:
-    """min, max, mean, std and NaN/Inf counts over finite values, streamed in chunks
-    (Chan et al.'s pairwise update of mean and M2); None for non-numeric tensors.
-    A chunk without NaN or Inf (its min and max are finite) is summed as it is, in
-    float64 accumulators, with one float64 buffer reused for its deviations from one of
-    its values."""
-    flat = array.reshape(-1)
-    if flat.dtype == object or flat.dtype.kind in "SUb" or not _is_numeric(flat.dtype):
+    """min, max, mean, std and NaN/Inf counts over finite values; None for non-numeric
+    tensors. See stream_stats."""
+    return stream_stats(split_flat(array, PIECE_ELEMENTS))
+
+
+# Values per piece when a reader streams a tensor for statistics: whole chunks, 1 MiB of
+# float32 (a piece and the chunk's float64 deviations stay in the CPU cache).
+PIECE_ELEMENTS = 4 * _CHUNK
+
+
+def stats_in_order(reader: Reader, infos: list[VariableInfo]) -> Iterator[dict | None]:
+    """tensor_stats of each variable, in order. A local file's tensors are streamed
+    (Reader.read_pieces) and worked on by every core (streaming.in_order); a URL's are
+    read ahead whole (read_in_order) and worked on here."""
+    from ckpt_tool.readers import read_in_order
+    from ckpt_tool.storage import RemotePath
+    from ckpt_tool.streaming import in_order
+
+    if isinstance(reader.path, RemotePath):
+        return map(tensor_stats, read_in_order(reader, infos))
+    return in_order(
+        infos,
+        lambda info: reader.read_pieces(info.key, PIECE_ELEMENTS),
+        stream_stats,
+        lambda info: info.nbytes,
+    )
+
+
+def stream_stats(pieces: Iterable[np.ndarray]) -> dict | None:
+    """tensor_stats of a tensor given as consecutive flat pieces (Reader.read_pieces,
+    each a whole number of chunks but the last), streamed in chunks of _CHUNK values
+    (Chan et al.'s pairwise update of mean and M2). The result depends only on the
+    values, not on how they are cut into pieces."""
+    pieces = iter(pieces)
+    first = next(pieces)
+    if first.dtype == object or first.dtype.kind in "SUb" or not _is_numeric(first.dtype):
+        for _ in pieces:  # read on, so that a checksum is still checked
+            pass
         return None
-    lo, hi = np.inf, -np.inf
-    count, mean, m2 = 0, 0.0, 0.0
-    nan = inf = 0
-    buffer = None
-    for start in range(0, flat.size, _CHUNK):
-        chunk = np.asarray(flat[start : start + _CHUNK])
+    moments = _Moments()
+    buffer = np.empty(_CHUNK, np.float64)  # each chunk's float64 deviations
+    for piece in itertools.chain((first,), pieces):
+        for start in range(0, piece.size, _CHUNK):
+            moments.add(piece[start : start + _CHUNK], buffer)
+    return moments.result()
+
+
+class _Moments:
+    """Streaming min, max, count, mean, M2 and NaN/Inf counts, one chunk at a time."""
+
+    def __init__(self) -> None:
+        self.lo, self.hi = np.inf, -np.inf
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.nan = self.inf = 0
+
+    def add(self, chunk: np.ndarray, buffer: np.ndarray) -> None:
+        """One chunk (at most buffer.size values). A chunk without NaN or Inf (its min
+        and max are finite) is summed as it is, in float64 accumulators, with the
+        float64 buffer for its deviations from one of its values."""
         if chunk.dtype.kind in "fiu" and chunk.size:
             good, chunk_lo, chunk_hi = chunk, chunk.min(), chunk.max()
             if not (np.isfinite(chunk_lo) and np.isfinite(chunk_hi)):
@@ -194,16 +240,18 @@ def tensor_stats(array: np.ndarray) -> dict | None:
                 chunk = np.abs(chunk)
             chunk = chunk.astype(np.float64)
             is_nan, is_inf = np.isnan(chunk), np.isinf(chunk)
-            nan += int(is_nan.sum())
-            inf += int(is_inf.sum())
+            self.nan += int(is_nan.sum())
+            self.inf += int(is_inf.sum())
             good = chunk[~(is_nan | is_inf)]
             if not good.size:
-                continue
+                return
             chunk_lo, chunk_hi = good.min(), good.max()
-        lo, hi = min(lo, float(chunk_lo)), max(hi, float(chunk_hi))
+        self.lo, self.hi = min(self.lo, float(chunk_lo)), max(self.hi, float(chunk_hi))
         n_b = good.size
-        if buffer is None or buffer.size < n_b:
-            buffer = np.empty(n_b, np.float64)
+        # Widened once into the buffer (an exact cast), then shifted in place: the same
+        # float64 values as a subtraction that casts, without its buffered casting loop.
+        wide = buffer[:n_b]
+        np.copyto(wide, good, casting="unsafe")
         # Floats, one widening pass: d = x - c with c a value of the chunk, S1 = sum(d),
         # S2 = sum(d*d); mean = c + S1/n and M2 = S2 - S1^2/n. S1^2/n is n*(mean - c)^2,
         # small beside S2 unless c lies far out (> ~32 std): then M2 would lose more than
@@ -212,24 +260,42 @@ def tensor_stats(array: np.ndarray) -> dict | None:
         fast = good.dtype.kind == "f"
         if fast:
             shift = float(good[0])
-            deviation = np.subtract(good, shift, out=buffer[:n_b], dtype=np.float64)
+            deviation = np.subtract(wide, shift, out=wide)
             s1 = float(deviation.sum())
             s2 = float(np.einsum("i,i->", deviation, deviation))  # no BLAS threads
             mean_b = shift + s1 / n_b
             fast = s1 * s1 / n_b <= s2 * (1 - 2.0**-10)
+            if not fast:
+                np.copyto(wide, good, casting="unsafe")  # undo the shift
         if fast:
             m2_b = max(s2 - s1 * s1 / n_b, 0.0)
         else:
             mean_b = float(good.sum(dtype=np.float64)) / n_b
-            deviation = np.subtract(good, mean_b, out=buffer[:n_b], dtype=np.float64)
+            deviation = np.subtract(wide, mean_b, out=wide)
             m2_b = float(np.einsum("i,i->", deviation, deviation))
-        delta, total = mean_b - mean, count + n_b
-        mean += delta * n_b / total
-        m2 += m2_b + delta * delta * count * n_b / total
-        count = total
-    if count == 0:
-        return {"min": None, "max": None, "mean": None, "std": None, "nan": nan, "inf": inf}
-    return {"min": lo, "max": hi, "mean": mean, "std": (m2 / count) ** 0.5, "nan": nan, "inf": inf}
+        delta, total = mean_b - self.mean, self.count + n_b
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta * delta * self.count * n_b / total
+        self.count = total
+
+    def result(self) -> dict:
+        if self.count == 0:
+            return {
+                "min": None,
+                "max": None,
+                "mean": None,
+                "std": None,
+                "nan": self.nan,
+                "inf": self.inf,
+            }
+        return {
+            "min": self.lo,
+            "max": self.hi,
+            "mean": self.mean,
+            "std": (self.m2 / self.count) ** 0.5,
+            "nan": self.nan,
+            "inf": self.inf,
+        }
 
 
 @gc_paused()  # millions of objects for a large index: see gc_pause

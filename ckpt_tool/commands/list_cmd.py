@@ -6,8 +6,8 @@ import click
 
 from ckpt_tool import console
 from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
-from ckpt_tool.listing import SORT_KEYS, attach_roles, build_listing, tensor_stats
-from ckpt_tool.readers import open_reader, read_in_order
+from ckpt_tool.listing import SORT_KEYS, attach_roles, build_listing, stats_in_order
+from ckpt_tool.readers import open_reader
 
 
 @click.command("list")
@@ -56,9 +56,9 @@ def command(
         listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)
         role_notes = attach_roles(reader, listing) if show_roles else []
         if stats:
-            arrays = read_in_order(reader, [t.info for t in listing.tensors])
+            results = stats_in_order(reader, [t.info for t in listing.tensors])
             for t in console.track(listing.tensors, "statistics", len(listing.tensors)):
-                t.stats, t.stats_read = tensor_stats(next(arrays)), True
+                t.stats, t.stats_read = next(results), True
     if as_json:
         console.print_json(listing.to_json())
     elif tree:

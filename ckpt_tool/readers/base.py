@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,6 +62,14 @@ class Reader:
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
+    def read_pieces(self, key: str, elements: int) -> Iterator[np.ndarray]:
+        """The tensor's values, flattened, in consecutive pieces of `elements` values
+        (the last may be shorter; an empty tensor is one empty piece), for work that
+        streams over them. A reader may reuse a piece's memory for the next piece, so use
+        each before taking the next. Checks that need every byte (a checksum) raise when
+        the piece after the last is asked for."""
+        return split_flat(self.read(key), elements)
+
     def model_config(self) -> dict | None:
         """The Keras model config (class_name, config, ...) when the file has one."""
         return None
@@ -73,3 +82,13 @@ class Reader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def split_flat(array: np.ndarray, elements: int) -> Iterator[np.ndarray]:
+    """An array's values, flattened, in views of `elements` values (the last may be
+    shorter); an empty array is one empty piece."""
+    flat = array.reshape(-1)
+    if not flat.size:
+        yield flat
+    for start in range(0, flat.size, elements):
+        yield flat[start : start + elements]

@@ -27,10 +27,12 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
+from ckpt_tool.readers.base import split_flat
 from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries
 from ckpt_tool.readers.regular_file import read_regular_bytes
+from ckpt_tool.readers.span_reads import ShortRead, read_span
 from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_columns
-from ckpt_tool.storage import as_path, open_binary
+from ckpt_tool.storage import RemotePath, as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
@@ -662,6 +664,47 @@ class BundleReader:
         if entry.slices:
             return self._read_partitioned(entry)
         return self._read_entry(entry, key, mapped)
+
+    def read_pieces(self, key: str, elements: int) -> Iterator[np.ndarray]:
+        """Reader.read_pieces. A plain numeric tensor in a local shard is read piece by
+        piece into one reused buffer, its crc32c extended over each piece while it is
+        in the CPU cache and checked after the last; anything else is read whole, here.
+        The entry's size and bounds are checked here, before the first piece."""
+        entry = self.entry(key)
+        dt = _NUMPY_DTYPES.get(entry.dtype)
+        if (
+            entry.slices
+            or dt is None
+            or entry.dtype == DT_STRING
+            or (self.big_endian and dt.itemsize > 1)
+            or isinstance(self.shard_path(0), RemotePath)
+        ):
+            return split_flat(self.read(key), elements)
+        self._check_size(entry, key)
+        self._check_bounds(entry, key)
+        return self._stream(entry, key, dt, elements)
+
+    def _stream(
+        self, entry: BundleEntry, key: str, dt: np.dtype, elements: int
+    ) -> Iterator[np.ndarray]:
+        if not entry.size:
+            yield np.empty(0, dt)
+        crc = 0
+        path = self.shard_path(entry.shard_id)
+        try:
+            with open_binary(path) as f:
+                for raw in read_span(f, entry.offset, entry.size, elements * dt.itemsize):
+                    if self.verify_crc:
+                        crc = crc32c(raw, crc)
+                    yield raw.view(dt)
+        except ShortRead:
+            raise self._corrupt(f"tensor {key!r}: the shard ended early", entry.shard_id) from None
+        except FileNotFoundError:
+            raise NotFoundError(f"data shard of tensor {key!r} is missing", path) from None
+        except OSError as e:
+            raise NotFoundError(f"cannot read data shard: {e.strerror}", path) from None
+        if self.verify_crc:
+            self._check_crc(entry, key, crc)
 
     def _corrupt(self, msg: str, shard_id: int | None = None) -> CorruptFileError:
         path = self.index_path if shard_id is None else self.shard_path(shard_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
@@ -631,10 +632,20 @@ class CheckpointReader(Reader):
         Returns a new native-endian array that owns its memory; DT_STRING tensors
         come back as object arrays of bytes.
         """
+        bundle, real = self._locate(key)
+        return bundle.read(real)
+
+    def read_pieces(self, key: str, elements: int) -> Iterator[np.ndarray]:
+        """Reader.read_pieces, from the bundle (a numeric tensor without a whole copy)."""
+        bundle, real = self._locate(key)
+        return bundle.read_pieces(real, elements)
+
+    def _locate(self, key: str) -> tuple[BundleReader, str]:
+        """The bundle and the entry key of `key` (also a name or unambiguous alias)."""
         if self.bundle is None:
             raise NotFoundError(f"no tensor {key!r}: the SavedModel has no variables", self.path)
         if key in self.bundle.entries:
-            return self.bundle.read(key)
+            return self.bundle, key
         variables = self.variables()
         if self._lookup is None:
             with gc_paused():
@@ -642,7 +653,7 @@ class CheckpointReader(Reader):
         real = self._lookup.get(key)
         if real is None:
             raise NotFoundError(f"no tensor {key!r} in checkpoint", self.bundle.index_path)
-        return self.bundle.read(real)
+        return self.bundle, real
 
     def close(self) -> None:
         if self.bundle is not None:

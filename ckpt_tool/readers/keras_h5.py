@@ -9,8 +9,9 @@ config (see keras_weight_names). Legacy `.h5` files name every weight
 from __future__ import annotations
 
 import contextlib
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ import numpy as np
 
 from ckpt_tool.errors import CkptToolError, CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.readers import keras_weight_names as kwn
-from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.base import (
+    BOOKKEEPING,
+    OPTIMIZER,
+    WEIGHT,
+    Reader,
+    VariableInfo,
+    split_flat,
+)
 from ckpt_tool.readers.budget import allowance
 from ckpt_tool.readers.hdf5_guard import (
     StoredDataset,
@@ -31,6 +39,7 @@ from ckpt_tool.readers.hdf5_guard import (
     scan,
 )
 from ckpt_tool.readers.regular_file import open_regular
+from ckpt_tool.readers.span_reads import ShortRead, read_span
 from ckpt_tool.readers.zip_member import (
     FileSlice,
     MemberFile,
@@ -364,6 +373,40 @@ class _H5Reader(Reader):
                 return in_place
             return _read_dataset(dataset, self._dtypes[key], self.path)
 
+    def read_pieces(self, key: str, elements: int) -> Iterator[np.ndarray]:
+        """Reader.read_pieces: a dataset that `read` would read in place is read piece by
+        piece into one reused buffer (no HDF5 call after this returns); any other is
+        read whole, here."""
+        self.variables()
+        if key not in self._dtypes or self._h5 is None:
+            raise NotFoundError(f"no variable {key!r} in this file", self.path)
+        dtype = self._dtypes[key]
+        with hdf5_errors(self.path, f"cannot read dataset {key!r}"):
+            # HDF5's own handle, not an h5py.Dataset: only its type and shape are needed,
+            # and no array of the tensor's size is allocated here (pieces of at most
+            # `elements` values), so the stored-size check of `read` has nothing to guard
+            dataset = h5py.h5d.open(self._h5.id, key.encode("utf-8", "surrogateescape"))
+            span = self._span(key, dataset.dtype, dataset.shape, dtype)
+        if span is None:
+            return split_flat(self.read(key), elements)
+        return self._stream(key, *span, dtype, elements)
+
+    def _stream(
+        self, key: str, path: Path, offset: int, nbytes: int, dtype: np.dtype, elements: int
+    ) -> Iterator[np.ndarray]:
+        if not nbytes:
+            yield np.empty(0, dtype)
+        try:
+            with open_regular(path) as f:
+                for raw in read_span(f, offset, nbytes, elements * dtype.itemsize):
+                    yield raw.view(dtype)
+        except ShortRead:
+            raise CorruptFileError(f"dataset {key!r}: the file ended early", self.path) from None
+        except OSError as e:
+            raise CorruptFileError(
+                f"cannot read dataset {key!r} ({e.strerror})", self.path
+            ) from None
+
     def _image(self) -> tuple[Path, int, int] | None:
         """(local file, first byte, size) of the HDF5 image, when it lies as it is in a
         local file (a plain file, or a stored member of a .keras); else None."""
@@ -373,9 +416,35 @@ class _H5Reader(Reader):
         """A dataset stored in one piece, unfiltered and in this machine's byte order,
         read with one positioned read of its bytes (what HDF5 does for it, without its
         per-read machinery); None where that does not apply, for h5py to read it."""
+        span = self._in_place_span(key, ds, dtype)
+        if span is None:
+            return None
+        path, offset, _ = span
+        out = np.empty(ds.shape, ds.dtype)
+        raw = out.reshape(-1).view(np.uint8)
+        with open_regular(path) as f:
+            f.seek(offset)
+            if f.readinto(raw) != raw.size:
+                return None
+        return out if out.dtype == dtype else out.view(dtype)
+
+    def _in_place_span(
+        self, key: str, ds: h5py.Dataset, dtype: np.dtype
+    ) -> tuple[Path, int, int] | None:
+        """(local file, first byte, size) of a dataset's values when they can be read in
+        place (see _read_in_place), after the stored-size checks; else None."""
+        span = self._span(key, ds.dtype, ds.shape, dtype)
+        if span is not None:
+            _check_stored_size(ds, self.path)  # the same checks before allocating
+        return span
+
+    def _span(
+        self, key: str, file_type: np.dtype, shape: tuple[int, ...] | None, dtype: np.dtype
+    ) -> tuple[Path, int, int] | None:
+        """(local file, first byte, size) of a dataset stored in one piece, unfiltered, in
+        this machine's byte order, whose stored size is exactly its values'; else None."""
         image = self._image()
         stored = None if image is None else self._stored().get(key)
-        file_type = ds.dtype
         if (
             stored is None
             or stored.offset is None
@@ -386,21 +455,14 @@ class _H5Reader(Reader):
             or file_type.kind not in "biufcV"
             or not file_type.isnative
             or file_type.itemsize != dtype.itemsize
-            or ds.shape is None
+            or shape is None
         ):
             return None
-        _check_stored_size(ds, self.path)  # the same checks before allocating
         path, start, size = image
-        nbytes = ds.size * file_type.itemsize
+        nbytes = math.prod(shape) * file_type.itemsize
         if stored.storage_size != nbytes or stored.offset + nbytes > size:
             return None
-        out = np.empty(ds.shape, file_type)
-        raw = out.reshape(-1).view(np.uint8)
-        with open_regular(path) as f:
-            f.seek(start + stored.offset)
-            if f.readinto(raw) != raw.size:
-                return None
-        return out if out.dtype == dtype else out.view(dtype)
+        return path, start + stored.offset, nbytes
 
     def _stored(self) -> dict[str, StoredDataset]:
         """Each dataset's storage facts (from the file's one walk), by key."""
