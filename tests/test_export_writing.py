@@ -1,5 +1,5 @@
-"""The export's zip writer: the same bytes zipfile writes, whichever CRC-32 computes them;
-and the writer that starts writeback early writes every byte as given."""
+"""The export's writing: the same zip bytes zipfile writes, whichever CRC-32 computes them,
+and the file that starts writeback early writes every byte as given."""
 
 from __future__ import annotations
 
