@@ -8,9 +8,10 @@ the member count need them. The CRC-32 of each member comes from ISA-L (the `isa
 package, an optional dependency: `pip install 'ckpt-tool[fast]'`), about four times
 faster than zlib's here; without it, zlib's.
 
-A member is streamed: its local header is written first with CRC and sizes zero and
-rewritten in place (`os.pwrite`, the file position untouched) when the member is closed.
-The file must be seekable and opened for writing at its start.
+A member up to 64 KiB is written whole when it is closed. A larger one is streamed: its
+local header is written first with CRC and sizes zero and rewritten in place
+(`os.pwrite`, the file position untouched) when the member is closed. The file must be
+seekable.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _DOS_DATE = (1980 - 1980) << 9 | 1 << 5 | 1  # 1980-01-01, zipfile's default dat
 _DOS_TIME = 0
 _SYSTEM = 0 if sys.platform == "win32" else 3  # "made by": MS-DOS or Unix, as zipfile
 _MODE = 0o600 << 16  # external attributes: rw------- (zipfile's for open(name, "w"))
+_SMALL = 64 << 10  # members up to this size are written whole, header first
 
 
 class StoredZip:
@@ -65,7 +67,6 @@ class StoredZip:
         except UnicodeEncodeError:
             encoded, flags = filename.encode("utf-8"), _UTF8_NAME
         self._open = _Member(self, encoded, flags, self._pos)
-        self._write(_local_header(encoded, flags, 0, 0))
         return self._open
 
     def close(self) -> None:
@@ -119,27 +120,42 @@ class StoredZip:
         self._pos += memoryview(data).nbytes
 
     def _finish(self, member: _Member) -> None:
-        """Rewrite the member's local header with its CRC and size."""
-        self._fh.flush()  # the placeholder header must reach the file before it is replaced
+        """Write a small member whole, or rewrite a large one's local header with its CRC
+        and size."""
         header = _local_header(member.name, member.flags, member.crc, member.size)
-        os.pwrite(self._fh.fileno(), header, member.offset)
+        if member.pending is not None:
+            self._write(header + b"".join(member.pending))
+        else:
+            self._fh.flush()  # the placeholder header must reach the file before it is replaced
+            os.pwrite(self._fh.fileno(), header, member.offset)
         self._members.append((member.name, member.flags, member.crc, member.size, member.offset))
         self._open = None
 
 
 class _Member:
-    """One member being written: its bytes go straight to the file, their CRC-32 kept."""
+    """One member being written, its CRC-32 kept. Its first _SMALL bytes are held back, so
+    that a small member is written whole with its final header; past that, the header
+    goes out with CRC and size zero and every byte goes straight to the file."""
 
     def __init__(self, archive: StoredZip, name: bytes, flags: int, offset: int):
         self.archive, self.name, self.flags, self.offset = archive, name, flags, offset
         self.crc = 0
         self.size = 0
+        self.pending: list[bytes] | None = []  # None once streaming
 
     def write(self, data) -> int:
         data = memoryview(data).cast("B")  # counted in bytes, whatever the buffer's format
         self.crc = crc32(data, self.crc)
-        self.archive._write(data)
         self.size += len(data)
+        if self.pending is not None:
+            if self.size <= _SMALL:
+                self.pending.append(bytes(data))
+                return len(data)
+            self.archive._write(_local_header(self.name, self.flags, 0, 0))
+            for piece in self.pending:
+                self.archive._write(piece)
+            self.pending = None
+        self.archive._write(data)
         return len(data)
 
     def __enter__(self) -> _Member:

@@ -24,6 +24,8 @@ MEMBERS = [  # (name, pieces written one after another)
     ("layer/kernel.npy", [RNG.bytes(300_000), RNG.bytes(1), RNG.bytes(70_000)]),
     ("gewichte/größe:0.npy", [RNG.bytes(5000)]),  # a UTF-8 name: flag bit 11
     ("dir\\back.npy", [b"x" * 17]),  # zipfile stores it as it is on POSIX
+    ("held/then/streamed.npy", [RNG.bytes(40_000), RNG.bytes(40_000)]),  # past 64 KiB
+    ("exactly/64KiB.npy", [RNG.bytes(1 << 16)]),  # the largest member written whole
 ]
 
 
