@@ -9,14 +9,12 @@ package, an optional dependency: `pip install 'ckpt-tool[fast]'`), about four ti
 faster than zlib's here; without it, zlib's.
 
 A member up to 64 KiB is written whole when it is closed. A larger one is streamed: its
-local header is written first with CRC and sizes zero and rewritten in place
-(`os.pwrite`, the file position untouched) when the member is closed. The file must be
-seekable.
+local header is written first with CRC and sizes zero and rewritten in place when the
+member is closed. The file must be seekable.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
 import zipfile
@@ -125,9 +123,10 @@ class StoredZip:
         header = _local_header(member.name, member.flags, member.crc, member.size)
         if member.pending is not None:
             self._write(header + b"".join(member.pending))
-        else:
-            self._fh.flush()  # the placeholder header must reach the file before it is replaced
-            os.pwrite(self._fh.fileno(), header, member.offset)
+        else:  # back to the placeholder header and forward again, as zipfile does
+            self._fh.seek(member.offset)
+            self._fh.write(header)
+            self._fh.seek(self._pos)
         self._members.append((member.name, member.flags, member.crc, member.size, member.offset))
         self._open = None
 
