@@ -87,6 +87,7 @@ _CHUNK_BYTES = 16 << 20  # bytes per write when casting a tensor chunk by chunk
 # Bytes per write of an array's own memory: zipfile takes each write's CRC-32, then writes
 # it; a slice this small is still in the CPU's cache for the second pass.
 _WRITE_BYTES = 256 << 10
+_MAX_MEMBER_NAME = 0xFFFF  # bytes: the name's length is a 16-bit field of the zip headers
 
 
 class ExportInterrupted(CkptToolError):
@@ -348,7 +349,8 @@ def _source_bytes(arr: ExportArray) -> int:
 
 def check_member_names(plan: ExportPlan) -> None:
     """Refuse names a zip cannot hold as given: zipfile cuts a name at its first NUL
-    byte, so two names differing after it would become one member (a tensor lost)."""
+    byte, so two names differing after it would become one member (a tensor lost); a
+    name is UTF-8 (or ASCII) of at most 65535 bytes."""
     seen: dict[str, str] = {}
     for arr in plan.arrays:
         member = arr.name + ".npy"
@@ -356,6 +358,20 @@ def check_member_names(plan: ExportPlan) -> None:
             raise UsageError(
                 f"tensor name {arr.name!r} cannot be a zip member name as it is "
                 "(a NUL byte or a path separator it would lose)",
+                plan.source,
+            )
+        try:
+            size = len(member.encode("utf-8"))
+        except UnicodeEncodeError:  # bytes of a name that were not UTF-8 (kept escaped)
+            raise UsageError(
+                f"tensor name {arr.name!r} is not UTF-8 text, which a zip member name must be; "
+                "exclude it with --filter",
+                plan.source,
+            ) from None
+        if size > _MAX_MEMBER_NAME:
+            raise UsageError(
+                f"tensor name {arr.name[:40]!r}... is {size} bytes long; a zip member name "
+                f"holds at most {_MAX_MEMBER_NAME}",
                 plan.source,
             )
         if member in seen:

@@ -8,6 +8,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -163,3 +164,42 @@ def test_write_behind_real_call(tmp_path: Path) -> None:
         fh.write(memoryview(data)[:1000])
         fh.write(memoryview(data)[1000:])
     assert path.read_bytes() == data
+
+
+def _weights_h5_with(path: Path, name: bytes) -> Path:
+    """A .weights.h5 laid out as Keras writes one, plus a layer group named `name` (raw
+    bytes: HDF5 stores names as bytes, whatever a reader expects)."""
+    with h5py.File(path, "w") as f:
+        dense = f.create_group("layers").create_group("dense").create_group("vars")
+        dense.attrs["name"] = "dense"
+        dense.create_dataset("0", data=np.ones((2, 2), np.float32))
+        layer = h5py.h5g.create(f["layers"].id, name)
+        weights = h5py.h5g.create(layer, b"vars")
+        ds = h5py.h5d.create(weights, b"0", h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple((3,)))
+        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.arange(3, dtype=np.float32))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [(b"bad\xff", "is not UTF-8 text"), (b"y" * 70_000, "a zip member name holds at most 65535")],
+    ids=["not-utf8", "too-long"],
+)
+def test_names_a_zip_cannot_hold(name: bytes, problem: str, tmp_path: Path) -> None:
+    """A layer name that is not UTF-8, or too long for a zip header: `list` shows it
+    (escaped), `export` refuses it in one line and writes nothing."""
+    from click.testing import CliRunner
+
+    from ckpt_tool.cli import cli
+
+    src = _weights_h5_with(tmp_path / "odd.weights.h5", name)
+    listed = CliRunner().invoke(cli, ["list", str(src)])
+    assert listed.exit_code == 0, listed.output
+    assert "2 tensors" in listed.stdout
+    out = tmp_path / "out" / "odd.npz"
+    out.parent.mkdir()
+    result = CliRunner().invoke(cli, ["export", str(src), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and problem in lines[0] and "odd.weights.h5" in lines[0], lines
+    assert os.listdir(out.parent) == []
