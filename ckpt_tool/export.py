@@ -84,8 +84,8 @@ MANIFEST_KEY = "__manifest__"
 MANIFEST_SCHEMA = "ckpt-tool.npz-manifest/1"
 CAST_DTYPES = ("float32", "float16")
 _CHUNK_BYTES = 16 << 20  # bytes per write when casting a tensor chunk by chunk
-# Bytes per write of an array's own memory: zipfile takes each write's CRC-32, then writes
-# it; a slice this small is still in the CPU's cache for the second pass.
+# Bytes per write of an array's own memory: the zip writer takes each write's CRC-32, then
+# writes it; a slice this small is still in the CPU's cache for the second pass.
 _WRITE_BYTES = 256 << 10
 _MAX_MEMBER_NAME = 0xFFFF  # bytes: the name's length is a 16-bit field of the zip headers
 
