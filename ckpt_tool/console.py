@@ -23,10 +23,12 @@ from ckpt_tool.table_layout import Column, print_columns
 
 T = TypeVar("T")
 
-out = Console(highlight=False, soft_wrap=False)
+# emoji=False: a name holding `:smile:` is shown as it is (and rich's emoji table is
+# never loaded).
+out = Console(highlight=False, soft_wrap=False, emoji=False)
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 200  # piped to a file or a program: do not fold names at 80 columns
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def end_on_closed_pipe() -> None:

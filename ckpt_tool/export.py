@@ -29,7 +29,8 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,8 @@ from ckpt_tool.readers.npz import manifest_beside
 from ckpt_tool.readers.regular_file import special_kind
 from ckpt_tool.rolemap import RoleMap
 from ckpt_tool.storage import is_url, produce_ahead
+from ckpt_tool.write_behind import WriteBehindFile
+from ckpt_tool.zip_stored import StoredZip
 
 if TYPE_CHECKING:
     from ckpt_tool.model import Model
@@ -81,9 +84,10 @@ MANIFEST_KEY = "__manifest__"
 MANIFEST_SCHEMA = "ckpt-tool.npz-manifest/1"
 CAST_DTYPES = ("float32", "float16")
 _CHUNK_BYTES = 16 << 20  # bytes per write when casting a tensor chunk by chunk
-# Bytes per write of an array's own memory: zipfile takes each write's CRC-32, then writes
-# it; a slice this small is still in the CPU's cache for the second pass.
+# Bytes per write of an array's own memory: the zip writer takes each write's CRC-32, then
+# writes it; a slice this small is still in the CPU's cache for the second pass.
 _WRITE_BYTES = 256 << 10
+_MAX_MEMBER_NAME = 0xFFFF  # bytes: the name's length is a 16-bit field of the zip headers
 
 
 class ExportInterrupted(CkptToolError):
@@ -289,11 +293,10 @@ def write_npz(
     out = Path(out)
     check_target(out, plan.source, force=force)
     check_member_names(plan)
-    compression = zipfile.ZIP_DEFLATED if plan.compress else zipfile.ZIP_STORED
     text = json.dumps(plan.manifest, sort_keys=True)
     beside = manifest_beside(out)
     with _AtomicTarget(out, force=force) as fh:
-        with zipfile.ZipFile(fh, "w", compression=compression) as zf:
+        with _archive(fh, plan.compress) as zf:
             if not plan.manifest_beside:
                 write_member(zf, MANIFEST_KEY, np.array(text))
             produced = (
@@ -322,6 +325,20 @@ def write_npz(
     )
 
 
+@contextmanager
+def _archive(fh, compress: bool) -> Iterator[zipfile.ZipFile | StoredZip]:
+    """The zip being written: zipfile's for deflated members, else stored members with a
+    fast CRC-32 (the same bytes zipfile writes). Nothing is finished on an error: the
+    temporary file is removed anyway."""
+    if compress:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            yield zf
+    else:
+        archive = StoredZip(fh)
+        yield archive
+        archive.close()
+
+
 def _produce(arr: ExportArray) -> np.ndarray:
     return arr.produce()
 
@@ -332,7 +349,8 @@ def _source_bytes(arr: ExportArray) -> int:
 
 def check_member_names(plan: ExportPlan) -> None:
     """Refuse names a zip cannot hold as given: zipfile cuts a name at its first NUL
-    byte, so two names differing after it would become one member (a tensor lost)."""
+    byte, so two names differing after it would become one member (a tensor lost); a
+    name is UTF-8 (or ASCII) of at most 65535 bytes."""
     seen: dict[str, str] = {}
     for arr in plan.arrays:
         member = arr.name + ".npy"
@@ -340,6 +358,20 @@ def check_member_names(plan: ExportPlan) -> None:
             raise UsageError(
                 f"tensor name {arr.name!r} cannot be a zip member name as it is "
                 "(a NUL byte or a path separator it would lose)",
+                plan.source,
+            )
+        try:
+            size = len(member.encode("utf-8"))
+        except UnicodeEncodeError:  # bytes of a name that were not UTF-8 (kept escaped)
+            raise UsageError(
+                f"tensor name {arr.name!r} is not UTF-8 text, which a zip member name must be; "
+                "exclude it with --filter",
+                plan.source,
+            ) from None
+        if size > _MAX_MEMBER_NAME:
+            raise UsageError(
+                f"tensor name {arr.name[:40]!r}... is {size} bytes long; a zip member name "
+                f"holds at most {_MAX_MEMBER_NAME}",
                 plan.source,
             )
         if member in seen:
@@ -363,9 +395,13 @@ def export_npz(
     return write_npz(plan, out, force=options.force, on_array=on_array)
 
 
-def write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray | _Cast) -> None:
+def write_member(zf: zipfile.ZipFile | StoredZip, name: str, array: np.ndarray | _Cast) -> None:
     """One .npy member, written straight into the zip (no temporary copy of the tensor)."""
-    with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+    member = name + ".npy"
+    opened = (
+        zf.open(member) if isinstance(zf, StoredZip) else zf.open(member, "w", force_zip64=True)
+    )
+    with opened as fh:
         if isinstance(array, _Cast):
             array.write(fh)
         elif array.flags.c_contiguous or array.flags.f_contiguous:
@@ -464,7 +500,8 @@ class _AtomicTarget:
         except OSError as exc:
             raise _os_error(exc, self.out) from None
         self.tmp = Path(tmp)
-        self.fh = os.fdopen(fd, "wb")
+        # fsynced at the end; its writeback starts early
+        self.fh = WriteBehindFile(os.fdopen(fd, "wb", buffering=0))
         return self.fh
 
     def __exit__(self, exc_type, exc, tb):

@@ -86,6 +86,8 @@ def _from_serving_graph(
 ) -> tuple[dict | None, RoleMap]:
     """A SavedModel's layers, roles and wiring as its serving graph states them; the
     other evidence (with a note saying why) when the graph does not read."""
+    if getattr(reader, "saved_model_dir", None) is None:
+        return config, roles  # no serving graph: not worth importing its protobuf parser
     from ckpt_tool.graph_trace import GraphTraceError, disagreements, trace_model
 
     try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 
-# C0 controls, DEL, C1 controls, line/paragraph separators, bidi and zero-width marks.
+# C0 controls, DEL, C1 controls, line/paragraph separators, bidi and zero-width marks,
+# and lone surrogates (the bytes of a name that was not UTF-8, kept escaped).
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb"
+    "\ud800-\udfff]"
 )
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -500,7 +500,7 @@ def _info(
     dtype = _logical_dtype(ds, path)
     shape = _dataset_shape(ds, path)
     info = VariableInfo(
-        key=ds.name.lstrip("/"),
+        key=_path(ds),
         name=name,
         shape=shape,
         dtype=dtype.name,
@@ -566,13 +566,23 @@ def _entry_config(entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return cfg if isinstance(cfg, Mapping) else None
 
 
+def _path(obj: h5py.HLObject) -> str:
+    """The object's path without the leading `/`. h5py gives bytes for a name that is not
+    UTF-8; it is kept with its bytes escaped, as the HDF5 guard's walk keeps it."""
+    name = obj.name
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "surrogateescape")
+    return name.lstrip("/")
+
+
 def _members(group: h5py.Group) -> dict[str, h5py.HLObject]:
     """group.items() as a dict, each member opened by HDF5 itself (h5py's own lookup
     resolves every name again from the file's root). Only for files that passed
     hdf5_guard.check_self_contained: no link here leads outside the file."""
     out: dict[str, h5py.HLObject] = {}
-    for name in group:
-        oid = h5py.h5o.open(group.id, name.encode("utf-8", "surrogateescape"))
+    for raw in group.id:  # names as stored; one that is not UTF-8 keeps its bytes escaped
+        name = raw.decode("utf-8", "surrogateescape")
+        oid = h5py.h5o.open(group.id, raw)
         if isinstance(oid, h5py.h5g.GroupID):
             out[name] = h5py.Group(oid)
         elif isinstance(oid, h5py.h5d.DatasetID):
@@ -668,7 +678,7 @@ class _WeightsH5Lister:
             file_name = "/".join((*base, weight))
             keras_name = "/".join((*node.keras_path, weight)) if names and node.keras_path else None
             if keras_name:
-                self.keras_names[ds.name.lstrip("/")] = keras_name
+                self.keras_names[_path(ds)] = keras_name
             extra: dict[str, Any] = {"index": int(index) if index.isdigit() else index}
             if node.class_name:
                 extra["class_name"] = node.class_name
