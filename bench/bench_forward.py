@@ -58,7 +58,8 @@ def numpy_forward(path: str, dtype: type):
     configs = {layer.name: layer.config for layer in roles.layers}
 
     def forward(x: np.ndarray) -> np.ndarray:
-        outputs, _ = run_graph(graph, weights, [x], dtype=dtype, configs=configs)
+        # as verify without --per-layer: each intermediate freed after its last use
+        outputs, _ = run_graph(graph, weights, [x], dtype=dtype, configs=configs, keep_layers=False)
         return outputs[0]
 
     return forward
