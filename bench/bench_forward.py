@@ -11,7 +11,9 @@ before timing, on both sides. Prints one JSON object.
 
     python bench/bench_forward.py --blocks 12 --dtype float32 --reps 3
 
-Run it without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (bench/run.py does).
+Run it without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (bench/run.py does). ckpt_tool is
+imported before NumPy, as in the `ckpt-tool` process, so that OpenBLAS starts with the
+thread settings the package gives it (`ckpt_tool.blas_threads`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import ckpt_tool  # noqa: F401  (before NumPy: see the docstring)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -54,7 +58,8 @@ def numpy_forward(path: str, dtype: type):
     configs = {layer.name: layer.config for layer in roles.layers}
 
     def forward(x: np.ndarray) -> np.ndarray:
-        outputs, _ = run_graph(graph, weights, [x], dtype=dtype, configs=configs)
+        # as verify without --per-layer: each intermediate freed after its last use
+        outputs, _ = run_graph(graph, weights, [x], dtype=dtype, configs=configs, keep_layers=False)
         return outputs[0]
 
     return forward

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ckpt_tool.blas_threads import sleep_idle_blas_threads
+
+# OpenBLAS reads its thread settings when NumPy loads it: before any module imports NumPy
+sleep_idle_blas_threads()
+
 __version__ = "0.1.0"
 
 __all__ = ["WeightFile", "__version__", "open", "show"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ckpt_tool.layers.base import LayerConfigError
 from ckpt_tool.layers.chunks import map_elements, map_rows
+from ckpt_tool.layers.gelu_float32 import gelu_float32_into
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -117,7 +118,11 @@ def _erfc() -> Callable[..., np.ndarray]:
 
 def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
     """out = 0.5 * x * erfc(-x * float32(1/sqrt(2))) for a slice of x (float32/float64);
-    `out` may be `x`."""
+    `out` may be `x`. float32 runs its own float32 formula (`gelu_float32`), float64
+    SciPy's erfc."""
+    if x.dtype == np.float32:
+        gelu_float32_into(x, out)
+        return
     half_x = np.multiply(x, _c(0.5, x))
     np.multiply(x, -_c32(0.7071067811865476, x), out=out)
     _erfc()(out, out=out)  # float64 erfc rounded once to x's dtype
@@ -128,7 +133,8 @@ def gelu(x: np.ndarray) -> np.ndarray:
     """Exact GELU: 0.5 * x * erfc(-x / sqrt(2)) (keras.activations.gelu default).
 
     tf.nn.gelu casts 1/sqrt(2) from a Python float, so it is float32(1/sqrt(2))
-    even in float64. Computed slice by slice on every core (`chunks`)."""
+    even in float64. Computed slice by slice on every core (`chunks`); float32 with
+    its own formula, within float32 rounding of the float64 one (`gelu_float32`)."""
     if x.dtype not in (np.float32, np.float64):
         arg = (-x * _c32(0.7071067811865476, x)).astype(np.float64)
         e = _erfc()(arg, out=np.empty_like(arg)).astype(x.dtype, copy=False)

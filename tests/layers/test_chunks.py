@@ -10,6 +10,7 @@ from scipy.special import erfc
 
 from ckpt_tool.layers import chunks
 from ckpt_tool.layers.activations import add_bias_then, gelu, softmax
+from ckpt_tool.layers.gelu_float32 import gelu_float32_into
 from ckpt_tool.layers.op_layer_normalization import layer_normalization
 
 # Row counts and widths that leave a partial last slice and a partial last piece.
@@ -17,7 +18,12 @@ SHAPES = [(3, 5), (7, 1000, 61), (2, 96, 3072)]
 
 
 def _gelu_whole(x: np.ndarray) -> np.ndarray:
-    """tf.nn.gelu's formula on the whole array: 0.5 * x * erfc(-x * float32(1/sqrt 2))."""
+    """gelu's formula on the whole array: in float64 tf.nn.gelu's
+    0.5 * x * erfc(-x * float32(1/sqrt 2)), in float32 `gelu_float32`'s."""
+    if x.dtype == np.float32:
+        out = np.empty(x.shape, np.float32)
+        gelu_float32_into(np.ascontiguousarray(x), out)
+        return out
     c = x.dtype.type(np.float32(0.7071067811865476))
     return (x.dtype.type(0.5) * x) * erfc(-x * c).astype(x.dtype)
 
