@@ -29,7 +29,7 @@ from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.base import split_flat
 from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries
-from ckpt_tool.readers.regular_file import read_regular_bytes
+from ckpt_tool.readers.regular_file import read_regular_bytes, refuse_special
 from ckpt_tool.readers.span_reads import ShortRead, read_span
 from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_columns
 from ckpt_tool.storage import RemotePath, as_path, open_binary
@@ -769,6 +769,7 @@ class BundleReader:
                 f"tensor {key!r} is in shard {entry.shard_id} but the bundle has {self.num_shards}"
             )
         path = self.shard_path(entry.shard_id)
+        refuse_special(path)  # a FIFO or device has no size to check against
         try:
             size = path.stat().st_size
         except FileNotFoundError:

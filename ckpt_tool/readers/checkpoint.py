@@ -133,9 +133,17 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
     """
     path = as_path(path)
     if path.is_dir():
-        if (path / "saved_model.pb").is_file():
+        # exists(), not is_file(): a FIFO or device in the place of a SavedModel's files
+        # reaches the readers, which refuse it by name
+        if (path / "saved_model.pb").exists():
             prefix = path / "variables" / "variables"
-            return (prefix if as_path(f"{prefix}.index").is_file() else None), path
+            if as_path(f"{prefix}.index").exists():
+                return prefix, path
+            if any((path / "variables").glob("variables.data-*")):
+                raise NotFoundError(
+                    "the SavedModel's variables.index is missing", path / "variables"
+                )
+            return None, path
         prefix = _state_file_prefix(path)
         if prefix is not None:
             if not as_path(f"{prefix}.index").is_file():
