@@ -42,7 +42,13 @@ class EntryColumns:
     offset: np.ndarray
     size: np.ndarray
     crc32c: np.ndarray  # masked, as stored
-    shapes: list[tuple[int, ...]]  # () for fallback rows
+    shape_ids: np.ndarray  # int64[n]: each row's shape in distinct_shapes (0: () for fallback rows)
+    distinct_shapes: list[tuple[int, ...]]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each row's shape (equal shapes are one tuple)."""
+        return list(map(self.distinct_shapes.__getitem__, self.shape_ids.tolist()))
 
 
 def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,15 +104,20 @@ def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> En
         pos[rows[ok]] = after[ok]
         rows = rows[ok & (after < end)]
     dtype, shape_start, shard_id, offset, size, crc32c = fields
-    shapes, shape_bad = _decode_shapes(data, shape_start, np.where(fallback, 0, shape_end))
-    return EntryColumns(fallback | shape_bad, dtype, shard_id, offset, size, crc32c, shapes)
+    shape_ids, distinct, shape_bad = _decode_shapes(
+        data, shape_start, np.where(fallback, 0, shape_end)
+    )
+    return EntryColumns(
+        fallback | shape_bad, dtype, shard_id, offset, size, crc32c, shape_ids, distinct
+    )
 
 
 def _decode_shapes(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray
-) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """TensorShapeProto bytes data[starts[i]:ends[i]] -> shape tuples; a shape that is
-    not a plain list of dims with sizes is marked bad (and given ())."""
+) -> tuple[np.ndarray, list[tuple[int, ...]], np.ndarray]:
+    """TensorShapeProto bytes data[starts[i]:ends[i]] -> (shape id per row, the distinct
+    shapes, bad); a shape that is not a plain list of dims with sizes is marked bad (and
+    given (), id 0)."""
     n = len(starts)
     bad = np.zeros(n, bool)
     dims: list[np.ndarray] = []  # dims[k][i]: size of dim k of row i (where rank > k)
@@ -133,12 +144,14 @@ def _decode_shapes(
         pos[good] = (p + 2 + dim_len)[~row_bad]
         rows = good[pos[good] < ends[good]]
     rank[bad] = 0
-    return _shape_tuples(dims, rank), bad
+    return (*_shape_tuples(dims, rank), bad)
 
 
-def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, ...]]:
-    """One tuple per row; equal shapes share one tuple (a checkpoint repeats a few
-    shapes many times), found with numpy rank by rank."""
+def _shape_tuples(
+    dims: list[np.ndarray], rank: np.ndarray
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """(shape id per row, distinct shapes): a checkpoint repeats a few shapes many
+    times; they are found with numpy rank by rank. Id 0 is ()."""
     distinct: list[tuple[int, ...]] = [()]
     shape_id = np.zeros(len(rank), np.int64)  # index into `distinct`; rank 0: ()
     for r in range(1, len(dims) + 1):
@@ -149,7 +162,7 @@ def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, .
         unique, inverse = _unique_rows(matrix)
         shape_id[rows] = len(distinct) + inverse
         distinct += map(tuple, unique.tolist())
-    return list(map(distinct.__getitem__, shape_id.tolist()))
+    return shape_id, distinct
 
 
 def _unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

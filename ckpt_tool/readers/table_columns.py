@@ -20,6 +20,7 @@ import google_crc32c
 import numpy as np
 
 from ckpt_tool.readers.entry_columns import pad, varints
+from ckpt_tool.readers.key_column import KeyColumn, rebuild_keys
 
 MAX_RUN = 256  # entries from one restart point to the next (LevelDB writes 16)
 
@@ -28,7 +29,7 @@ MAX_RUN = 256  # entries from one restart point to the next (LevelDB writes 16)
 class TableColumns:
     """keys[i] and its value data[starts[i]:ends[i]]; data has zero bytes after it."""
 
-    keys: list[bytes]
+    keys: KeyColumn
     data: np.ndarray  # uint8
     starts: np.ndarray
     ends: np.ndarray
@@ -42,7 +43,10 @@ def from_pairs(pairs: list[tuple[bytes, bytes]]) -> TableColumns:
     lengths = np.fromiter((len(v) for _, v in pairs), np.int64, len(pairs))
     ends = np.cumsum(lengths)
     return TableColumns(
-        [k for k, _ in pairs], pad(b"".join(v for _, v in pairs)), ends - lengths, ends
+        KeyColumn.from_list([k for k, _ in pairs]),
+        pad(b"".join(v for _, v in pairs)),
+        ends - lengths,
+        ends,
     )
 
 
@@ -65,7 +69,9 @@ def table_columns(data: bytes, footer_size: int, magic: int) -> TableColumns | N
     if found is None:
         return None
     shared, key_starts, key_ends, value_starts, value_ends = found
-    keys = _keys(data, shared, key_starts, key_ends)
+    keys = rebuild_keys(array, shared, key_starts, key_ends)
+    if keys is None:
+        keys = _keys(data, shared, key_starts, key_ends)
     if keys is None:
         return None
     return TableColumns(keys, array, value_starts, value_ends)
@@ -161,9 +167,9 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
     return shared, key_starts, key_ends, value_starts, value_ends
 
 
-def _keys(data: bytes, shared, key_starts, key_ends) -> list[bytes] | None:
-    """The keys, prefix compression undone; None unless they are in strictly
-    increasing order."""
+def _keys(data: bytes, shared, key_starts, key_ends) -> KeyColumn | None:
+    """The keys, prefix compression undone one by one (for keys too unlike in length
+    for a matrix); None unless they are in strictly increasing order."""
     keys = []
     key = b""
     for n, start, end in zip(shared.tolist(), key_starts.tolist(), key_ends.tolist(), strict=True):
@@ -171,4 +177,4 @@ def _keys(data: bytes, shared, key_starts, key_ends) -> list[bytes] | None:
         keys.append(key)
     if not all(map(bytes.__lt__, keys, keys[1:])):
         return None
-    return keys
+    return KeyColumn.from_list(keys)
