@@ -29,6 +29,7 @@ _DIM, _DIM_SIZE = 0x12, 0x08  # TensorShapeProto.dim, TensorShapeProto.Dim.size
 _SMALL_VARINT = 4  # bytes: below 2**28, an int32 field's value as it is
 _LONG_VARINT = 9  # bytes: below 2**63, an int64 field's value as it is (10: negative)
 MAX_FAST_RANK = 32  # longer shapes go to the protobuf parser
+CHUNK = 1 << 17  # entries decoded together
 _PAD = 16  # zero bytes after the data, so that reads past an entry stay in bounds
 
 
@@ -70,7 +71,27 @@ def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
 
 def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
-    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by _PAD zeros)."""
+    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by _PAD zeros),
+    CHUNK entries at a time: the steps' temporary arrays stay small."""
+    if len(starts) <= CHUNK:
+        return _decode_chunk(data, starts, ends)
+    parts = [
+        _decode_chunk(data, starts[i : i + CHUNK], ends[i : i + CHUNK])
+        for i in range(0, len(starts), CHUNK)
+    ]
+    distinct: dict[tuple[int, ...], int] = {(): 0}  # shape -> its id in all chunks
+    for part in parts:
+        ids = np.array([distinct.setdefault(s, len(distinct)) for s in part.distinct_shapes])
+        part.shape_ids = ids[part.shape_ids]
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in parts])
+
+    names = ("fallback", "dtype", "shard_id", "offset", "size", "crc32c", "shape_ids")
+    return EntryColumns(*map(joined, names), list(distinct))
+
+
+def _decode_chunk(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
     n = len(starts)
     # One row per field, in the order of _FIELD_TAGS; for the shape: where its bytes start.
     fields = np.zeros((len(_FIELD_TAGS), n), np.int64)

@@ -133,7 +133,7 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
         return None
     if (run_ends < run_starts).any() or ((run_ends == run_starts) & ~is_last).any():
         return None
-    found = []  # per step: (run, shared, key start, key end, value start, value end)
+    found = []  # per step: (run, step, where the entry starts)
     pos, runs = run_starts.copy(), np.flatnonzero(run_starts < run_ends)
     for step in range(MAX_RUN + 1):
         if not runs.size:
@@ -148,17 +148,22 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
         value_end = key_end + value_len
         if (value_end > run_ends[runs]).any():
             return None
-        found.append((runs, np.full(len(runs), step), shared, p + 3, key_end, key_end, value_end))
+        found.append((runs, np.full(len(runs), step, np.int16), p))
         pos[runs] = value_end
         runs = runs[value_end < run_ends[runs]]
     if not found:
         return (np.zeros(0, np.int64),) * 5
-    run, step, *fields = (np.concatenate(x) for x in zip(*found, strict=True))
+    run, step, p = (np.concatenate(x) for x in zip(*found, strict=True))
     order = np.lexsort((step, run))  # entries in file order
-    shared, key_starts, key_ends, value_starts, value_ends = (f[order] for f in fields)
+    run, p = run[order], p[order]
+    del step, order
+    shared, non_shared, value_len = (data[p + k].astype(np.int64) for k in range(3))
+    key_starts = p + 3
+    key_ends = key_starts + non_shared
+    value_starts, value_ends = key_ends, key_ends + value_len
     # A block's first entry shares nothing; every entry shares at most the key before it.
-    block_first = np.zeros(len(order), bool)
-    entry_block = block[run[order]]
+    block_first = np.zeros(len(p), bool)
+    entry_block = block[run]
     block_first[0] = True
     block_first[1:] = entry_block[1:] != entry_block[:-1]
     lengths = shared + (key_ends - key_starts)
