@@ -11,15 +11,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape as _markup_escape
 from rich.text import Text
 
 from ckpt_tool import storage
+from ckpt_tool.column_listing import ColumnListing
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.listing import ListedTensor, Listing
 from ckpt_tool.shown import shown
-from ckpt_tool.table_layout import Column, print_columns
+from ckpt_tool.table_layout import Column, available_width, print_columns
 
 T = TypeVar("T")
 
@@ -27,6 +29,11 @@ out = Console(highlight=False, soft_wrap=False)
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 200  # piped to a file or a program: do not fold names at 80 columns
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def piped() -> bool:
+    """Whether tables are printed at their natural widths (no terminal, no COLUMNS)."""
+    return available_width(out) is None
 
 
 def end_on_closed_pipe() -> None:
@@ -270,13 +277,37 @@ def render_tree(listing: Listing) -> None:
     _print_totals(listing)
 
 
-def _print_totals(listing: Listing) -> None:
+@gc_paused()
+def render_column_listing(listing: ColumnListing) -> None:
+    """render_listing's piped table (name, shape, dtype, params, bytes) of a listing made
+    column by column: the same text, written with numpy (see column_text)."""
+    from ckpt_tool.column_text import CodedColumn, write_table
+
+    table, rows = listing.table, listing.rows
+    shape_ids, by_shape = np.unique(table.shape_ids[rows], return_inverse=True)
+    shapes = [table.shapes[i] for i in shape_ids.tolist()]
+    dtype_ids, by_dtype = np.unique(table.dtype_ids[rows], return_inverse=True)
+    sizes, by_size = np.unique(table.nbytes[rows], return_inverse=True)
+    columns = [
+        CodedColumn("shape", False, by_shape, [_shape_text(s) for s in shapes]),
+        CodedColumn("dtype", False, by_dtype, [table.dtypes[i] for i in dtype_ids.tolist()]),
+        CodedColumn("params", True, by_shape, [_count(_product(s)) for s in shapes]),
+        CodedColumn("bytes", True, by_size, [human_bytes(n) for n in sizes.tolist()]),
+    ]
+    title = shown(f"{listing.path} ({listing.description or listing.format})").rstrip()
+    names = table.names
+    write_table(out.file, title, "name", names.matrix[rows], names.lengths[rows], columns)
+    _print_totals(listing, folded=0)
+
+
+def _print_totals(listing: Listing | ColumnListing, folded: int | None = None) -> None:
     totals = listing.totals
     out.print(
         f"[bold]{totals['tensors']}[/] tensors, [bold]{totals['parameters']:,}[/] parameters, "
         f"[bold]{human_bytes(totals['bytes'])}[/]"
     )
-    folded = sum(len(t.duplicate_keys) for t in listing.tensors)
+    if folded is None:
+        folded = sum(len(t.duplicate_keys) for t in listing.tensors)
     if folded:
         out.print(f"[dim]{folded} byte-identical copies shown as aliases and counted once[/]")
     if listing.hidden:

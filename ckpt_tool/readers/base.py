@@ -61,6 +61,11 @@ class Reader:
     def read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
+    def variable_table(self):
+        """variables() column by column (readers.variable_table.VariableTable), when
+        the reader can give it that way; None otherwise."""
+        return None
+
     def model_config(self) -> dict | None:
         """The Keras model config (class_name, config, ...) when the file has one."""
         return None

@@ -468,8 +468,10 @@ class EntryTable(Mapping[str, BundleEntry]):
             return key in self._row
         raw = key.encode("utf-8")
         keys = self.raw_keys
-        if not raw or len(raw) > keys.matrix.shape[1] or b"\\" in raw:
+        if b"\\" in raw:
             return key in self._row  # (a backslash may stand for an undecodable byte)
+        if len(raw) > keys.matrix.shape[1]:
+            return False
         same = keys.lengths == len(raw)
         for j, byte in enumerate(raw):
             same &= keys.matrix[:, j] == byte

@@ -27,7 +27,8 @@ from ckpt_tool.readers.bundle import (
     decode_slice_key,
     dtype_name,
 )
-from ckpt_tool.readers.natural_order import natural_keys
+from ckpt_tool.readers.key_column import KeyColumn
+from ckpt_tool.readers.natural_order import natural_keys, natural_matrix
 from ckpt_tool.readers.objgraph import (
     ANONYMOUS_EDGES,
     ATTRIBUTES,
@@ -45,6 +46,7 @@ from ckpt_tool.readers.objgraph import (
     strip_key,
 )
 from ckpt_tool.readers.regular_file import read_small
+from ckpt_tool.readers.variable_table import VariableTable, component_in, plain_keys
 from ckpt_tool.storage import as_path, open_binary
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -373,6 +375,43 @@ class CheckpointReader(Reader):
                 self._variables = self._build_variables()
             self._lookup = None  # built when a read needs it
         return list(self._variables)
+
+    def variable_table(self) -> VariableTable | None:
+        """The variables column by column, for a TF1 checkpoint (no object graph, no
+        SavedModel, no `.meta` order) whose keys are plain names and whose entries the
+        column decoder read, none partitioned; None otherwise. Its rows are what
+        variables() gives, in the same order."""
+        bundle = self.bundle
+        if bundle is None or self.saved_model_dir is not None or bundle.slice_entries:
+            return None
+        entries = bundle.entries
+        keys = entries.raw_keys
+        if entries.parsed_rows or entries.has_key(OBJECT_GRAPH_KEY) or not plain_keys(keys):
+            return None
+        if as_path(f"{self.prefix}.meta").is_file():
+            return None
+        natural = natural_matrix(keys.matrix, keys.lengths)
+        if natural is None:
+            return None
+        kinds = np.zeros(len(keys), np.int8)  # WEIGHT; as _tf1_kind, column-wise
+        kinds[component_in(keys, last=False, words=_OPTIMIZER_PARTS)] = 1
+        kinds[component_in(keys, last=True, words=_TF1_OPTIMIZER_LEAVES)] = 1
+        kinds[component_in(keys, last=False, words=_BOOKKEEPING_PARTS)] = 2
+        # variables() sorts by (kind, natural key), ties in key order
+        words = natural.view(">u8")
+        order = np.lexsort((*words.T[::-1], kinds))
+        del natural, words
+        fields, rows = entries.fields, np.asarray(entries.rows)[order]
+        dtype_numbers, dtype_ids = np.unique(fields.dtype[rows], return_inverse=True)
+        return VariableTable(
+            KeyColumn(keys.matrix[order], keys.lengths[order]),
+            fields.shape_ids[rows],
+            fields.distinct_shapes,
+            dtype_ids,
+            [dtype_name(d) for d in dtype_numbers.tolist()],
+            kinds[order],
+            fields.size[rows],
+        )
 
     def _build_variables(self) -> list[VariableInfo]:
         if self.bundle is None:

@@ -1,0 +1,77 @@
+"""`ckpt-tool list` of a VariableTable: selection, order and totals, column by column.
+
+The same listing as listing.build_listing gives for the reader's variables(), for the
+plain table (no --filter, --roles, --stats, --tree or --json): a million rows are
+selected and sorted with numpy, and no object is made per row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ckpt_tool.readers.base import Reader
+from ckpt_tool.readers.variable_table import KINDS, VariableTable
+
+
+@dataclass
+class ColumnListing:
+    path: str
+    format: str
+    description: str
+    table: VariableTable
+    rows: np.ndarray  # the shown rows of `table`, in the order shown
+    hidden: Counter  # kind -> number of tensors not shown
+    hidden_bytes: int
+
+    @property
+    def totals(self) -> dict:
+        shape_counts = np.bincount(self.table.shape_ids[self.rows], minlength=1)
+        parameters = 0
+        for shape_id in np.flatnonzero(shape_counts).tolist():
+            n = int(shape_counts[shape_id])
+            for d in self.table.shapes[shape_id]:
+                n *= d
+            parameters += n
+        return {
+            "tensors": len(self.rows),
+            "parameters": parameters,
+            "bytes": _total(self.table.nbytes[self.rows]),
+        }
+
+
+def _total(sizes: np.ndarray) -> int:
+    """The exact sum of sizes (Python ints: no int64 overflow), per distinct size."""
+    values, counts = np.unique(sizes, return_counts=True)
+    return sum(v * c for v, c in zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def build_column_listing(
+    reader: Reader, table: VariableTable, *, show_all: bool = False, sort: str = "order"
+) -> ColumnListing:
+    """build_listing's selection and order (without --filter) over a VariableTable."""
+    weight = KINDS.index("weight")
+    hidden: Counter = Counter()
+    hidden_bytes = 0
+    if show_all:
+        rows = np.arange(len(table))
+    else:
+        rows = np.flatnonzero(table.kind_ids == weight)
+        for kind_id in np.unique(table.kind_ids).tolist():
+            if kind_id != weight:
+                of_kind = table.kind_ids == kind_id
+                hidden[KINDS[kind_id]] += int(of_kind.sum())
+                hidden_bytes += _total(table.nbytes[of_kind])
+    if sort == "name":  # names are ASCII: their bytes sort as the strings do
+        words = table.names.matrix[rows].view(">u8")
+        rows = rows[np.lexsort(words.T[::-1])]
+    elif sort == "size":  # (-nbytes, order): rows are in order already
+        rows = rows[np.argsort(-table.nbytes[rows], kind="stable")]
+    from ckpt_tool.readers.choice import describe_format
+
+    description = describe_format(reader.path, reader.format_name)
+    return ColumnListing(
+        str(reader.path), reader.format_name, description, table, rows, hidden, hidden_bytes
+    )
