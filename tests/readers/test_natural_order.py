@@ -70,7 +70,7 @@ def test_natural_matrix_rows_sort_as_the_key_tuples(monkeypatch, seed):
     rng = random.Random(seed)
     alphabet = "ab/_.-: ~" + "0123456789" * 3
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(14))) for _ in range(300)]
-    texts += EDGES + ["x" + "9" * MAX_PADDED_WIDTH]
+    texts += [*EDGES, "x" + "9" * MAX_PADDED_WIDTH]
     matrix, lengths = _matrix(texts)
     words = natural_matrix(matrix, lengths).view(">u8")
     order = np.lexsort(words.T[::-1]).tolist()  # ties in the order given
