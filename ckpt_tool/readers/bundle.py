@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.readers import protos
-from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries
+from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries, pad, unpad
 from ckpt_tool.readers.key_column import KeyColumn
 from ckpt_tool.readers.regular_file import read_regular_bytes
 from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_columns
@@ -592,7 +592,7 @@ class BundleReader:
         self.verify_crc = verify_crc
         self._shards: dict[int, tuple[object, mmap.mmap | bytes]] = {}
         try:
-            data = read_regular_bytes(self.index_path)
+            data = pad(read_regular_bytes(self.index_path))  # (one copy of the file)
         except FileNotFoundError:
             raise NotFoundError("checkpoint index not found", self.index_path) from None
         except IsADirectoryError:
@@ -608,7 +608,7 @@ class BundleReader:
                 # numpy reads a table in the usual form; read_table reads any other
                 # (and says what is wrong with it)
                 table = table_columns(data, FOOTER_SIZE, TABLE_MAGIC)
-                self._load(table or from_pairs(read_table(data)))
+                self._load(table or from_pairs(read_table(unpad(data))))
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 

@@ -30,7 +30,7 @@ _SMALL_VARINT = 4  # bytes: below 2**28, an int32 field's value as it is
 _LONG_VARINT = 9  # bytes: below 2**63, an int64 field's value as it is (10: negative)
 MAX_FAST_RANK = 32  # longer shapes go to the protobuf parser
 CHUNK = 1 << 17  # entries decoded together
-_PAD = 16  # zero bytes after the data, so that reads past an entry stay in bounds
+PAD_BYTES = 16  # zero bytes after the data, so that reads past an entry stay in bounds
 
 
 @dataclass
@@ -71,7 +71,7 @@ def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
 
 def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
-    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by _PAD zeros),
+    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by PAD_BYTES zeros),
     CHUNK entries at a time: the steps' temporary arrays stay small."""
     if len(starts) <= CHUNK:
         return _decode_chunk(data, starts, ends)
@@ -199,7 +199,12 @@ def _unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pad(data: bytes) -> np.ndarray:
-    """`data` as uint8 with _PAD zero bytes after it (decode_entries reads ahead)."""
-    out = np.zeros(len(data) + _PAD, np.uint8)
+    """`data` as uint8 with PAD_BYTES zero bytes after it (decode_entries reads ahead)."""
+    out = np.zeros(len(data) + PAD_BYTES, np.uint8)
     out[: len(data)] = np.frombuffer(data, np.uint8)
     return out
+
+
+def unpad(array: np.ndarray) -> bytes:
+    """The bytes `pad` was given."""
+    return array[: len(array) - PAD_BYTES].tobytes()

@@ -86,12 +86,18 @@ def rebuild_keys(
         return None
     matrix = np.zeros((n, width), np.uint8)
     everyone = np.arange(n)
+    source = np.empty(n, np.int64)
+    at = np.empty(n, np.int64)
     last = len(data) - 1
     for j in range(int(lengths.max(initial=0))):
         # the key that wrote byte j itself, at or before each key
-        source = np.maximum.accumulate(np.where(shared <= j, everyone, 0))
-        at = np.minimum(starts[source] + (j - shared[source]), last)
-        matrix[:, j] = np.where(j < lengths, data[at], 0)
+        np.multiply(everyone, shared <= j, out=source)
+        np.maximum.accumulate(source, out=source)
+        np.take(starts, source, out=at)
+        at -= shared.take(source)
+        at += j
+        np.minimum(at, last, out=at)
+        matrix[:, j] = data.take(at) * (j < lengths)
     keys = KeyColumn(matrix, lengths)
     return keys if _strictly_increasing(keys) else None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import google_crc32c
 import numpy as np
 
-from ckpt_tool.readers.entry_columns import pad, varints
+from ckpt_tool.readers.entry_columns import PAD_BYTES, pad, varints
 from ckpt_tool.readers.key_column import KeyColumn, rebuild_keys
 
 MAX_RUN = 256  # entries from one restart point to the next (LevelDB writes 16)
@@ -50,10 +50,13 @@ def from_pairs(pairs: list[tuple[bytes, bytes]]) -> TableColumns:
     )
 
 
-def table_columns(data: bytes, footer_size: int, magic: int) -> TableColumns | None:
-    """Every entry of the table in `data`, or None when it is not in the usual form."""
+def table_columns(data: bytes | np.ndarray, footer_size: int, magic: int) -> TableColumns | None:
+    """Every entry of the table in `data` (bytes, or the array `pad` made of them), or
+    None when it is not in the usual form."""
     from ckpt_tool.readers import bundle  # (the entry-by-entry reader, for the index block)
 
+    array = data if isinstance(data, np.ndarray) else pad(data)
+    data = memoryview(array)[: len(array) - PAD_BYTES]  # the file's bytes, not copied
     if len(data) < footer_size or struct.unpack_from("<Q", data, len(data) - 8)[0] != magic:
         return None
     footer = len(data) - footer_size
@@ -62,13 +65,13 @@ def table_columns(data: bytes, footer_size: int, magic: int) -> TableColumns | N
         index_offset, index_size, _ = bundle._block_handle(data, pos, footer + 40)
     except bundle._Corrupt:
         return None
-    array = pad(data)
     handles = _block_handles(array, data, index_offset, index_size, footer)
     blocks = None if handles is None else _data_blocks(data, handles, footer)
     found = None if blocks is None else _entries(array, *blocks)
     if found is None:
         return None
     shared, key_starts, key_ends, value_starts, value_ends = found
+    del found
     keys = rebuild_keys(array, shared, key_starts, key_ends)
     if keys is None:
         keys = _keys(data, shared, key_starts, key_ends)
@@ -103,7 +106,7 @@ def _data_blocks(data: bytes, handles: list, footer: int):
         (stored,) = struct.unpack_from("<I", data, offset + size + 1)
         rot = (stored - 0xA282EAD8) & 0xFFFFFFFF  # unmask the crc
         if ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF != google_crc32c.value(
-            data[offset : offset + size + 1]
+            bytes(data[offset : offset + size + 1])
         ):
             return None
         (count,) = struct.unpack_from("<I", data, offset + size - 4)
@@ -148,21 +151,23 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
         value_end = key_end + value_len
         if (value_end > run_ends[runs]).any():
             return None
-        found.append((runs, np.full(len(runs), step, np.int16), p))
+        found.append((runs.astype(np.int32), np.full(len(runs), step, np.int16), p))
         pos[runs] = value_end
         runs = runs[value_end < run_ends[runs]]
     if not found:
         return (np.zeros(0, np.int64),) * 5
     run, step, p = (np.concatenate(x) for x in zip(*found, strict=True))
+    del found
     order = np.lexsort((step, run))  # entries in file order
     run, p = run[order], p[order]
     del step, order
-    shared, non_shared, value_len = (data[p + k].astype(np.int64) for k in range(3))
+    shared = data[p].astype(np.int64)
     key_starts = p + 3
-    key_ends = key_starts + non_shared
-    value_starts, value_ends = key_ends, key_ends + value_len
+    key_ends = key_starts + data[p + 1]
+    value_starts, value_ends = key_ends, key_ends + data[p + 2]
+    del p
     # A block's first entry shares nothing; every entry shares at most the key before it.
-    block_first = np.zeros(len(p), bool)
+    block_first = np.zeros(len(shared), bool)
     entry_block = block[run]
     block_first[0] = True
     block_first[1:] = entry_block[1:] != entry_block[:-1]
