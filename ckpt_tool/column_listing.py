@@ -22,7 +22,7 @@ class ColumnListing:
     format: str
     description: str
     table: VariableTable
-    rows: np.ndarray  # the shown rows of `table`, in the order shown
+    rows: np.ndarray  # the rows of `table` shown, in the order shown
     hidden: Counter  # kind -> number of tensors not shown
     hidden_bytes: int
 
@@ -55,15 +55,16 @@ def build_column_listing(
     weight = KINDS.index("weight")
     hidden: Counter = Counter()
     hidden_bytes = 0
-    if show_all:
-        rows = np.arange(len(table))
-    else:
-        rows = np.flatnonzero(table.kind_ids == weight)
-        for kind_id in np.unique(table.kind_ids).tolist():
+    rows = table.order  # rows of the table, in the variables' order
+    if not show_all:
+        kinds = table.kind_ids[rows]
+        for kind_id in np.unique(kinds).tolist():
             if kind_id != weight:
                 of_kind = table.kind_ids == kind_id
                 hidden[KINDS[kind_id]] += int(of_kind.sum())
                 hidden_bytes += _total(table.nbytes[of_kind])
+        rows = rows[kinds == weight]
+        del kinds
     if sort == "name":  # names are ASCII: their bytes sort as the strings do
         words = table.names.matrix[rows].view(">u8")
         rows = rows[np.lexsort(words.T[::-1])]

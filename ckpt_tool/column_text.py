@@ -24,11 +24,13 @@ _SPACE, _NEWLINE = ord(" "), ord("\n")
 
 @dataclass
 class CodedColumn:
-    """A column whose row r shows texts[ids[r]] (printable ASCII texts)."""
+    """A column whose row r shows texts[i] where distinct[i] == values[r]: `distinct`
+    holds the values of the rows shown, sorted; the texts are printable ASCII."""
 
     header: str
     right: bool
-    ids: np.ndarray
+    values: np.ndarray
+    distinct: np.ndarray
     texts: list[str]
 
 
@@ -38,13 +40,14 @@ def write_table(
     name_header: str,
     names: np.ndarray,
     name_lengths: np.ndarray,
+    rows: np.ndarray,
     columns: list[CodedColumn],
 ) -> None:
-    """The title, the header line and one line per row: the name (row r of `names`, a
-    zero-padded uint8 matrix of printable ASCII, name_lengths[r] long), left-justified,
-    then each column's text; the last column must be right-justified."""
+    """The title, the header line and a line for each of `rows`: its name (row r of
+    `names`, a zero-padded uint8 matrix of printable ASCII, name_lengths[r] long),
+    left-justified, then each column's text; the last column must be right-justified."""
     assert columns and columns[-1].right
-    name_width = max(len(name_header), int(name_lengths.max(initial=0)))
+    name_width = max(len(name_header), int(name_lengths[rows].max(initial=0)))
     widths = [max([len(c.header), *map(len, c.texts)]) for c in columns]
     cells = [name_header.ljust(name_width)]
     cells += [_justify(c.header, w, c.right) for c, w in zip(columns, widths, strict=True)]
@@ -53,13 +56,14 @@ def write_table(
     line_width = int(starts[-1]) - len(_GAP) + 1  # and a newline
     padded = [_text_matrix(c, w) for c, w in zip(columns, widths, strict=True)]
     copied = min(name_width, names.shape[1])
-    for first in range(0, len(name_lengths), ROWS_PER_WRITE):
-        rows = slice(first, first + ROWS_PER_WRITE)
-        lines = np.full((len(name_lengths[rows]), line_width), _SPACE, np.uint8)
-        name_bytes = names[rows, :copied]
+    for first in range(0, len(rows), ROWS_PER_WRITE):
+        chunk = rows[first : first + ROWS_PER_WRITE]
+        lines = np.full((len(chunk), line_width), _SPACE, np.uint8)
+        name_bytes = names[chunk, :copied]
         lines[:, :copied] = np.where(name_bytes == 0, _SPACE, name_bytes)
         for column, texts, start in zip(columns, padded, starts[1:-1].tolist(), strict=True):
-            lines[:, start : start + texts.shape[1]] = texts[column.ids[rows]]
+            ids = np.searchsorted(column.distinct, column.values[chunk])
+            lines[:, start : start + texts.shape[1]] = texts[ids]
         lines[:, -1] = _NEWLINE
         file.write(lines.tobytes().decode("ascii"))
 

@@ -284,19 +284,23 @@ def render_column_listing(listing: ColumnListing) -> None:
     from ckpt_tool.column_text import CodedColumn, write_table
 
     table, rows = listing.table, listing.rows
-    shape_ids, by_shape = np.unique(table.shape_ids[rows], return_inverse=True)
+    shape_ids = np.flatnonzero(np.bincount(table.shape_ids[rows], minlength=1))
     shapes = [table.shapes[i] for i in shape_ids.tolist()]
-    dtype_ids, by_dtype = np.unique(table.dtype_ids[rows], return_inverse=True)
-    sizes, by_size = np.unique(table.nbytes[rows], return_inverse=True)
+    dtypes = np.unique(table.dtype_numbers[rows])
+    sizes = np.unique(table.nbytes[rows])
     columns = [
-        CodedColumn("shape", False, by_shape, [_shape_text(s) for s in shapes]),
-        CodedColumn("dtype", False, by_dtype, [table.dtypes[i] for i in dtype_ids.tolist()]),
-        CodedColumn("params", True, by_shape, [_count(_product(s)) for s in shapes]),
-        CodedColumn("bytes", True, by_size, [human_bytes(n) for n in sizes.tolist()]),
+        CodedColumn("shape", False, table.shape_ids, shape_ids, list(map(_shape_text, shapes))),
+        CodedColumn(
+            "dtype", False, table.dtype_numbers, dtypes, [table.dtypes[d] for d in dtypes.tolist()]
+        ),
+        CodedColumn(
+            "params", True, table.shape_ids, shape_ids, [_count(_product(s)) for s in shapes]
+        ),
+        CodedColumn("bytes", True, table.nbytes, sizes, list(map(human_bytes, sizes.tolist()))),
     ]
     title = shown(f"{listing.path} ({listing.description or listing.format})").rstrip()
     names = table.names
-    write_table(out.file, title, "name", names.matrix[rows], names.lengths[rows], columns)
+    write_table(out.file, title, "name", names.matrix, names.lengths, rows, columns)
     _print_totals(listing, folded=0)
 
 

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
+from ckpt_tool.memory_release import release_freed_memory
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries, pad, unpad
 from ckpt_tool.readers.key_column import KeyColumn
@@ -34,6 +35,7 @@ from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_colu
 from ckpt_tool.storage import as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
+LARGE_INDEX = 16 << 20  # bytes: after reading an index this large, memory is given back
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # 1 byte compression type + fixed32 masked crc32c
 _MASK_DELTA = 0xA282EAD8
@@ -609,6 +611,9 @@ class BundleReader:
                 # (and says what is wrong with it)
                 table = table_columns(data, FOOTER_SIZE, TABLE_MAGIC)
                 self._load(table or from_pairs(read_table(unpad(data))))
+            large, data, table = len(data) >= LARGE_INDEX, None, None
+            if large:
+                release_freed_memory()  # the reading's temporaries: see memory_release
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 

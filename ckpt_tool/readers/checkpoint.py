@@ -18,6 +18,7 @@ import numpy as np
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
+from ckpt_tool.memory_release import release_freed_memory
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.bundle import (
     DT_STRING,
@@ -27,7 +28,6 @@ from ckpt_tool.readers.bundle import (
     decode_slice_key,
     dtype_name,
 )
-from ckpt_tool.readers.key_column import KeyColumn
 from ckpt_tool.readers.natural_order import natural_keys, natural_matrix
 from ckpt_tool.readers.objgraph import (
     ANONYMOUS_EDGES,
@@ -401,17 +401,20 @@ class CheckpointReader(Reader):
         words = natural.view(">u8")
         order = np.lexsort((*words.T[::-1], kinds))
         del natural, words
-        fields, rows = entries.fields, np.asarray(entries.rows)[order]
-        dtype_numbers, dtype_ids = np.unique(fields.dtype[rows], return_inverse=True)
-        return VariableTable(
-            KeyColumn(keys.matrix[order], keys.lengths[order]),
+        fields, rows = entries.fields, slice(entries.rows.start, entries.rows.stop)
+        dtype_numbers = fields.dtype[rows]
+        table = VariableTable(
+            keys,
             fields.shape_ids[rows],
             fields.distinct_shapes,
-            dtype_ids,
-            [dtype_name(d) for d in dtype_numbers.tolist()],
-            kinds[order],
+            dtype_numbers,
+            {d: dtype_name(d) for d in np.unique(dtype_numbers).tolist()},
+            kinds,
             fields.size[rows],
+            order,
         )
+        release_freed_memory()  # (the sort's temporaries: see memory_release)
+        return table
 
     def _build_variables(self) -> list[VariableInfo]:
         if self.bundle is None:

@@ -75,20 +75,17 @@ def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> En
     CHUNK entries at a time: the steps' temporary arrays stay small."""
     if len(starts) <= CHUNK:
         return _decode_chunk(data, starts, ends)
-    parts = [
-        _decode_chunk(data, starts[i : i + CHUNK], ends[i : i + CHUNK])
-        for i in range(0, len(starts), CHUNK)
-    ]
+    n = len(starts)
+    names = ("fallback", "dtype", "shard_id", "offset", "size", "crc32c", "shape_ids")
+    out = [np.zeros(n, bool), *(np.zeros(n, np.int64) for _ in names[1:])]
     distinct: dict[tuple[int, ...], int] = {(): 0}  # shape -> its id in all chunks
-    for part in parts:
+    for first in range(0, n, CHUNK):
+        part = _decode_chunk(data, starts[first : first + CHUNK], ends[first : first + CHUNK])
         ids = np.array([distinct.setdefault(s, len(distinct)) for s in part.distinct_shapes])
         part.shape_ids = ids[part.shape_ids]
-
-    def joined(name: str) -> np.ndarray:
-        return np.concatenate([getattr(part, name) for part in parts])
-
-    names = ("fallback", "dtype", "shard_id", "offset", "size", "crc32c", "shape_ids")
-    return EntryColumns(*map(joined, names), list(distinct))
+        for column, name in zip(out, names, strict=True):
+            column[first : first + CHUNK] = getattr(part, name)
+    return EntryColumns(*out, list(distinct))
 
 
 def _decode_chunk(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:

@@ -25,31 +25,35 @@ _SLASH, _DOT = ord("/"), ord(".")
 
 @dataclass
 class VariableTable:
-    """Variables in the reader's order (row i has order i); name == key for each."""
+    """Variables as columns with a row per entry (in key order), and `order`: the row
+    of each variable in the reader's order (variable i, of order i, is row order[i]).
+    A variable's name is its key."""
 
     names: KeyColumn  # printable ASCII, nothing to escape or unescape
     shape_ids: np.ndarray  # into shapes
     shapes: list[tuple[int, ...]]
-    dtype_ids: np.ndarray  # into dtypes
-    dtypes: list[str]
+    dtype_numbers: np.ndarray  # TensorFlow DataType numbers
+    dtypes: dict[int, str]  # DataType number -> dtype name
     kind_ids: np.ndarray  # into KINDS
     nbytes: np.ndarray  # int64
+    order: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.kind_ids)
+        return len(self.order)
 
     def infos(self) -> list[VariableInfo]:
         """The same variables as VariableInfo (what variables() gives, without extra)."""
-        names = [key.decode("ascii") for key in self.names.tolist()]
+        rows = self.order
+        names = [self.names[row].decode("ascii") for row in rows.tolist()]
         return [
             VariableInfo(name, name, self.shapes[s], self.dtypes[d], KINDS[k], (), i, size)
             for i, (name, s, d, k, size) in enumerate(
                 zip(
                     names,
-                    self.shape_ids.tolist(),
-                    self.dtype_ids.tolist(),
-                    self.kind_ids.tolist(),
-                    self.nbytes.tolist(),
+                    self.shape_ids[rows].tolist(),
+                    self.dtype_numbers[rows].tolist(),
+                    self.kind_ids[rows].tolist(),
+                    self.nbytes[rows].tolist(),
                     strict=True,
                 )
             )
