@@ -66,7 +66,7 @@ def table_columns(data: bytes | np.ndarray, footer_size: int, magic: int) -> Tab
     except bundle._Corrupt:
         return None
     handles = _block_handles(array, data, index_offset, index_size, footer)
-    blocks = None if handles is None else _data_blocks(data, handles, footer)
+    blocks = None if handles is None else _data_blocks(array, data, *handles, footer)
     found = None if blocks is None else _entries(array, *blocks)
     if found is None:
         return None
@@ -81,10 +81,12 @@ def table_columns(data: bytes | np.ndarray, footer_size: int, magic: int) -> Tab
 
 
 def _block_handles(
-    array: np.ndarray, data: bytes, offset: int, size: int, footer: int
-) -> list[tuple[int, int]] | None:
-    """(offset, size) of every data block, from the index block's values."""
-    index = _data_blocks(data, [(offset, size)], footer)
+    array: np.ndarray, data: memoryview, offset: int, size: int, footer: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offsets, sizes) of the data blocks, from the index block's values."""
+    if offset > footer or size > footer:
+        return None
+    index = _data_blocks(array, data, np.array([offset]), np.array([size]), footer)
     found = None if index is None else _entries(array, *index)
     if found is None:
         return None
@@ -93,31 +95,44 @@ def _block_handles(
     sizes, second = varints(array, starts + first, 9)
     if ((first == 0) | (second == 0) | (starts + first + second > ends)).any():
         return None
-    return list(zip(offsets.tolist(), sizes.tolist(), strict=True))
+    return offsets, sizes
 
 
-def _data_blocks(data: bytes, handles: list, footer: int):
+def _data_blocks(
+    array: np.ndarray, data: memoryview, offsets: np.ndarray, sizes: np.ndarray, footer: int
+):
     """(block starts, entry limits, restart arrays' starts, restart counts), each block's
-    bounds, trailer crc and type checked; None if one fails."""
-    starts, limits, restarts, counts = [], [], [], []
-    for offset, size in handles:
-        if offset + size + 5 > footer or size < 4 or data[offset + size] != 0:
-            return None
-        (stored,) = struct.unpack_from("<I", data, offset + size + 1)
-        rot = (stored - 0xA282EAD8) & 0xFFFFFFFF  # unmask the crc
-        if ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF != google_crc32c.value(
-            bytes(data[offset : offset + size + 1])
-        ):
-            return None
-        (count,) = struct.unpack_from("<I", data, offset + size - 4)
-        limit = offset + size - 4 - 4 * count
-        if count == 0 or limit < offset:
-            return None
-        starts.append(offset)
-        limits.append(limit)
-        restarts.append(limit)
-        counts.append(count)
-    return tuple(np.array(x, np.int64) for x in (starts, limits, restarts, counts))
+    bounds, trailer crc and type checked (all blocks at once but the crcs); None if one
+    fails."""
+    if ((offsets > footer) | (sizes > footer) | (sizes < 4)).any():
+        return None
+    ends = offsets + sizes  # where the block's trailer starts: type byte, masked crc
+    if (ends + 5 > footer).any() or array[ends].any():  # (type 0: not compressed)
+        return None
+    stored = _uint32(array, ends + 1)
+    rotated = (stored - 0xA282EAD8) & 0xFFFFFFFF  # unmask the crc
+    expected = ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF
+    actual = np.fromiter(
+        map(_crc, [data] * len(offsets), offsets.tolist(), (ends + 1).tolist()),
+        np.int64,
+        len(offsets),
+    )
+    if (expected != actual).any():
+        return None
+    counts = _uint32(array, ends - 4)
+    limits = ends - 4 - 4 * counts
+    if ((counts == 0) | (limits < offsets)).any():
+        return None
+    return offsets, limits, limits, counts
+
+
+def _uint32(array: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The little-endian uint32 at each of `at`, as int64."""
+    return sum(array[at + k].astype(np.int64) << (8 * k) for k in range(4))
+
+
+def _crc(data: memoryview, start: int, end: int) -> int:
+    return google_crc32c.value(bytes(data[start:end]))
 
 
 def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
@@ -128,7 +143,7 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
     first = np.cumsum(counts) - counts  # each block's first restart point
     within = np.arange(len(block)) - first[block]
     at = restart_starts[block] + 4 * within
-    offsets = sum(data[at + k].astype(np.int64) << (8 * k) for k in range(4))
+    offsets = _uint32(data, at)
     run_starts = block_starts[block] + offsets
     is_last = within == counts[block] - 1
     run_ends = np.where(is_last, limits[block], np.roll(run_starts, -1))
