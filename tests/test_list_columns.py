@@ -4,6 +4,7 @@ the per-variable path prints, byte for byte, on generated TF1 indexes."""
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ from ckpt_tool import column_listing
 from ckpt_tool.cli import cli
 from ckpt_tool.readers.checkpoint import CheckpointReader
 from tests.hostile_bundles import Entry, float_entry, write_bundle
+from tests.support import fixture_path
 
 DT_DOUBLE, DT_INT32, DT_HALF = 2, 3, 19
+BERT_TF1_VARIABLES = fixture_path("bert_tf1_savedmodel") / "variables" / "variables"
 
 # Keys of every kind the TF1 rules tell apart, numbers of several widths (with leading
 # zeros: equal numbers tie), printable punctuation, and names that sort differently
@@ -66,7 +69,13 @@ def _keys(rng: random.Random, n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> list[str]:
-    out = []
+    """Generated indexes, and TensorFlow's own TF1 BERT checkpoint (its `.meta` left
+    out, so that its variables are in natural order) and SavedModel variables."""
+    tf1 = tmp_path_factory.mktemp("bert_tf1")
+    for source in fixture_path("bert_tf1").parent.glob("bert_model.ckpt.*"):
+        if source.suffix != ".meta":
+            shutil.copy(source, tf1 / source.name)
+    out = [str(tf1 / "bert_model.ckpt"), str(BERT_TF1_VARIABLES)]
     for seed, n in [(0, 400), (1, 60), (2, len(FIXED_KEYS))]:
         rng = random.Random(seed)
         prefix = tmp_path_factory.mktemp(f"columns{seed}") / "ckpt"
@@ -94,6 +103,7 @@ def test_column_path_prints_what_the_per_variable_path_prints(bundles, monkeypat
     )
     columns = [_list(prefix, *options) for prefix in bundles]
     assert len(taken) == len(bundles)  # the column path was taken
+    assert "bert/encoder/layer_0" in columns[0]
     monkeypatch.setattr(CheckpointReader, "variable_table", lambda self: None)
     per_variable = [_list(prefix, *options) for prefix in bundles]
     assert columns == per_variable
