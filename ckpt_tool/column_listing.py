@@ -65,7 +65,7 @@ def build_column_listing(
                 hidden_bytes += _total(table.nbytes[of_kind])
         rows = rows[kinds == weight]
         del kinds
-    if sort == "name":  # names are ASCII: their bytes sort as the strings do
+    if sort == "name" and len(rows) > 1:  # ASCII names: their bytes sort as the strings
         words = table.names.matrix[rows].view(">u8")
         rows = rows[np.lexsort(words.T[::-1])]
     elif sort == "size":  # (-nbytes, order): rows are in order already

@@ -81,6 +81,8 @@ def bundles(tmp_path_factory) -> list[str]:
         prefix = tmp_path_factory.mktemp(f"columns{seed}") / "ckpt"
         write_bundle(prefix, [_entry(rng, key) for key in _keys(rng, n)])
         out.append(str(prefix))
+    empty = tmp_path_factory.mktemp("empty") / "ckpt"
+    out.append(str(write_bundle(empty, [])))
     return out
 
 

@@ -78,6 +78,8 @@ def component_in(keys: KeyColumn, last: bool, words: Iterable[str]) -> np.ndarra
     """Per key: whether its first (or last) `/`-separated component is one of `words`."""
     m, lengths = keys.matrix, keys.lengths
     n, width = m.shape
+    if not width:
+        return np.zeros(n, bool)
     slash = m == _SLASH
     if last:  # the component after the last slash
         after = width - slash[:, ::-1].argmax(axis=1)  # (width - 0 when no slash...)
