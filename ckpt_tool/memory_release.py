@@ -9,17 +9,16 @@ the memory budget hold for what comes after; elsewhere nothing is done.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
+    import ctypes
+
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None).malloc_trim  # the C library the process runs on
+    except (OSError, AttributeError):  # not glibc: no malloc_trim
         return None
 
 
