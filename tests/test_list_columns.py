@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ckpt_tool import column_listing
 from ckpt_tool.cli import cli
 from ckpt_tool.readers.checkpoint import CheckpointReader
-from tests.hostile_bundles import Entry, float_entry, write_bundle
+from tests.hostile_bundles import Entry, float_entry, string_scalar_entry, write_bundle
 from tests.support import fixture_path
 
 DT_DOUBLE, DT_INT32, DT_HALF = 2, 3, 19
@@ -51,9 +51,11 @@ FIXED_KEYS = [
 def _entry(rng: random.Random, key: str) -> Entry:
     shape = tuple(rng.choice([1, 2, 3]) for _ in range(rng.randrange(4)))
     values = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
-    kind = rng.randrange(4)
+    kind = rng.randrange(5)
     if kind == 0:
         return float_entry(key, values)
+    if kind == 4:
+        return string_scalar_entry(key, key.encode() * rng.randrange(3))
     dtype, numpy_dtype = [(DT_DOUBLE, "<f8"), (DT_INT32, "<i4"), (DT_HALF, "<f2")][kind - 1]
     return Entry(key.encode(), dtype, shape, values.astype(numpy_dtype).tobytes())
 
