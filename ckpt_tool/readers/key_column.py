@@ -50,12 +50,23 @@ class KeyColumn(Sequence[bytes]):
         return iter(self.tolist())
 
     def tolist(self) -> list[bytes]:
-        if self._listed is None:
-            width = self.matrix.shape[1]
-            flat = self.matrix.tobytes()
-            starts = range(0, len(flat), width) if width else [0] * len(self)
-            self._listed = list(map(_cut, [flat] * len(self), starts, self.lengths.tolist()))
-        return self._listed
+        """The keys as bytes objects (made anew for a matrix: they are not kept)."""
+        if self._listed is not None:
+            return self._listed
+        n, width = self.matrix.shape
+        if not width:
+            return [b""] * n
+        if self._no_zero_inside():
+            # numpy's fixed-width bytes drop the padding zeros (and only those)
+            return self.matrix.view(f"S{width}")[:, 0].tolist()
+        flat = self.matrix.tobytes()
+        starts = range(0, len(flat), width)
+        return list(map(_cut, [flat] * n, starts, self.lengths.tolist()))
+
+    def _no_zero_inside(self) -> bool:
+        """No key holds a zero byte (a zero is padding only)."""
+        inside = np.arange(self.matrix.shape[1]) < self.lengths[:, None]
+        return not ((self.matrix == 0) & inside).any()
 
     def is_ascii_text(self) -> bool:
         """Whether every key is printable ASCII (space to '~'), so that a key shows as
