@@ -9,19 +9,20 @@ import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape as _markup_escape
 from rich.text import Text
 
 from ckpt_tool import storage
-from ckpt_tool.column_listing import ColumnListing
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.listing import ListedTensor, Listing
 from ckpt_tool.shown import shown
 from ckpt_tool.table_layout import Column, available_width, print_columns
+
+if TYPE_CHECKING:
+    from ckpt_tool.column_listing import ColumnListing
 
 T = TypeVar("T")
 
@@ -281,6 +282,8 @@ def render_tree(listing: Listing) -> None:
 def render_column_listing(listing: ColumnListing) -> None:
     """render_listing's piped table (name, shape, dtype, params, bytes) of a listing made
     column by column: the same text, written with numpy (see column_text)."""
+    import numpy as np
+
     from ckpt_tool.column_text import CodedColumn, write_table
 
     table, rows = listing.table, listing.rows
