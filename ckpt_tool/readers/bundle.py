@@ -468,10 +468,10 @@ class EntryTable(Mapping[str, BundleEntry]):
         """`key in self`, without making the key dict when it is not made yet."""
         if self._rows_by_key is not None or self.raw_keys.matrix is None:
             return key in self._row
-        raw = key.encode("utf-8")
+        raw = key.encode("utf-8", "surrogateescape")
         keys = self.raw_keys
-        if b"\\" in raw:
-            return key in self._row  # (a backslash may stand for an undecodable byte)
+        if b"\\" in raw or not key.isascii():
+            return key in self._row  # (as the dict decodes: a backslash may stand for a byte)
         if len(raw) > keys.matrix.shape[1]:
             return False
         same = keys.lengths == len(raw)
