@@ -7,6 +7,8 @@ selected and sorted with numpy, and no object is made per row.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -48,10 +50,20 @@ def _total(sizes: np.ndarray) -> int:
     return sum(v * c for v, c in zip(values.tolist(), counts.tolist(), strict=True))
 
 
+def column_pattern(pattern: str | None) -> bool:
+    """Whether build_column_listing takes this --filter pattern: ASCII (names are)."""
+    return pattern is None or pattern.isascii()
+
+
 def build_column_listing(
-    reader: Reader, table: VariableTable, *, show_all: bool = False, sort: str = "order"
+    reader: Reader,
+    table: VariableTable,
+    *,
+    show_all: bool = False,
+    pattern: str | None = None,
+    sort: str = "order",
 ) -> ColumnListing:
-    """build_listing's selection and order (without --filter) over a VariableTable."""
+    """build_listing's selection and order over a VariableTable (an ASCII pattern)."""
     weight = KINDS.index("weight")
     hidden: Counter = Counter()
     hidden_bytes = 0
@@ -65,6 +77,8 @@ def build_column_listing(
                 hidden_bytes += _total(table.nbytes[of_kind])
         rows = rows[kinds == weight]
         del kinds
+    if pattern:
+        rows = rows[_matching(table, rows, pattern)]
     if sort == "name" and len(rows) > 1:  # ASCII names: their bytes sort as the strings
         words = table.names.matrix[rows].view(">u8")
         rows = rows[np.lexsort(words.T[::-1])]
@@ -76,3 +90,20 @@ def build_column_listing(
     return ColumnListing(
         str(reader.path), reader.format_name, description, table, rows, hidden, hidden_bytes
     )
+
+
+_ROWS = 1 << 16  # names matched at once
+
+
+def _matching(table: VariableTable, rows: np.ndarray, pattern: str) -> np.ndarray:
+    """Which of `rows` have a name matching the glob (as fnmatchcase: a name is its
+    key and has no aliases here). Names and pattern are ASCII, so the pattern matches
+    the names' bytes as it matches their text."""
+    match = re.compile(fnmatch.translate(pattern).encode("ascii")).match
+    width = table.names.matrix.shape[1]
+    found = np.zeros(len(rows), bool)
+    for first in range(0, len(rows) if width else 0, _ROWS):
+        chunk = table.names.matrix[rows[first : first + _ROWS]]
+        names = chunk.view(f"S{width}")[:, 0].tolist()  # (no zero byte inside a name)
+        found[first : first + len(names)] = [match(name) is not None for name in names]
+    return found

@@ -94,7 +94,19 @@ def _list(*args: str) -> str:
     return result.stdout
 
 
-OPTIONS = [[], ["--all"], ["--sort", "name"], ["--sort", "size"], ["--all", "--sort", "size"]]
+OPTIONS = [
+    [],
+    ["--all"],
+    ["--sort", "name"],
+    ["--sort", "size"],
+    ["--all", "--sort", "size"],
+    ["--filter", "*/w1*"],
+    ["--all", "--filter", "*Adam*", "--sort", "name"],
+    ["--filter", "[!a-k]*"],
+    ["--filter", "?/9"],
+    ["--filter", "bert/encoder/layer_[0-9]/*"],
+    ["--filter", "no such name"],
+]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=" ".join)
@@ -107,7 +119,7 @@ def test_column_path_prints_what_the_per_variable_path_prints(bundles, monkeypat
     )
     columns = [_list(prefix, *options) for prefix in bundles]
     assert len(taken) == len(bundles)  # the column path was taken
-    assert "bert/encoder/layer_0" in columns[0]
+    assert "bert/encoder/layer_0" in columns[0] or "--filter" in options
     monkeypatch.setattr(CheckpointReader, "variable_table", lambda self: None)
     per_variable = [_list(prefix, *options) for prefix in bundles]
     assert columns == per_variable
