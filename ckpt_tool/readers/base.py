@@ -70,6 +70,11 @@ class Reader:
         the piece after the last is asked for."""
         return split_flat(self.read(key), elements)
 
+    def variable_table(self):
+        """variables() column by column (readers.variable_table.VariableTable), when
+        the reader can give it that way; None otherwise."""
+        return None
+
     def model_config(self) -> dict | None:
         """The Keras model config (class_name, config, ...) when the file has one."""
         return None
