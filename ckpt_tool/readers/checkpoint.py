@@ -377,6 +377,20 @@ class CheckpointReader(Reader):
             self._lookup = None  # built when a read needs it
         return list(self._variables)
 
+    def claimed_variables(self) -> tuple[int, int]:
+        """The index's entry count and largest entry (a partitioned tensor: its slices
+        summed), from its columns: no record per variable is made."""
+        if self._variables is not None or self.bundle is None:
+            return super().claimed_variables() if self.bundle is not None else (0, 0)
+        entries = self.bundle.entries
+        sizes = entries.fields.size[entries.rows.start : entries.rows.stop]
+        largest = max(
+            int(sizes.max(initial=0)),
+            max((e.size for e in entries.parsed_rows.values()), default=0),
+            max(self._slice_bytes().values(), default=0),
+        )
+        return len(entries.raw_keys), largest
+
     def variable_table(self) -> VariableTable | None:
         """The variables column by column, for a TF1 checkpoint (no object graph, no
         SavedModel, no `.meta` order) whose keys are plain names and whose entries the
