@@ -70,9 +70,10 @@ def test_export_to_safetensors_is_refused_too(many, tmp_path):
     assert not out.exists()
 
 
-def test_diff_of_very_many_variables_is_refused(many):
-    code, stdout, stderr = run(["diff", str(many), str(many)])
-    assert_refused(code, stdout, stderr, f"{many} and {many}", "diff", 2 * ENTRIES)
+@pytest.mark.parametrize(("options", "work"), [([], "diff"), (["--by-role"], "diff --by-role")])
+def test_diff_of_very_many_variables_is_refused(many, options, work):
+    code, stdout, stderr = run(["diff", *options, str(many), str(many)])
+    assert_refused(code, stdout, stderr, f"{many} and {many}", work, 2 * ENTRIES)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +146,8 @@ def test_a_large_training_checkpoint_fits():
     check_variable_count("a", entries, 4 << 20, "list --json", selected=weights)
     check_variable_count("a", entries, 4 << 20, "export", selected=weights)
     check_variable_count("a and b", 2 * entries, 4 << 20, "diff")
+    # pairing by role keeps each side's roles too: 40,000 entries a side fit
+    check_variable_count("a and b", 2 * 40_000, 4 << 20, "diff --by-role")
 
 
 @pytest.mark.parametrize("fixture_id", fixture_ids(format="checkpoint"))

@@ -31,15 +31,23 @@ BUDGET_VARIABLE = "CKPT_TOOL_MEMORY_BUDGET"
 PROCESS_BYTES = 64 * MiB
 
 # Peak memory per variable, from the slope of peak RSS between indexes of 20,000 and
-# 80,000 entries (one float32[1] each), rounded up. Every variable the file claims:
-# its VariableInfo, the entry it came from, its listing record (measured 1.03 KB).
-RECORD_BYTES = 1_100
+# 80,000 entries (one float32[1] each; 180,000 for export with a filter), rounded up.
+# Every variable the file claims: its VariableInfo, the entry it came from, its listing
+# record (measured 1.03 KB), and for export its role (1.6 KB in all):
+CLAIMED_BYTES = {
+    "list": 1_100,
+    "list --json": 1_100,
+    "export": 1_700,
+    "diff": 1_100,  # each side's (2.05 KB a pair)
+    "diff --by-role": 1_800,  # ... and its role (1.7 KB a side)
+}
 # And each variable the command works on, on top of that:
 SELECTED_BYTES = {
     "list": 1_000,  # its row (measured 1.7-2.0 KB in all: a table, --tree, --stats, --roles)
     "list --json": 2_600,  # its JSON object and text (3.5 KB in all)
-    "export": 3_900,  # layout records, the manifest, a zip member record (4.8 KB in all)
-    "diff": 0,  # spellings to match and pairs (2.05 KB a pair in all, two records)
+    "export": 3_300,  # layout records, the manifest, a zip member record (4.8 KB in all)
+    "diff": 0,  # (its spellings to match and its pair are in the records' cost)
+    "diff --by-role": 0,
 }
 
 _SIZE = re.compile(r"\s*(\d+)\s*([KMG]?)i?B?\s*", re.IGNORECASE)
@@ -71,10 +79,10 @@ def allowance(largest_tensor_bytes: int) -> int:
 def check_variable_count(
     path: object, claimed: int, largest_tensor_bytes: int, work: str, selected: int = 0
 ) -> None:
-    """Refuse, before it starts, per-variable work (`work`, a key of SELECTED_BYTES) on
+    """Refuse, before it starts, per-variable work (`work`, a key of CLAIMED_BYTES) on
     `selected` of the `claimed` variables when their records would not fit in the budget
     beside the process itself."""
-    need = PROCESS_BYTES + claimed * RECORD_BYTES + selected * SELECTED_BYTES[work]
+    need = PROCESS_BYTES + claimed * CLAIMED_BYTES[work] + selected * SELECTED_BYTES[work]
     budget = allowance(largest_tensor_bytes)
     if need > budget:
         # before the selection only the records are counted: the least it could take
