@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 from rich.markup import escape as _markup_escape
@@ -19,7 +19,10 @@ from ckpt_tool import storage
 from ckpt_tool.gc_pause import gc_paused
 from ckpt_tool.listing import ListedTensor, Listing
 from ckpt_tool.shown import shown
-from ckpt_tool.table_layout import Column, print_columns
+from ckpt_tool.table_layout import Column, available_width, print_columns
+
+if TYPE_CHECKING:
+    from ckpt_tool.column_listing import ColumnListing
 
 T = TypeVar("T")
 
@@ -29,6 +32,11 @@ out = Console(highlight=False, soft_wrap=False, emoji=False)
 if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 200  # piped to a file or a program: do not fold names at 80 columns
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def piped() -> bool:
+    """Whether tables are printed at their natural widths (no terminal, no COLUMNS)."""
+    return available_width(out) is None
 
 
 def end_on_closed_pipe() -> None:
@@ -272,13 +280,43 @@ def render_tree(listing: Listing) -> None:
     _print_totals(listing)
 
 
-def _print_totals(listing: Listing) -> None:
+@gc_paused()
+def render_column_listing(listing: ColumnListing) -> None:
+    """render_listing's piped table (name, shape, dtype, params, bytes) of a listing made
+    column by column: the same text, written with numpy (see column_text)."""
+    import numpy as np
+
+    from ckpt_tool.column_text import CodedColumn, write_table
+
+    table, rows = listing.table, listing.rows
+    shape_ids = np.flatnonzero(np.bincount(table.shape_ids[rows], minlength=1))
+    shapes = [table.shapes[i] for i in shape_ids.tolist()]
+    dtypes = np.unique(table.dtype_numbers[rows])
+    sizes = np.unique(table.nbytes[rows])
+    columns = [
+        CodedColumn("shape", False, table.shape_ids, shape_ids, list(map(_shape_text, shapes))),
+        CodedColumn(
+            "dtype", False, table.dtype_numbers, dtypes, [table.dtypes[d] for d in dtypes.tolist()]
+        ),
+        CodedColumn(
+            "params", True, table.shape_ids, shape_ids, [_count(_product(s)) for s in shapes]
+        ),
+        CodedColumn("bytes", True, table.nbytes, sizes, list(map(human_bytes, sizes.tolist()))),
+    ]
+    title = shown(f"{listing.path} ({listing.description or listing.format})").rstrip()
+    names = table.names
+    write_table(out.file, title, "name", names.matrix, names.lengths, rows, columns)
+    _print_totals(listing, folded=0)
+
+
+def _print_totals(listing: Listing | ColumnListing, folded: int | None = None) -> None:
     totals = listing.totals
     out.print(
         f"[bold]{totals['tensors']}[/] tensors, [bold]{totals['parameters']:,}[/] parameters, "
         f"[bold]{human_bytes(totals['bytes'])}[/]"
     )
-    folded = sum(len(t.duplicate_keys) for t in listing.tensors)
+    if folded is None:
+        folded = sum(len(t.duplicate_keys) for t in listing.tensors)
     if folded:
         out.print(f"[dim]{folded} byte-identical copies shown as aliases and counted once[/]")
     if listing.hidden:

@@ -8,6 +8,7 @@ from ckpt_tool import console
 from ckpt_tool.console import err, escape, human_bytes
 from ckpt_tool.diff import EQUAL, DiffReport, PairDiff
 from ckpt_tool.export import ExportResult
+from ckpt_tool.shown import shown
 from ckpt_tool.table_layout import Column, Row, print_lines, print_table
 
 
@@ -81,7 +82,9 @@ def render_diff(report: DiffReport, *, show_all: bool = False) -> None:
     for label, infos in (("only in A", report.only_a), ("only in B", report.only_b)):
         if infos:
             lines.append(Text(label, style="bold") + Text(f" ({len(infos)}):"))
-            lines += [Text(f"  {info.name}  {_shape(info.shape)} {info.dtype}") for info in infos]
+            lines += [
+                Text(f"  {shown(info.name)}  {_shape(info.shape)} {info.dtype}") for info in infos
+            ]
     s = report.summary
     tol = f"atol={report.atol:g}, rtol={report.rtol:g}"
     verdict = Text("match", style="green") if report.ok else Text("differ", style="red")
@@ -94,7 +97,7 @@ def render_diff(report: DiffReport, *, show_all: bool = False) -> None:
         )
         + Text(f"({tol})", style="dim")
     )
-    lines += [Text("hint: ", style="yellow") + Text(h) for h in diff_hints(report)]
+    lines += [Text("hint: ", style="yellow") + Text(shown(h)) for h in diff_hints(report)]
     print_lines(out, lines)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ckpt_tool.export import select_variables
 from ckpt_tool.readers.base import Reader, VariableInfo, split_flat
+from ckpt_tool.readers.budget import check_variable_count
 from ckpt_tool.rolemap import RoleMap
 from ckpt_tool.streaming import in_order
 
@@ -556,9 +557,13 @@ def diff_paths(
     format) for the comparison and closed after it."""
     from ckpt_tool.readers import open_reader
 
-    with open_reader(a, format_a) as reader_a, open_reader(b, format_b) as reader_b:
-        reader_a.verify_crc = reader_b.verify_crc = verify_crc
-        return diff_readers(reader_a, reader_b, **options)
+    with open_reader(a, format_a) as reader_a:
+        count_a, largest_a = reader_a.claimed_variables()
+        work = "diff --by-role" if options.get("by_role") else "diff"
+        check_variable_count(reader_a.path, count_a, largest_a, work)  # before B is opened
+        with open_reader(b, format_b) as reader_b:
+            reader_a.verify_crc = reader_b.verify_crc = verify_crc
+            return diff_readers(reader_a, reader_b, **options)
 
 
 def diff_readers(
@@ -576,6 +581,7 @@ def diff_readers(
     compare each pair, one pair in memory at a time. progress(pairs, bytes), when given,
     returns a context manager that yields advance() (console.progress fits); it is called
     once the pairs are known."""
+    _check_budget(reader_a, reader_b, "diff --by-role" if by_role else "diff")
     infos_a = select_variables(reader_a, pattern=pattern, include_optimizer=include_optimizer)
     infos_b = select_variables(reader_b, pattern=pattern, include_optimizer=include_optimizer)
     if by_role:
@@ -605,6 +611,18 @@ def diff_readers(
             report.pairs.append(pair)
             advance()
     return report
+
+
+def _check_budget(reader_a: Reader, reader_b: Reader, work: str) -> None:
+    """Both sides' variables against the memory budget, before any record is made: the
+    file named is the one too many alone, or both."""
+    count_a, largest_a = reader_a.claimed_variables()
+    count_b, largest_b = reader_b.claimed_variables()
+    largest = max(largest_a, largest_b)
+    check_variable_count(reader_a.path, count_a, largest, work)
+    check_variable_count(reader_b.path, count_b, largest, work)
+    both = f"{reader_a.path} and {reader_b.path}"
+    check_variable_count(both, count_a + count_b, largest, work)
 
 
 def _no_op(n: int = 1) -> None:

@@ -50,6 +50,7 @@ from ckpt_tool.layouts import (
 )
 from ckpt_tool.listing import build_listing
 from ckpt_tool.readers.base import BOOKKEEPING, WEIGHT, Reader, VariableInfo
+from ckpt_tool.readers.budget import check_variable_count
 from ckpt_tool.readers.npz import manifest_beside
 from ckpt_tool.readers.regular_file import special_kind
 from ckpt_tool.rolemap import RoleMap
@@ -242,9 +243,12 @@ def plan_export(reader: Reader, options: ExportOptions) -> ExportPlan:
         raise UsageError(f"--dtype must be one of {', '.join(CAST_DTYPES)}")
     if options.layout not in LAYOUTS:
         raise UsageError(f"unknown layout {options.layout!r}; choose from {', '.join(LAYOUTS)}")
+    claimed, largest = reader.claimed_variables()
+    check_variable_count(reader.path, claimed, largest, "export")
     infos = select_variables(
         reader, pattern=options.pattern, include_optimizer=options.include_optimizer
     )
+    check_variable_count(reader.path, claimed, largest, "export", selected=len(infos))
     if not infos:
         what = f"matching {options.pattern!r}" if options.pattern else "to export"
         raise UsageError(f"no tensors {what}", reader.path)

@@ -667,6 +667,40 @@ def fifo_as_diff_b(tmp: Path) -> Setup:
     return Setup(["diff", str(SEED_KERAS), str(path)], path)
 
 
+def _savedmodel(tmp: Path) -> Path:
+    shutil.copytree(fixture_path("seed_keras3_savedmodel"), tmp / "sm")
+    return tmp / "sm"
+
+
+def fifo_as_savedmodel_index(tmp: Path) -> Setup:
+    index = _savedmodel(tmp) / "variables" / "variables.index"
+    index.unlink()
+    _fifo(index)
+    return Setup(["list", str(tmp / "sm")], index)
+
+
+def savedmodel_index_missing(tmp: Path) -> Setup:
+    (_savedmodel(tmp) / "variables" / "variables.index").unlink()
+    return Setup(["list", str(tmp / "sm")], tmp / "sm" / "variables")
+
+
+def fifo_as_saved_model_pb(tmp: Path) -> Setup:
+    pb = _savedmodel(tmp) / "saved_model.pb"
+    pb.unlink()
+    _fifo(pb)
+    return Setup(["list", str(tmp / "sm")], pb)
+
+
+def shard_to_dev_zero(tmp: Path) -> Setup:
+    """A data shard that is a device: it has no size to check a tensor's bytes against,
+    and reading it would never end."""
+    prefix = _ckpt(tmp)
+    shard = Path(f"{prefix}.data-00000-of-00001")
+    shard.unlink()
+    shard.symlink_to("/dev/zero")
+    return Setup(["list", "--stats", str(prefix)], shard)
+
+
 def state_file_to_dev_zero(tmp: Path) -> Setup:
     prefix = _ckpt(tmp)
     state = prefix.parent / "checkpoint"
@@ -815,6 +849,10 @@ CASES = [
     Case("fifo-as-state-file", fifo_as_state_file, ("fifo",), e2e=True),
     Case("fifo-as-diff-b", fifo_as_diff_b, ("fifo",)),
     Case("state-file-to-dev-zero", state_file_to_dev_zero, ("character device",)),
+    Case("fifo-as-savedmodel-index", fifo_as_savedmodel_index, ("fifo",)),
+    Case("savedmodel-index-missing", savedmodel_index_missing, ("variables.index", "missing")),
+    Case("fifo-as-saved-model-pb", fifo_as_saved_model_pb, ("fifo",)),
+    Case("shard-to-dev-zero", shard_to_dev_zero, ("character device",)),
     Case("export-force-onto-fifo", export_force_onto_fifo, ("fifo", "refusing")),
     Case("export-force-onto-device", export_force_onto_symlink_to_device, ("device",)),
     Case("export-names-differing-after-nul", export_names_differing_after_nul, ("NUL",)),

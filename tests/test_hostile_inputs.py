@@ -125,6 +125,12 @@ def test_control_characters_in_names_are_escaped(command: list[str], tmp_path: P
     code, stdout, stderr = run(args)
     assert code == 0, stderr
     assert not _CONTROL.search(stdout + stderr), repr(stdout)
+    if command[0] == "diff":  # names on one side only are listed by name too
+        code, stdout, stderr = run(
+            ["diff", str(path), str(ROOT / "fixtures" / "seed" / "inputs.npz")]
+        )
+        assert code == 1 and "only in A" in stdout, stderr
+        assert not _CONTROL.search(stdout + stderr), repr(stdout)
     if command[0] == "list" and "--tree" not in command:
         assert "evil\\x1b[2J\\x1b[31mred" in stdout
         rows = [line for line in stdout.splitlines() if "float32" in line]

@@ -5,9 +5,16 @@ from __future__ import annotations
 import click
 
 from ckpt_tool import console
+from ckpt_tool.column_listing import build_column_listing, column_pattern
 from ckpt_tool.commands.options import format_option, no_crc_option, resolve_step, step_option
 from ckpt_tool.listing import SORT_KEYS, attach_roles, build_listing, stats_in_order
 from ckpt_tool.readers import open_reader
+from ckpt_tool.readers.budget import check_variable_count
+
+
+def _work(as_json: bool) -> str:
+    """The per-variable cost this listing is checked with (budget.SELECTED_BYTES)."""
+    return "list --json" if as_json else "list"
 
 
 @click.command("list")
@@ -53,7 +60,18 @@ def command(
     path = resolve_step(path, step)
     with open_reader(path, format_) as reader:
         reader.verify_crc = not no_crc
+        plain = column_pattern(pattern) and not (tree or stats or show_roles or as_json)
+        table = reader.variable_table() if plain and console.piped() else None
+        if table is not None:  # a plain piped table: made column by column
+            console.render_column_listing(
+                build_column_listing(reader, table, show_all=show_all, pattern=pattern, sort=sort)
+            )
+            return
+        claimed, largest = reader.claimed_variables()
+        check_variable_count(reader.path, claimed, largest, _work(as_json))
         listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)
+        shown = len(listing.tensors)
+        check_variable_count(reader.path, claimed, largest, _work(as_json), selected=shown)
         role_notes = attach_roles(reader, listing) if show_roles else []
         if stats:
             results = stats_in_order(reader, [t.info for t in listing.tensors])

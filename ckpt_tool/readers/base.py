@@ -70,6 +70,18 @@ class Reader:
         the piece after the last is asked for."""
         return split_flat(self.read(key), elements)
 
+    def claimed_variables(self) -> tuple[int, int]:
+        """How many variables the file claims and the bytes of the largest, for the
+        memory budget's check before per-variable work; readers whose index can answer
+        without a record per variable (a checkpoint's) do so."""
+        infos = self.variables()
+        return len(infos), max((info.nbytes for info in infos), default=0)
+
+    def variable_table(self):
+        """variables() column by column (readers.variable_table.VariableTable), when
+        the reader can give it that way; None otherwise."""
+        return None
+
     def model_config(self) -> dict | None:
         """The Keras model config (class_name, config, ...) when the file has one."""
         return None

@@ -26,15 +26,18 @@ from google.protobuf.message import DecodeError
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
+from ckpt_tool.memory_release import release_freed_memory
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.base import split_flat
-from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries
-from ckpt_tool.readers.regular_file import read_regular_bytes
+from ckpt_tool.readers.entry_columns import EntryColumns, decode_entries, pad, unpad
+from ckpt_tool.readers.key_column import KeyColumn
+from ckpt_tool.readers.regular_file import read_regular_bytes, refuse_special
 from ckpt_tool.readers.span_reads import ShortRead, read_span
 from ckpt_tool.readers.table_columns import TableColumns, from_pairs, table_columns
 from ckpt_tool.storage import RemotePath, as_path, open_binary
 
 TABLE_MAGIC = 0xDB4775248B80FB57
+LARGE_INDEX = 16 << 20  # bytes: after reading an index this large, memory is given back
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes, then the 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # 1 byte compression type + fixed32 masked crc32c
 _MASK_DELTA = 0xA282EAD8
@@ -434,14 +437,49 @@ class EntryTable(Mapping[str, BundleEntry]):
     """key -> BundleEntry for every key but slice keys, in key order.
 
     The fields are kept as columns and a BundleEntry is made when one is asked for:
-    an index can hold a million entries. `rows()` gives all fields as plain tuples.
+    an index can hold a million entries. `columns()` gives all fields as lists; the
+    key -> row dict is made on the first lookup (a column-wise listing makes none).
     """
 
-    def __init__(self, keys: list[str], rows: range, columns: EntryColumns, parsed: dict):
-        self._row = dict(zip(keys, rows, strict=True))  # a repeated key: the last one
+    def __init__(self, raw_keys: KeyColumn, rows: range, columns: EntryColumns, parsed: dict):
+        self.raw_keys = raw_keys  # the keys' bytes, one per row of `rows`
+        self.rows = rows  # the rows of `columns` these keys have
         self._columns = columns
         self._parsed: dict[int, BundleEntry] = parsed  # rows the protobuf parser read
+        self._rows_by_key: dict[str, int] | None = None
         self.slice_entries: dict[bytes, BundleEntry] = {}
+
+    @property
+    def _row(self) -> dict[str, int]:
+        if self._rows_by_key is None:
+            keys = [raw_key.decode("utf-8", "backslashreplace") for raw_key in self.raw_keys]
+            self._rows_by_key = dict(zip(keys, self.rows, strict=True))  # repeated: the last
+        return self._rows_by_key
+
+    @property
+    def fields(self) -> EntryColumns:
+        """The decoded columns (index them by `rows`); rows in `parsed_rows` were read
+        by the protobuf parser and their columns are not to be used."""
+        return self._columns
+
+    @property
+    def parsed_rows(self) -> dict[int, BundleEntry]:
+        return self._parsed
+
+    def has_key(self, key: str) -> bool:
+        """`key in self`, without making the key dict when it is not made yet."""
+        if self._rows_by_key is not None or self.raw_keys.matrix is None:
+            return key in self._row
+        raw = key.encode("utf-8", "surrogateescape")
+        keys = self.raw_keys
+        if b"\\" in raw or not key.isascii():
+            return key in self._row  # (as the dict decodes: a backslash may stand for a byte)
+        if len(raw) > keys.matrix.shape[1]:
+            return False
+        same = keys.lengths == len(raw)
+        for j, byte in enumerate(raw):
+            same &= keys.matrix[:, j] == byte
+        return bool(same.any())
 
     def __getitem__(self, key: str) -> BundleEntry:
         row = self._row[key]
@@ -466,7 +504,7 @@ class EntryTable(Mapping[str, BundleEntry]):
         fields = EntryFields(
             list(self._row),
             c.dtype[rows].tolist(),
-            list(map(c.shapes.__getitem__, rows.tolist())),
+            list(map(c.distinct_shapes.__getitem__, c.shape_ids[rows].tolist())),
             c.shard_id[rows].tolist(),
             c.offset[rows].tolist(),
             c.size[rows].tolist(),
@@ -504,19 +542,27 @@ def _entry_table(table: TableColumns) -> EntryTable:
     raw_keys = table.keys[1:]
     columns = decode_entries(table.data, table.starts[1:], table.ends[1:])
     # Slice keys start with byte 0, so in key order they come first.
-    slices = next((row for row, key in enumerate(raw_keys) if key[:1] != b"\x00"), len(raw_keys))
+    slices = _slice_key_count(raw_keys)
     parsed: dict[int, BundleEntry] = {}
     for row in np.flatnonzero(columns.fallback).tolist():
         raw_key, value = raw_keys[row], table.value(row + 1)
         parsed[row] = _parse_entry(repr(raw_key) if row < slices else _key_text(raw_key), value)
-    keys = [raw_key.decode("utf-8", "backslashreplace") for raw_key in raw_keys[slices:]]
-    entries = EntryTable(keys, range(slices, len(raw_keys)), columns, parsed)
+    entries = EntryTable(raw_keys[slices:], range(slices, len(raw_keys)), columns, parsed)
     for row in range(slices):
         raw_key = raw_keys[row]
         entries.slice_entries[raw_key] = parsed.get(row) or _column_entry(
             columns, row, repr(raw_key)
         )
     return entries
+
+
+def _slice_key_count(raw_keys: KeyColumn) -> int:
+    """How many keys (in key order, the first ones) start with byte 0: slice keys."""
+    if raw_keys.matrix is None:
+        return next((row for row, key in enumerate(raw_keys) if key[:1] != b"\x00"), len(raw_keys))
+    first = raw_keys.matrix[:, 0] if raw_keys.matrix.shape[1] else np.zeros(len(raw_keys))
+    others = np.flatnonzero((first != 0) | (raw_keys.lengths == 0))
+    return int(others[0]) if others.size else len(raw_keys)
 
 
 def _key_text(raw_key: bytes) -> str:
@@ -528,7 +574,7 @@ def _column_entry(columns: EntryColumns, row: int, name: str) -> BundleEntry:
     return BundleEntry(
         name,
         int(columns.dtype[row]),
-        columns.shapes[row],
+        columns.distinct_shapes[columns.shape_ids[row]],
         int(columns.shard_id[row]),
         int(columns.offset[row]),
         int(columns.size[row]),
@@ -550,7 +596,7 @@ class BundleReader:
         self.verify_crc = verify_crc
         self._shards: dict[int, tuple[object, mmap.mmap | bytes]] = {}
         try:
-            data = read_regular_bytes(self.index_path)
+            data = pad(read_regular_bytes(self.index_path))  # (one copy of the file)
         except FileNotFoundError:
             raise NotFoundError("checkpoint index not found", self.index_path) from None
         except IsADirectoryError:
@@ -566,7 +612,10 @@ class BundleReader:
                 # numpy reads a table in the usual form; read_table reads any other
                 # (and says what is wrong with it)
                 table = table_columns(data, FOOTER_SIZE, TABLE_MAGIC)
-                self._load(table or from_pairs(read_table(data)))
+                self._load(table or from_pairs(read_table(unpad(data))))
+            large, data, table = len(data) >= LARGE_INDEX, None, None
+            if large:
+                release_freed_memory()  # the reading's temporaries: see memory_release
         except _Corrupt as e:
             raise CorruptFileError(str(e), self.index_path) from None
 
@@ -769,6 +818,7 @@ class BundleReader:
                 f"tensor {key!r} is in shard {entry.shard_id} but the bundle has {self.num_shards}"
             )
         path = self.shard_path(entry.shard_id)
+        refuse_special(path)  # a FIFO or device has no size to check against
         try:
             size = path.stat().st_size
         except FileNotFoundError:

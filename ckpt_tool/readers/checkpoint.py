@@ -19,6 +19,7 @@ import numpy as np
 
 from ckpt_tool.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from ckpt_tool.gc_pause import gc_paused
+from ckpt_tool.memory_release import release_freed_memory
 from ckpt_tool.readers.base import BOOKKEEPING, OPTIMIZER, WEIGHT, Reader, VariableInfo
 from ckpt_tool.readers.bundle import (
     DT_STRING,
@@ -28,7 +29,7 @@ from ckpt_tool.readers.bundle import (
     decode_slice_key,
     dtype_name,
 )
-from ckpt_tool.readers.natural_order import natural_keys
+from ckpt_tool.readers.natural_order import natural_keys, natural_matrix
 from ckpt_tool.readers.objgraph import (
     ANONYMOUS_EDGES,
     ATTRIBUTES,
@@ -46,6 +47,7 @@ from ckpt_tool.readers.objgraph import (
     strip_key,
 )
 from ckpt_tool.readers.regular_file import read_small
+from ckpt_tool.readers.variable_table import VariableTable, component_in, plain_keys
 from ckpt_tool.storage import as_path, open_binary
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -133,9 +135,17 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
     """
     path = as_path(path)
     if path.is_dir():
-        if (path / "saved_model.pb").is_file():
+        # exists(), not is_file(): a FIFO or device in the place of a SavedModel's files
+        # reaches the readers, which refuse it by name
+        if (path / "saved_model.pb").exists():
             prefix = path / "variables" / "variables"
-            return (prefix if as_path(f"{prefix}.index").is_file() else None), path
+            if as_path(f"{prefix}.index").exists():
+                return prefix, path
+            if any((path / "variables").glob("variables.data-*")):
+                raise NotFoundError(
+                    "the SavedModel's variables.index is missing", path / "variables"
+                )
+            return None, path
         prefix = _state_file_prefix(path)
         if prefix is not None:
             if not as_path(f"{prefix}.index").is_file():
@@ -374,6 +384,60 @@ class CheckpointReader(Reader):
                 self._variables = self._build_variables()
             self._lookup = None  # built when a read needs it
         return list(self._variables)
+
+    def claimed_variables(self) -> tuple[int, int]:
+        """The index's entry count and largest entry (a partitioned tensor: its slices
+        summed), from its columns: no record per variable is made."""
+        if self._variables is not None or self.bundle is None:
+            return super().claimed_variables() if self.bundle is not None else (0, 0)
+        entries = self.bundle.entries
+        sizes = entries.fields.size[entries.rows.start : entries.rows.stop]
+        largest = max(
+            int(sizes.max(initial=0)),
+            max((e.size for e in entries.parsed_rows.values()), default=0),
+            max(self._slice_bytes().values(), default=0),
+        )
+        return len(entries.raw_keys), largest
+
+    def variable_table(self) -> VariableTable | None:
+        """The variables column by column, for a TF1 checkpoint (no object graph, no
+        SavedModel, no `.meta` order) whose keys are plain names and whose entries the
+        column decoder read, none partitioned; None otherwise. Its rows are what
+        variables() gives, in the same order."""
+        bundle = self.bundle
+        if bundle is None or self.saved_model_dir is not None or bundle.slice_entries:
+            return None
+        entries = bundle.entries
+        keys = entries.raw_keys
+        if entries.parsed_rows or entries.has_key(OBJECT_GRAPH_KEY) or not plain_keys(keys):
+            return None
+        if as_path(f"{self.prefix}.meta").is_file():
+            return None
+        natural = natural_matrix(keys.matrix, keys.lengths)
+        if natural is None:
+            return None
+        kinds = np.zeros(len(keys), np.int8)  # WEIGHT; as _tf1_kind, column-wise
+        kinds[component_in(keys, last=False, words=_OPTIMIZER_PARTS)] = 1
+        kinds[component_in(keys, last=True, words=_TF1_OPTIMIZER_LEAVES)] = 1
+        kinds[component_in(keys, last=False, words=_BOOKKEEPING_PARTS)] = 2
+        # variables() sorts by (kind, natural key), ties in key order
+        words = natural.view(">u8")
+        order = np.lexsort((*words.T[::-1], kinds))
+        del natural, words
+        fields, rows = entries.fields, slice(entries.rows.start, entries.rows.stop)
+        dtype_numbers = fields.dtype[rows]
+        table = VariableTable(
+            keys,
+            fields.shape_ids[rows],
+            fields.distinct_shapes,
+            dtype_numbers,
+            {d: dtype_name(d) for d in np.unique(dtype_numbers).tolist()},
+            kinds,
+            fields.size[rows],
+            order,
+        )
+        release_freed_memory()  # (the sort's temporaries: see memory_release)
+        return table
 
     def _build_variables(self) -> list[VariableInfo]:
         if self.bundle is None:

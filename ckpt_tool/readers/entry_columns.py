@@ -29,7 +29,8 @@ _DIM, _DIM_SIZE = 0x12, 0x08  # TensorShapeProto.dim, TensorShapeProto.Dim.size
 _SMALL_VARINT = 4  # bytes: below 2**28, an int32 field's value as it is
 _LONG_VARINT = 9  # bytes: below 2**63, an int64 field's value as it is (10: negative)
 MAX_FAST_RANK = 32  # longer shapes go to the protobuf parser
-_PAD = 16  # zero bytes after the data, so that reads past an entry stay in bounds
+CHUNK = 1 << 17  # entries decoded together
+PAD_BYTES = 16  # zero bytes after the data, so that reads past an entry stay in bounds
 
 
 @dataclass
@@ -42,7 +43,13 @@ class EntryColumns:
     offset: np.ndarray
     size: np.ndarray
     crc32c: np.ndarray  # masked, as stored
-    shapes: list[tuple[int, ...]]  # () for fallback rows
+    shape_ids: np.ndarray  # int64[n]: each row's shape in distinct_shapes (0: () for fallback rows)
+    distinct_shapes: list[tuple[int, ...]]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each row's shape (equal shapes are one tuple)."""
+        return list(map(self.distinct_shapes.__getitem__, self.shape_ids.tolist()))
 
 
 def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +71,24 @@ def varints(data: np.ndarray, pos: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
 
 def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
-    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by _PAD zeros)."""
+    """Decode the entries data[starts[i]:ends[i]] (data: uint8, followed by PAD_BYTES zeros),
+    CHUNK entries at a time: the steps' temporary arrays stay small."""
+    if len(starts) <= CHUNK:
+        return _decode_chunk(data, starts, ends)
+    n = len(starts)
+    names = ("fallback", "dtype", "shard_id", "offset", "size", "crc32c", "shape_ids")
+    out = [np.zeros(n, bool), *(np.zeros(n, np.int64) for _ in names[1:])]
+    distinct: dict[tuple[int, ...], int] = {(): 0}  # shape -> its id in all chunks
+    for first in range(0, n, CHUNK):
+        part = _decode_chunk(data, starts[first : first + CHUNK], ends[first : first + CHUNK])
+        ids = np.array([distinct.setdefault(s, len(distinct)) for s in part.distinct_shapes])
+        part.shape_ids = ids[part.shape_ids]
+        for column, name in zip(out, names, strict=True):
+            column[first : first + CHUNK] = getattr(part, name)
+    return EntryColumns(*out, list(distinct))
+
+
+def _decode_chunk(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> EntryColumns:
     n = len(starts)
     # One row per field, in the order of _FIELD_TAGS; for the shape: where its bytes start.
     fields = np.zeros((len(_FIELD_TAGS), n), np.int64)
@@ -98,15 +122,20 @@ def decode_entries(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> En
         pos[rows[ok]] = after[ok]
         rows = rows[ok & (after < end)]
     dtype, shape_start, shard_id, offset, size, crc32c = fields
-    shapes, shape_bad = _decode_shapes(data, shape_start, np.where(fallback, 0, shape_end))
-    return EntryColumns(fallback | shape_bad, dtype, shard_id, offset, size, crc32c, shapes)
+    shape_ids, distinct, shape_bad = _decode_shapes(
+        data, shape_start, np.where(fallback, 0, shape_end)
+    )
+    return EntryColumns(
+        fallback | shape_bad, dtype, shard_id, offset, size, crc32c, shape_ids, distinct
+    )
 
 
 def _decode_shapes(
     data: np.ndarray, starts: np.ndarray, ends: np.ndarray
-) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """TensorShapeProto bytes data[starts[i]:ends[i]] -> shape tuples; a shape that is
-    not a plain list of dims with sizes is marked bad (and given ())."""
+) -> tuple[np.ndarray, list[tuple[int, ...]], np.ndarray]:
+    """TensorShapeProto bytes data[starts[i]:ends[i]] -> (shape id per row, the distinct
+    shapes, bad); a shape that is not a plain list of dims with sizes is marked bad (and
+    given (), id 0)."""
     n = len(starts)
     bad = np.zeros(n, bool)
     dims: list[np.ndarray] = []  # dims[k][i]: size of dim k of row i (where rank > k)
@@ -133,12 +162,14 @@ def _decode_shapes(
         pos[good] = (p + 2 + dim_len)[~row_bad]
         rows = good[pos[good] < ends[good]]
     rank[bad] = 0
-    return _shape_tuples(dims, rank), bad
+    return (*_shape_tuples(dims, rank), bad)
 
 
-def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, ...]]:
-    """One tuple per row; equal shapes share one tuple (a checkpoint repeats a few
-    shapes many times), found with numpy rank by rank."""
+def _shape_tuples(
+    dims: list[np.ndarray], rank: np.ndarray
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """(shape id per row, distinct shapes): a checkpoint repeats a few shapes many
+    times; they are found with numpy rank by rank. Id 0 is ()."""
     distinct: list[tuple[int, ...]] = [()]
     shape_id = np.zeros(len(rank), np.int64)  # index into `distinct`; rank 0: ()
     for r in range(1, len(dims) + 1):
@@ -149,7 +180,7 @@ def _shape_tuples(dims: list[np.ndarray], rank: np.ndarray) -> list[tuple[int, .
         unique, inverse = _unique_rows(matrix)
         shape_id[rows] = len(distinct) + inverse
         distinct += map(tuple, unique.tolist())
-    return list(map(distinct.__getitem__, shape_id.tolist()))
+    return shape_id, distinct
 
 
 def _unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +196,12 @@ def _unique_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pad(data: bytes) -> np.ndarray:
-    """`data` as uint8 with _PAD zero bytes after it (decode_entries reads ahead)."""
-    out = np.zeros(len(data) + _PAD, np.uint8)
+    """`data` as uint8 with PAD_BYTES zero bytes after it (decode_entries reads ahead)."""
+    out = np.zeros(len(data) + PAD_BYTES, np.uint8)
     out[: len(data)] = np.frombuffer(data, np.uint8)
     return out
+
+
+def unpad(array: np.ndarray) -> bytes:
+    """The bytes `pad` was given."""
+    return array[: len(array) - PAD_BYTES].tobytes()

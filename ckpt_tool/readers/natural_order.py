@@ -50,3 +50,57 @@ def natural_keys(texts: list[str]) -> list:
     padded[np.cumsum(step) - 1] = text
     padded[padded - np.uint8(ord("0")) < 10] -= np.uint8(ord("0") - 1)  # digits -> 1..10
     return padded.tobytes().decode("ascii").split("\x00")
+
+
+def natural_matrix(matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """natural_keys of names given as rows of a zero-padded uint8 matrix (printable
+    ASCII, no zero byte inside a name), as rows of another such matrix, its width a
+    multiple of 8: rows compare as their names' sort keys do. None when a number is
+    longer than MAX_PADDED_WIDTH digits."""
+    n, width = matrix.shape
+    run = np.zeros(n, np.int64)  # digits so far in the number each row is in
+    numbers = np.zeros(n, np.int64)
+    digit_count = np.zeros(n, np.int64)
+    longest = 0
+    for j in range(width):  # (the zero padding is no digit: 0 - ord("0") wraps)
+        is_digit = matrix[:, j] - np.uint8(ord("0")) < 10
+        numbers += is_digit & (run == 0)
+        run = np.where(is_digit, run + 1, 0)
+        digit_count += is_digit
+        longest = max(longest, int(run.max(initial=0)))
+    if longest > MAX_PADDED_WIDTH:
+        return None
+    new_lengths = lengths + numbers * longest - digit_count
+    out_width = int(new_lengths.max(initial=0))
+    out = np.zeros((n, out_width + -out_width % 8), np.uint8)
+    for start in range(0, n, _ROWS):
+        rows = slice(start, start + _ROWS)
+        _pad_numbers(matrix[rows], lengths[rows], new_lengths[rows], longest, out[rows])
+    return out
+
+
+_ROWS = 1 << 16  # rows padded at once
+
+
+def _pad_numbers(matrix, lengths, new_lengths, digits: int, out: np.ndarray) -> None:
+    """out = the rows of `matrix` with every number zero-padded to `digits` digits and
+    the digits 0-9 written as the characters 1-10."""
+    n, width = matrix.shape
+    is_digit = matrix - np.uint8(ord("0")) < 10  # (the zero padding is no digit)
+    starts = is_digit.copy()  # where a number starts
+    starts[:, 1:] &= ~is_digit[:, :-1]
+    # A number's length: its digits up to the next number's start, counted backwards.
+    run = np.zeros((n, width + 1), np.int16)
+    for j in range(width - 1, -1, -1):
+        run[:, j] = np.where(is_digit[:, j], run[:, j + 1] + 1, 0)
+    # Each character moves right by the zeros put before its number and those before it.
+    shift = np.where(starts, digits - run[:, :width], 0).astype(np.int64)
+    np.cumsum(shift, axis=1, out=shift)
+    # (flat indices: one-dimensional takes and puts are the fast ones)
+    at = np.flatnonzero(np.arange(width) < lengths[:, None])
+    out_width = out.shape[1]
+    moved = at + (at // width) * (out_width - width) + shift.ravel().take(at)
+    text = matrix.ravel().take(at)
+    text = np.where(is_digit.ravel().take(at), text - np.uint8(ord("0") - 1), text)
+    out[...] = np.arange(out_width) < new_lengths[:, None]  # the padding zeros: 1
+    out.ravel()[moved] = text

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import google_crc32c
 import numpy as np
 
-from ckpt_tool.readers.entry_columns import pad, varints
+from ckpt_tool.readers.entry_columns import PAD_BYTES, pad, varints
+from ckpt_tool.readers.key_column import KeyColumn, rebuild_keys
 
 MAX_RUN = 256  # entries from one restart point to the next (LevelDB writes 16)
 
@@ -28,7 +29,7 @@ MAX_RUN = 256  # entries from one restart point to the next (LevelDB writes 16)
 class TableColumns:
     """keys[i] and its value data[starts[i]:ends[i]]; data has zero bytes after it."""
 
-    keys: list[bytes]
+    keys: KeyColumn
     data: np.ndarray  # uint8
     starts: np.ndarray
     ends: np.ndarray
@@ -42,14 +43,20 @@ def from_pairs(pairs: list[tuple[bytes, bytes]]) -> TableColumns:
     lengths = np.fromiter((len(v) for _, v in pairs), np.int64, len(pairs))
     ends = np.cumsum(lengths)
     return TableColumns(
-        [k for k, _ in pairs], pad(b"".join(v for _, v in pairs)), ends - lengths, ends
+        KeyColumn.from_list([k for k, _ in pairs]),
+        pad(b"".join(v for _, v in pairs)),
+        ends - lengths,
+        ends,
     )
 
 
-def table_columns(data: bytes, footer_size: int, magic: int) -> TableColumns | None:
-    """Every entry of the table in `data`, or None when it is not in the usual form."""
+def table_columns(data: bytes | np.ndarray, footer_size: int, magic: int) -> TableColumns | None:
+    """Every entry of the table in `data` (bytes, or the array `pad` made of them), or
+    None when it is not in the usual form."""
     from ckpt_tool.readers import bundle  # (the entry-by-entry reader, for the index block)
 
+    array = data if isinstance(data, np.ndarray) else pad(data)
+    data = memoryview(array)[: len(array) - PAD_BYTES]  # the file's bytes, not copied
     if len(data) < footer_size or struct.unpack_from("<Q", data, len(data) - 8)[0] != magic:
         return None
     footer = len(data) - footer_size
@@ -58,24 +65,28 @@ def table_columns(data: bytes, footer_size: int, magic: int) -> TableColumns | N
         index_offset, index_size, _ = bundle._block_handle(data, pos, footer + 40)
     except bundle._Corrupt:
         return None
-    array = pad(data)
     handles = _block_handles(array, data, index_offset, index_size, footer)
-    blocks = None if handles is None else _data_blocks(data, handles, footer)
+    blocks = None if handles is None else _data_blocks(array, data, *handles, footer)
     found = None if blocks is None else _entries(array, *blocks)
     if found is None:
         return None
     shared, key_starts, key_ends, value_starts, value_ends = found
-    keys = _keys(data, shared, key_starts, key_ends)
+    del found
+    keys = rebuild_keys(array, shared, key_starts, key_ends)
+    if keys is None:
+        keys = _keys(data, shared, key_starts, key_ends)
     if keys is None:
         return None
     return TableColumns(keys, array, value_starts, value_ends)
 
 
 def _block_handles(
-    array: np.ndarray, data: bytes, offset: int, size: int, footer: int
-) -> list[tuple[int, int]] | None:
-    """(offset, size) of every data block, from the index block's values."""
-    index = _data_blocks(data, [(offset, size)], footer)
+    array: np.ndarray, data: memoryview, offset: int, size: int, footer: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offsets, sizes) of the data blocks, from the index block's values."""
+    if offset > footer or size > footer:
+        return None
+    index = _data_blocks(array, data, np.array([offset]), np.array([size]), footer)
     found = None if index is None else _entries(array, *index)
     if found is None:
         return None
@@ -84,31 +95,44 @@ def _block_handles(
     sizes, second = varints(array, starts + first, 9)
     if ((first == 0) | (second == 0) | (starts + first + second > ends)).any():
         return None
-    return list(zip(offsets.tolist(), sizes.tolist(), strict=True))
+    return offsets, sizes
 
 
-def _data_blocks(data: bytes, handles: list, footer: int):
+def _data_blocks(
+    array: np.ndarray, data: memoryview, offsets: np.ndarray, sizes: np.ndarray, footer: int
+):
     """(block starts, entry limits, restart arrays' starts, restart counts), each block's
-    bounds, trailer crc and type checked; None if one fails."""
-    starts, limits, restarts, counts = [], [], [], []
-    for offset, size in handles:
-        if offset + size + 5 > footer or size < 4 or data[offset + size] != 0:
-            return None
-        (stored,) = struct.unpack_from("<I", data, offset + size + 1)
-        rot = (stored - 0xA282EAD8) & 0xFFFFFFFF  # unmask the crc
-        if ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF != google_crc32c.value(
-            data[offset : offset + size + 1]
-        ):
-            return None
-        (count,) = struct.unpack_from("<I", data, offset + size - 4)
-        limit = offset + size - 4 - 4 * count
-        if count == 0 or limit < offset:
-            return None
-        starts.append(offset)
-        limits.append(limit)
-        restarts.append(limit)
-        counts.append(count)
-    return tuple(np.array(x, np.int64) for x in (starts, limits, restarts, counts))
+    bounds, trailer crc and type checked (all blocks at once but the crcs); None if one
+    fails."""
+    if ((offsets > footer) | (sizes > footer) | (sizes < 4)).any():
+        return None
+    ends = offsets + sizes  # where the block's trailer starts: type byte, masked crc
+    if (ends + 5 > footer).any() or array[ends].any():  # (type 0: not compressed)
+        return None
+    stored = _uint32(array, ends + 1)
+    rotated = (stored - 0xA282EAD8) & 0xFFFFFFFF  # unmask the crc
+    expected = ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF
+    actual = np.fromiter(
+        map(_crc, [data] * len(offsets), offsets.tolist(), (ends + 1).tolist()),
+        np.int64,
+        len(offsets),
+    )
+    if (expected != actual).any():
+        return None
+    counts = _uint32(array, ends - 4)
+    limits = ends - 4 - 4 * counts
+    if ((counts == 0) | (limits < offsets)).any():
+        return None
+    return offsets, limits, limits, counts
+
+
+def _uint32(array: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The little-endian uint32 at each of `at`, as int64."""
+    return sum(array[at + k].astype(np.int64) << (8 * k) for k in range(4))
+
+
+def _crc(data: memoryview, start: int, end: int) -> int:
+    return google_crc32c.value(bytes(data[start:end]))
 
 
 def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
@@ -119,7 +143,7 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
     first = np.cumsum(counts) - counts  # each block's first restart point
     within = np.arange(len(block)) - first[block]
     at = restart_starts[block] + 4 * within
-    offsets = sum(data[at + k].astype(np.int64) << (8 * k) for k in range(4))
+    offsets = _uint32(data, at)
     run_starts = block_starts[block] + offsets
     is_last = within == counts[block] - 1
     run_ends = np.where(is_last, limits[block], np.roll(run_starts, -1))
@@ -127,7 +151,7 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
         return None
     if (run_ends < run_starts).any() or ((run_ends == run_starts) & ~is_last).any():
         return None
-    found = []  # per step: (run, shared, key start, key end, value start, value end)
+    found = []  # per step: (run, step, where the entry starts)
     pos, runs = run_starts.copy(), np.flatnonzero(run_starts < run_ends)
     for step in range(MAX_RUN + 1):
         if not runs.size:
@@ -142,17 +166,24 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
         value_end = key_end + value_len
         if (value_end > run_ends[runs]).any():
             return None
-        found.append((runs, np.full(len(runs), step), shared, p + 3, key_end, key_end, value_end))
+        found.append((runs.astype(np.int32), np.full(len(runs), step, np.int16), p))
         pos[runs] = value_end
         runs = runs[value_end < run_ends[runs]]
     if not found:
         return (np.zeros(0, np.int64),) * 5
-    run, step, *fields = (np.concatenate(x) for x in zip(*found, strict=True))
+    run, step, p = (np.concatenate(x) for x in zip(*found, strict=True))
+    del found
     order = np.lexsort((step, run))  # entries in file order
-    shared, key_starts, key_ends, value_starts, value_ends = (f[order] for f in fields)
+    run, p = run[order], p[order]
+    del step, order
+    shared = data[p].astype(np.int64)
+    key_starts = p + 3
+    key_ends = key_starts + data[p + 1]
+    value_starts, value_ends = key_ends, key_ends + data[p + 2]
+    del p
     # A block's first entry shares nothing; every entry shares at most the key before it.
-    block_first = np.zeros(len(order), bool)
-    entry_block = block[run[order]]
+    block_first = np.zeros(len(shared), bool)
+    entry_block = block[run]
     block_first[0] = True
     block_first[1:] = entry_block[1:] != entry_block[:-1]
     lengths = shared + (key_ends - key_starts)
@@ -161,9 +192,9 @@ def _entries(data: np.ndarray, block_starts, limits, restart_starts, counts):
     return shared, key_starts, key_ends, value_starts, value_ends
 
 
-def _keys(data: bytes, shared, key_starts, key_ends) -> list[bytes] | None:
-    """The keys, prefix compression undone; None unless they are in strictly
-    increasing order."""
+def _keys(data: bytes, shared, key_starts, key_ends) -> KeyColumn | None:
+    """The keys, prefix compression undone one by one (for keys too unlike in length
+    for a matrix); None unless they are in strictly increasing order."""
     keys = []
     key = b""
     for n, start, end in zip(shared.tolist(), key_starts.tolist(), key_ends.tolist(), strict=True):
@@ -171,4 +202,4 @@ def _keys(data: bytes, shared, key_starts, key_ends) -> list[bytes] | None:
         keys.append(key)
     if not all(map(bytes.__lt__, keys, keys[1:])):
         return None
-    return keys
+    return KeyColumn.from_list(keys)

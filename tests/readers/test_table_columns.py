@@ -7,9 +7,13 @@ import functools
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ckpt_tool.readers import key_column
 from ckpt_tool.readers.bundle import FOOTER_SIZE, TABLE_MAGIC, _Corrupt, read_table
+from ckpt_tool.readers.entry_columns import pad
+from ckpt_tool.readers.key_column import rebuild_keys
 from ckpt_tool.readers.table_columns import table_columns
 from tests import bundle_writer
 from tests.bundle_writer import encode_table
@@ -70,3 +74,37 @@ def test_a_damaged_table_is_left_to_the_entry_by_entry_reader():
     assert _pairs(bytes(data)) is None
     with pytest.raises(_Corrupt, match="crc32c mismatch"):
         read_table(bytes(data))
+
+
+def test_keys_too_unlike_in_length_for_a_matrix_are_rebuilt_one_by_one(monkeypatch):
+    """A key matrix much larger than the keys (one long key among short ones) is not
+    made; the keys come out the same, one by one."""
+    rng = random.Random(7)
+    entries = [*_random_entries(rng, 300, False), (b"layer_1/" + b"z" * 100, b"v")]
+    data = encode_table(entries, 8)
+    assert _pairs(data) == read_table(data)
+    monkeypatch.setattr(key_column, "_SMALL", 0)  # the guard, without a large table
+    table = table_columns(data, FOOTER_SIZE, TABLE_MAGIC)
+    assert table.keys.matrix is None  # rebuilt one by one
+    assert [(k, table.value(i)) for i, k in enumerate(table.keys)] == read_table(data)
+
+
+@pytest.mark.parametrize(
+    ("keys", "in_order"),
+    [
+        ([b"a", b"b"], True),
+        ([b"a", b"a\x00"], True),  # a trailing zero byte: after the key without it
+        ([b"b", b"a"], False),
+        ([b"a", b"a"], False),
+        ([b"a\x00", b"a"], False),
+        ([b"abcdefgh1", b"abcdefgh0"], False),  # the difference in the second word
+    ],
+)
+def test_rebuilt_keys_must_be_in_strictly_increasing_order(keys, in_order):
+    data = pad(b"".join(keys))
+    lengths = np.array([len(k) for k in keys])
+    ends = np.cumsum(lengths)
+    rebuilt = rebuild_keys(data, np.zeros(len(keys), np.int64), ends - lengths, ends)
+    assert (rebuilt is not None) == in_order
+    if in_order:
+        assert rebuilt.tolist() == keys
