@@ -14,13 +14,13 @@ h5py object while the caller's thread holds h5py's lock.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from typing import TypeVar
 
+from ckpt_tool.cores import usable_cores
 from ckpt_tool.gc_pause import gc_paused
 
 T = TypeVar("T")
@@ -28,17 +28,9 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
-def _thread_count() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 16))
-
-
 @cache
 def _pool() -> ThreadPoolExecutor | None:
-    n = _thread_count()
+    n = usable_cores()
     return ThreadPoolExecutor(n, thread_name_prefix="ckpt-tool-stream") if n > 1 else None
 
 
@@ -71,7 +63,7 @@ def in_order(
     with gc_paused():
         try:
             while True:
-                while item is not _END and len(pending) < 2 * _thread_count():
+                while item is not _END and len(pending) < 2 * usable_cores():
                     n = size(item)
                     if pending and (under_way + n > AHEAD_BYTES or _failed(pending[-1][0])):
                         break

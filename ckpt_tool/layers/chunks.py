@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
+
+from ckpt_tool.cores import usable_cores
 
 # Elements per slice: a float64 slice and a few temporaries of it fit in L2.
 SLICE_ELEMENTS = 1 << 16
@@ -33,17 +34,9 @@ PARALLEL_MIN_ELEMENTS = 1 << 17
 PIECES_PER_THREAD = 2
 
 
-def _thread_count() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 16))
-
-
 @cache
 def _pool() -> ThreadPoolExecutor | None:
-    n = _thread_count()
+    n = usable_cores()
     return ThreadPoolExecutor(n, thread_name_prefix="ckpt-tool-chunks") if n > 1 else None
 
 
@@ -73,7 +66,7 @@ def split_range(run: Callable[[int, int], object], n: int, *, parallel: bool = T
     if pool is None or not parallel or n < 2:
         run(0, n)
         return
-    pieces = min(n, _thread_count() * PIECES_PER_THREAD)
+    pieces = min(n, usable_cores() * PIECES_PER_THREAD)
     bounds = [int(b) for b in np.linspace(0, n, pieces + 1)]
     # Each piece runs in a copy of the caller's context, so NumPy's error state
     # (np.errstate) holds in the threads too; the caller's thread takes the first piece.
