@@ -413,7 +413,7 @@ class _H5Reader(Reader):
         return (self.path, 0, self.path.stat().st_size) if self._source is None else None
 
     def _read_in_place(self, key: str, ds: h5py.Dataset, dtype: np.dtype) -> np.ndarray | None:
-        """A dataset stored in one piece, unfiltered and in this machine's byte order,
+        """A dataset stored in one piece, unfiltered and in the native byte order,
         read with one positioned read of its bytes (what HDF5 does for it, without its
         per-read machinery); None where that does not apply, for h5py to read it."""
         span = self._in_place_span(key, ds, dtype)
@@ -442,7 +442,7 @@ class _H5Reader(Reader):
         self, key: str, file_type: np.dtype, shape: tuple[int, ...] | None, dtype: np.dtype
     ) -> tuple[Path, int, int] | None:
         """(local file, first byte, size) of a dataset stored in one piece, unfiltered, in
-        this machine's byte order, whose stored size is exactly its values'; else None."""
+        the native byte order, whose stored size is exactly its values'; else None."""
         image = self._image()
         stored = None if image is None else self._stored().get(key)
         if (
