@@ -243,9 +243,11 @@ class _SavedModel(OriginalModel):
         """Signature input name -> graph tensor name, from saved_model.pb."""
         from tensorflow.core.protobuf import saved_model_pb2
 
+        from ckpt_tool.readers.regular_file import read_regular_bytes
+
         proto = saved_model_pb2.SavedModel()
         try:
-            proto.ParseFromString((self._path / "saved_model.pb").read_bytes())
+            proto.ParseFromString(read_regular_bytes(self._path / "saved_model.pb"))
         except Exception:
             return None
         for meta in proto.meta_graphs:

@@ -691,6 +691,13 @@ def fifo_as_saved_model_pb(tmp: Path) -> Setup:
     return Setup(["list", str(tmp / "sm")], pb)
 
 
+def saved_model_pb_to_dev_zero(tmp: Path) -> Setup:
+    pb = _savedmodel(tmp) / "saved_model.pb"
+    pb.unlink()
+    pb.symlink_to("/dev/zero")
+    return Setup(["list", str(tmp / "sm")], pb)
+
+
 def shard_to_dev_zero(tmp: Path) -> Setup:
     """A data shard that is a device: it has no size to check a tensor's bytes against,
     and reading it would never end."""
@@ -852,6 +859,7 @@ CASES = [
     Case("fifo-as-savedmodel-index", fifo_as_savedmodel_index, ("fifo",)),
     Case("savedmodel-index-missing", savedmodel_index_missing, ("variables.index", "missing")),
     Case("fifo-as-saved-model-pb", fifo_as_saved_model_pb, ("fifo",)),
+    Case("saved-model-pb-to-dev-zero", saved_model_pb_to_dev_zero, ("character device",)),
     Case("shard-to-dev-zero", shard_to_dev_zero, ("character device",)),
     Case("export-force-onto-fifo", export_force_onto_fifo, ("fifo", "refusing")),
     Case("export-force-onto-device", export_force_onto_symlink_to_device, ("device",)),

@@ -46,7 +46,7 @@ from ckpt_tool.readers.objgraph import (
     read_saved_model,
     strip_key,
 )
-from ckpt_tool.readers.regular_file import read_small
+from ckpt_tool.readers.regular_file import read_small, refuse_special
 from ckpt_tool.readers.variable_table import VariableTable, component_in, plain_keys
 from ckpt_tool.storage import as_path, open_binary
 
@@ -138,8 +138,10 @@ def resolve(path: str | Path) -> tuple[Path | None, Path | None]:
         # exists(), not is_file(): a FIFO or device in the place of a SavedModel's files
         # reaches the readers, which refuse it by name
         if (path / "saved_model.pb").exists():
+            refuse_special(path / "saved_model.pb")
             prefix = path / "variables" / "variables"
             if as_path(f"{prefix}.index").exists():
+                refuse_special(f"{prefix}.index")
                 return prefix, path
             if any((path / "variables").glob("variables.data-*")):
                 raise NotFoundError(

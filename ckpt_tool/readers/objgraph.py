@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from ckpt_tool.errors import CorruptFileError
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.bundle import dtype_name
+from ckpt_tool.readers.regular_file import NotRegularFileError, read_regular_bytes
 from ckpt_tool.safe_json import loads_json
 from ckpt_tool.storage import as_path
 
@@ -388,7 +389,7 @@ def read_saved_model(path: str | Path) -> SavedModelInfo:
     path = as_path(path)
     model = protos.SavedModel()
     try:
-        model.ParseFromString(path.read_bytes())
+        model.ParseFromString(read_regular_bytes(path))
     except DecodeError as e:
         raise CorruptFileError(f"saved_model.pb does not parse: {e}", path) from None
     except OSError as e:
@@ -440,8 +441,8 @@ def read_meta_graph_order(path: str | Path) -> dict[str, int]:
         if path.stat().st_size > MAX_META_BYTES:
             return {}
         meta = protos.MetaGraphDef()
-        meta.ParseFromString(path.read_bytes())
-    except (OSError, DecodeError):
+        meta.ParseFromString(read_regular_bytes(path))
+    except (OSError, DecodeError, NotRegularFileError):
         return {}
     order: dict[str, int] = {}
     for node in meta.graph_def.node:
@@ -469,7 +470,7 @@ def read_keras_metadata(path: str | Path) -> dict[int, KerasNode]:
     path = as_path(path)
     saved = protos.SavedMetadata()
     try:
-        saved.ParseFromString(path.read_bytes())
+        saved.ParseFromString(read_regular_bytes(path))
     except DecodeError as e:
         raise CorruptFileError(f"keras_metadata.pb does not parse: {e}", path) from None
     except OSError as e:
