@@ -22,7 +22,7 @@ from ckpt_tool.readers.budget import (
     allowance,
     check_variable_count,
 )
-from tests.hostile_bundles import many_entries_bundle
+from tests.hostile_bundles import graph_checkpoint, many_entries_bundle
 from tests.support import FIXTURES, fixture, fixture_ids
 
 ENTRIES = 100_000  # about 3 MB of index; listing or exporting them all exceeds 256 MiB
@@ -159,3 +159,28 @@ def test_claimed_variables_are_what_the_checkpoint_lists(fixture_id):
         infos = reader.variables()
     assert claimed == (len(infos), max(i.nbytes for i in infos))
     check_variable_count(fixture_id, *claimed, "export", selected=len(infos))
+
+
+def test_a_wide_object_graph_is_refused_before_its_names_are_resolved(tmp_path, monkeypatch):
+    """A root with 20,000 children, each a variable: resolving the object graph's names
+    costs about a listed row per variable, so the count is checked with every variable
+    as a row before that work starts, and the refusal holds almost nothing."""
+    import tracemalloc
+
+    count = 20_000
+    children = [[(f"c{i}", i + 1) for i in range(count)]] + [[] for _ in range(count)]
+    prefix = graph_checkpoint(tmp_path / "wide", children, list(range(1, count + 1)))
+    # between what the variables alone cost and what they cost listed
+    monkeypatch.setenv(BUDGET_VARIABLE, "96M")
+    tracemalloc.start()
+    try:
+        code, stdout, stderr = run(["list", str(prefix)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert_refused(code, stdout, stderr, "wide", "list", count=count + 1)  # + the graph
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB: names were resolved first"
+    monkeypatch.setenv(BUDGET_VARIABLE, "160M")  # positive control: it fits
+    code, stdout, stderr = run(["list", str(prefix)])
+    assert code == 0, stderr
+    assert "c19999" in stdout

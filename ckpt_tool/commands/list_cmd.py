@@ -68,7 +68,10 @@ def command(
             )
             return
         claimed, largest = reader.claimed_variables()
-        check_variable_count(reader.path, claimed, largest, _work(as_json))
+        # before the names are resolved (an object graph costs about a row per variable),
+        # every variable counts as a row unless a filter will select some
+        rows = claimed if pattern is None else 0
+        check_variable_count(reader.path, claimed, largest, _work(as_json), selected=rows)
         listing = build_listing(reader, show_all=show_all, pattern=pattern, sort=sort)
         shown = len(listing.tensors)
         check_variable_count(reader.path, claimed, largest, _work(as_json), selected=shown)
