@@ -24,14 +24,15 @@ import os
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+from ckpt_tool.ahead import ordered_ahead
 from ckpt_tool.errors import CkptToolError, NotFoundError, UsageError
 
 T = TypeVar("T")
@@ -371,7 +372,6 @@ class PagedFile(RangeFile):
 # -- range reads -----------------------------------------------------------------------
 
 AHEAD_BYTES = 256 << 20  # tensors read ahead of the writer, at most this many bytes
-_END = object()
 
 
 def produce_ahead(items: Iterable[T], produce: Callable[[T], R], size: Callable[[T], int]):
@@ -379,28 +379,10 @@ def produce_ahead(items: Iterable[T], produce: Callable[[T], R], size: Callable[
     in threads while the caller works on this one: at most MAX_WORKERS at once and at
     most AHEAD_BYTES (by size(item)) ahead, or one item if it is larger. For URLs, where each
     tensor is a round trip, this keeps several range reads in flight."""
-    pending: deque[tuple[Future, int]] = deque()
-    queued = 0
-    upcoming = iter(items)
-    item = next(upcoming, _END)
     with ThreadPoolExecutor(MAX_WORKERS) as pool:
-        try:
-            while True:
-                while item is not _END and len(pending) < MAX_WORKERS:
-                    n = size(item)
-                    if pending and queued + n > AHEAD_BYTES:
-                        break
-                    pending.append((pool.submit(produce, item), n))
-                    queued += n
-                    item = next(upcoming, _END)
-                if not pending:
-                    return
-                future, n = pending.popleft()
-                queued -= n
-                yield future.result()
-        finally:
-            for future, _ in pending:
-                future.cancel()
+        yield from ordered_ahead(
+            items, partial(pool.submit, produce), size, MAX_WORKERS, AHEAD_BYTES
+        )
 
 
 def read_into(path: RemotePath, offset: int, out: memoryview) -> None:

@@ -14,12 +14,12 @@ h5py object while the caller's thread holds h5py's lock.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from typing import TypeVar
 
+from ckpt_tool.ahead import ordered_ahead
 from ckpt_tool.cores import usable_cores
 from ckpt_tool.gc_pause import gc_paused
 
@@ -56,39 +56,9 @@ def in_order(
         for item in items:
             yield work(prepare(item))
         return
-    pending: deque[tuple[Future, int]] = deque()
-    under_way = 0
-    upcoming = iter(items)
-    item = next(upcoming, _END)
     with gc_paused():
-        try:
-            while True:
-                while item is not _END and len(pending) < 2 * usable_cores():
-                    n = size(item)
-                    if pending and (under_way + n > AHEAD_BYTES or _failed(pending[-1][0])):
-                        break
-                    pending.append((_submit(pool, prepare, work, item), n))
-                    under_way += n
-                    item = next(upcoming, _END)
-                if not pending:
-                    return
-                future, n = pending.popleft()
-                under_way -= n
-                yield future.result()
-        finally:
-            for future, _ in pending:
-                future.cancel()
-            for future, _ in pending:  # let running work finish before its files close
-                if not future.cancelled():
-                    future.exception()
-
-
-_END = object()
-
-
-def _failed(future: Future) -> bool:
-    """Whether an item's prepare (or work) has failed: no item after it is started."""
-    return future.done() and future.exception() is not None
+        start = partial(_submit, pool, prepare, work)
+        yield from ordered_ahead(items, start, size, 2 * usable_cores(), AHEAD_BYTES)
 
 
 def _submit(
