@@ -89,6 +89,12 @@ def encode_table(
         handle = varint(len(out)) + varint(len(encode_block(chunk)))
         out += block_with_trailer(encode_block(chunk), compression)
         index.append((chunk[-1][0], handle))
+    return finish_table(out, index)
+
+
+def finish_table(out: bytearray, index: list[tuple[bytes, bytes]]) -> bytes:
+    """The data blocks in `out`, then an empty metaindex, the index of (last key of a
+    block, its handle) and the footer."""
     meta = encode_block([])
     meta_handle = varint(len(out)) + varint(len(meta))
     out += block_with_trailer(meta)

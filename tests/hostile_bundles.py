@@ -18,10 +18,9 @@ import numpy as np
 from ckpt_tool.readers import protos
 from ckpt_tool.readers.bundle import encode_slice_key
 from tests.bundle_writer import (
-    TABLE_MAGIC,
     block_with_trailer,
-    encode_block,
     encode_table,
+    finish_table,
     mask,
     varint,
 )
@@ -211,13 +210,6 @@ def many_entries_bundle(prefix: Path, count: int) -> Path:
         block = b"".join(records) + restarts.tobytes() + struct.pack("<I", len(records))
         index.append((chunk[-1][0], varint(len(out)) + varint(len(block))))
         out += block_with_trailer(block)
-    meta = encode_block([])
-    meta_handle = varint(len(out)) + varint(len(meta))
-    out += block_with_trailer(meta)
-    index_block = encode_block(index, restart_interval=1)
-    index_handle = varint(len(out)) + varint(len(index_block))
-    out += block_with_trailer(index_block)
-    out += (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", TABLE_MAGIC)
-    Path(f"{prefix}.index").write_bytes(bytes(out))
+    Path(f"{prefix}.index").write_bytes(finish_table(out, index))
     Path(f"{prefix}.data-00000-of-00001").write_bytes(data)
     return prefix
